@@ -1,0 +1,58 @@
+"""The Flask app. Zappa's app_function is `app.app`; gunicorn serves `app:app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import click
+from flask import Flask
+
+from crm2calls.config import Settings, load_settings
+from crm2calls.errors import ConfigError
+from crm2calls.logs import configure_logging
+from crm2calls.services import Services
+
+
+@dataclass
+class AppState:
+    """What the views and commands reach through app.extensions["crm2calls"]."""
+
+    services: Services | None
+    config_error: ConfigError | None = None
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    """Build the app. Without settings, read the environment once and refuse to start when it is wrong.
+
+    Under the Flask CLI a broken configuration does not stop the factory, so that
+    `flask --app app config check` can report every problem.
+    """
+    config_error = None
+    if services is not None:
+        settings = services.settings
+    if settings is None:
+        try:
+            settings = load_settings(serving=click.get_current_context(silent=True) is None)
+        except ConfigError as exc:
+            if click.get_current_context(silent=True) is None:
+                raise
+            config_error = exc
+    if settings is not None and services is None:
+        services = Services(settings)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes if settings else 1024 * 1024
+    app.json.sort_keys = False
+    app.extensions["crm2calls"] = AppState(services, config_error)
+    configure_logging(settings.log_level if settings else "INFO")
+
+    from crm2calls import cli, web
+
+    app.register_blueprint(web.bp)
+    web.register_error_handlers(app)
+    web.register_request_log(app)
+    cli.register(app)
+    return app
+
+
+app = create_app()

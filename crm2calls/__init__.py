@@ -1,0 +1,1 @@
+"""crm2calls: CRM lead webhooks in, Aimylogic outbound calls out."""

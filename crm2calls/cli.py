@@ -1,0 +1,278 @@
+"""Commands: `flask --app app config check`, `serve`, `dialer test`, `leads ...`."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import timedelta
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from crm2calls.config import Settings, is_loopback, load_settings
+from crm2calls.errors import ConfigError, Crm2CallsError
+from crm2calls.model import FINAL_STATUSES, Status
+from crm2calls.services import Services
+
+config_cli = AppGroup("config", help="Check the configuration.")
+dialer_cli = AppGroup("dialer", help="Talk to Aimylogic directly.")
+leads_cli = AppGroup("leads", help="Inspect and operate the lead store.")
+
+
+def _state():
+    return current_app.extensions["crm2calls"]
+
+
+def _services() -> Services:
+    state = _state()
+    if state.services is None:
+        _fail_config(state.config_error)
+    return state.services
+
+
+def _fail_config(error: ConfigError) -> None:
+    click.secho("The configuration has problems:", fg="red", err=True)
+    for problem in error.problems:
+        click.echo(f"  - {problem}", err=True)
+    sys.exit(2)
+
+
+def parse_age(text: str) -> timedelta:
+    """'30d', '12h', '90m' -> timedelta."""
+    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
+    if not match:
+        raise click.BadParameter("use a number and a unit: 30d, 12h or 90m")
+    amount, unit = int(match[1]), match[2]
+    return timedelta(**{{"d": "days", "h": "hours", "m": "minutes"}[unit]: amount})
+
+
+def _secret_state(values: tuple[str, ...] | str | None) -> str:
+    if not values:
+        return "not set"
+    if isinstance(values, tuple) and len(values) > 1:
+        return f"set ({len(values)} values: current and previous)"
+    return "set"
+
+
+@config_cli.command("check")
+def config_check() -> None:
+    """Report every problem in the environment and leads.toml, then the effective policy."""
+    try:
+        settings = load_settings(serving=True)
+    except ConfigError as exc:
+        _fail_config(exc)
+    from crm2calls.phones import is_region
+
+    regions = {settings.default_region, *(s.region for s in settings.policy.sources.values())}
+    unknown = sorted(r for r in regions if not is_region(r))
+    if unknown:
+        _fail_config(
+            ConfigError(
+                [f"phone region {r!r} is unknown to phonenumbers (DEFAULT_REGION or sources.*.region)" for r in unknown]
+            )
+        )
+    click.secho("Configuration OK.", fg="green")
+    click.echo(describe(settings))
+
+
+def describe(settings: Settings) -> str:
+    """The effective settings and policy, secrets shown only as set/not set."""
+    p = settings.policy
+    lines = [
+        f"Aimylogic: {settings.aimylogic_url}  token: {_secret_state(settings.aimylogic_token)}"
+        + ("  (DRY RUN: entries are logged, not sent)" if settings.dry_run else ""),
+        f"WEBHOOK_SECRET: {_secret_state(settings.webhook_secrets)}",
+        f"Store: {settings.leads_store}",
+        f"Mapping file: {settings.leads_config}",
+        f"Default phone region: {settings.default_region}   default zone: {p.default_zone}",
+        f"Safe hours: {p.safe_hours}{' (overridden)' if p.allow_outside_safe_hours else ''}   "
+        f"duplicate window: {p.duplicate_window_hours} h",
+        f"Delivery: batch {p.delivery.batch_size}, concurrency {p.delivery.concurrency}, "
+        f"max attempts {p.delivery.max_attempts}, max age {p.delivery.max_age_hours} h",
+        f"Guards: {p.guards}",
+        "Sources:",
+    ]
+    for source in [p.defaults, *p.sources.values()]:
+        w = source.window
+        hours = ", ".join(f"{day} {' '.join(map(str, ivs))}" for day, ivs in w.hours.items())
+        lines.append(
+            f"  {source.name}: region {source.region}; days {' '.join(w.days)}; hours {hours}; "
+            f"retry every {w.retry_interval_minutes} min, {w.max_attempts} attempts; "
+            f"call within {w.call_within_hours} h; phones {' > '.join(source.phone_preference)}"
+        )
+    return "\n".join(lines)
+
+
+@click.command("serve")
+@click.option("--host", default=None, help="Address to bind (default: HOST, 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default: PORT, 5000).")
+@click.option("--dev", is_flag=True, help="Local development: serve without WEBHOOK_SECRET, loopback only.")
+def serve(host: str | None, port: int | None, dev: bool) -> None:
+    """Serve webhooks with a background delivery worker (local use; production: gunicorn or Lambda)."""
+    from werkzeug.serving import WSGIRequestHandler, run_simple
+
+    from crm2calls.worker import DeliveryWorker
+
+    try:
+        settings = load_settings(serving=True, dev_mode=False)
+    except ConfigError as exc:
+        only_secret = all(p.startswith("WEBHOOK_SECRET") for p in exc.problems)
+        bind = host or _env_host()
+        if not (dev and only_secret and is_loopback(bind)):
+            if dev and only_secret:
+                click.secho("--dev serves without WEBHOOK_SECRET only on a loopback HOST.", fg="red", err=True)
+            _fail_config(exc)
+        settings = load_settings(serving=True, dev_mode=True)
+        click.secho("Development mode: no WEBHOOK_SECRET, webhooks accepted from this machine only.", fg="yellow")
+    host, port = host or settings.host, port or settings.port
+
+    from app import create_app
+
+    services = Services(settings)
+    worker = DeliveryWorker(services)
+    services.notify = worker.wake
+    app = create_app(services=services)
+    if settings.dry_run:
+        click.secho("DRY RUN: AIMYLOGIC_TOKEN is not set; addPhones bodies are logged, not sent.", fg="yellow")
+
+    class QuietHandler(WSGIRequestHandler):
+        """Our own access log replaces this one, whose lines carry the query string (and the key)."""
+
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            pass
+
+    worker.start()
+    try:
+        click.echo(f"crm2calls listening on http://{host}:{port}")
+        run_simple(host, port, app, threaded=True, request_handler=QuietHandler)
+    finally:
+        worker.stop()
+
+
+def _env_host() -> str:
+    try:
+        return load_settings(serving=False).host
+    except ConfigError:
+        return "127.0.0.1"
+
+
+@dialer_cli.command("test")
+@click.argument("phone")
+@click.option("--payload", default="{}", help='JSON object passed to the bot, e.g. \'{"name": "Alex"}\'.')
+def dialer_test(phone: str, payload: str) -> None:
+    """Place ONE real test call through the campaign (checks the token and the campaign end to end)."""
+    from crm2calls.aimylogic import AimylogicClient
+    from crm2calls.phones import mask, normalize
+
+    settings = _services().settings
+    if settings.dry_run:
+        raise click.UsageError("AIMYLOGIC_TOKEN is not set: there is no campaign to call through.")
+    try:
+        number = normalize(phone, settings.default_region)
+        extra = json.loads(payload)
+        job = AimylogicClient(settings.aimylogic_url, settings.aimylogic_token).test_call(number, extra)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    except Crm2CallsError as exc:
+        click.secho(f"Test call to {mask(number)} failed: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.secho(f"Test call to {mask(number)} queued: job {job}", fg="green")
+
+
+@leads_cli.command("list")
+@click.option("--status", type=click.Choice([s.value for s in Status]), default=None)
+@click.option("--source", default=None)
+@click.option("--since", default=None, help="Only leads newer than this age: 2h, 7d.")
+@click.option("--limit", default=50, show_default=True)
+def leads_list(status: str | None, source: str | None, since: str | None, limit: int) -> None:
+    """A table of leads, newest first, phones masked."""
+    svc = _services()
+    after = svc.clock() - parse_age(since) if since else None
+    records = svc.store.list(Status(status) if status else None, source, after, limit)
+    click.echo(f"{'id':24} {'created (UTC)':19} {'source':10} {'status':9} {'att':>3} {'phone':15} last error")
+    for r in records:
+        click.echo(
+            f"{r.id:24} {r.created_at:%Y-%m-%d %H:%M:%S} {r.source[:10]:10} {r.status.value:9} {r.attempts:>3} "
+            f"{(r.phone_masked or '-'):15} {(r.last_error or '')[:60]}"
+        )
+    counts = svc.store.count_by_status()
+    click.echo("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+@leads_cli.command("show")
+@click.argument("lead_id")
+@click.option("--reveal", is_flag=True, help="Show the full phone number in the entry.")
+def leads_show(lead_id: str, reveal: bool) -> None:
+    """One lead: its status, the entry that is (or was) sent, its history."""
+    from crm2calls.logs import redact
+
+    record = _services().store.get(lead_id)
+    if record is None:
+        raise click.ClickException(f"no lead {lead_id}")
+    click.echo(f"lead {record.id}  source {record.source}  ref {record.ref}  key {record.key}")
+    click.echo(f"status {record.status.value}  attempts {record.attempts}  job {record.job_id or '-'}")
+    click.echo(f"created {record.created_at.isoformat()}  next attempt {record.next_attempt_at}")
+    if record.last_error:
+        click.echo(f"last error: {record.last_error}")
+    if record.entry:
+        entry = json.dumps(json.loads(record.entry), indent=2, ensure_ascii=False)
+        click.echo("entry:\n" + (entry if reveal else redact(entry)))
+    click.echo("history:")
+    for step in record.history:
+        click.echo(f"  {step['at']}  {step['status']:9} {step.get('note', '')}")
+
+
+@leads_cli.command("retry")
+@click.argument("lead_id", required=False)
+@click.option("--failed", "all_failed", is_flag=True, help="Retry every failed lead.")
+def leads_retry(lead_id: str | None, all_failed: bool) -> None:
+    """Put a failed lead (or all of them) back to pending."""
+    from crm2calls.intake import transition
+
+    svc = _services()
+    if bool(lead_id) == all_failed:
+        raise click.UsageError("give a lead id or --failed")
+    records = svc.store.list(Status.FAILED, limit=1_000_000) if all_failed else [svc.store.get(lead_id)]
+    if records == [None]:
+        raise click.ClickException(f"no lead {lead_id}")
+    now = svc.clock()
+    with click.progressbar(records, label="retrying", file=sys.stderr) as bar:
+        for record in bar:
+            if record.status is not Status.FAILED and not (lead_id and record.status is Status.REJECTED):
+                continue
+            record.attempts, record.next_attempt_at, record.lease_owner, record.lease_until = 0, now, None, None
+            target = Status.RECEIVED if record.entry is None else Status.PENDING
+            transition(record, target, now, "retry requested by an operator")
+            svc.store.update(record, owner=None)
+    svc.notify()
+    click.echo(f"{len(records)} lead(s) back in the queue")
+
+
+@leads_cli.command("deliver")
+def leads_deliver() -> None:
+    """Run one delivery pass now (what the schedule runs on Lambda)."""
+    from crm2calls.delivery import deliver_pending
+
+    report = deliver_pending(_services())
+    click.echo(str(report))
+
+
+@leads_cli.command("purge")
+@click.option("--older-than", "older_than", required=True, help="Age such as 30d.")
+def leads_purge(older_than: str) -> None:
+    """Delete finished leads (sent, duplicate, rejected, failed) older than the age."""
+    svc = _services()
+    cutoff = svc.clock() - parse_age(older_than)
+    count = svc.store.purge(cutoff)
+    click.echo(
+        f"purged {count} lead(s) created before {cutoff:%Y-%m-%d %H:%M} UTC ({', '.join(sorted(FINAL_STATUSES))})"
+    )
+
+
+def register(app: Flask) -> None:
+    """Attach the command groups to the app's CLI."""
+    for group in (config_cli, dialer_cli, leads_cli):
+        app.cli.add_command(group)
+    app.cli.add_command(serve)

@@ -1,0 +1,241 @@
+"""Settings: the environment and the mapping file, read once and validated together.
+
+This is the only module that reads os.environ.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from environs import Env, EnvValidationError
+from marshmallow import ValidationError
+
+from crm2calls.errors import ConfigError
+from crm2calls.policy import Policy
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_LEADS_CONFIG = ROOT / "leads.toml"
+DEFAULT_STORE = "sqlite:///instance/leads.db"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CrmSettings:
+    """Credentials and API bases of the CRMs; secrets are tuples (current, previous) for rotation."""
+
+    amocrm_base_url: str | None = None
+    amocrm_token: str | None = field(default=None, repr=False)
+    amocrm_account_id: str | None = None
+    amocrm_subdomain: str | None = None
+    bitrix24_application_tokens: tuple[str, ...] = field(default=(), repr=False)
+    bitrix24_webhook_url: str | None = field(default=None, repr=False)
+    hubspot_client_secrets: tuple[str, ...] = field(default=(), repr=False)
+    hubspot_token: str | None = field(default=None, repr=False)
+    hubspot_base_url: str = "https://api.hubapi.com"
+    pipedrive_api_token: str | None = field(default=None, repr=False)
+    pipedrive_webhook_user: str | None = None
+    pipedrive_webhook_passwords: tuple[str, ...] = field(default=(), repr=False)
+    pipedrive_base_url: str = "https://api.pipedrive.com"
+    salesforce_organization_id: str | None = None
+    zoho_notify_tokens: tuple[str, ...] = field(default=(), repr=False)
+    zoho_api_domain: str = "https://www.zohoapis.com"
+    zoho_accounts_url: str = "https://accounts.zoho.com"
+    zoho_client_id: str | None = None
+    zoho_client_secret: str | None = field(default=None, repr=False)
+    zoho_refresh_token: str | None = field(default=None, repr=False)
+    zoho_channel_id: str | None = None
+    close_signature_keys: tuple[str, ...] = field(default=(), repr=False)
+    close_api_key: str | None = field(default=None, repr=False)
+    close_base_url: str = "https://api.close.com"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything crm2calls is configured with; built by load_settings() or by tests directly."""
+
+    policy: Policy
+    aimylogic_url: str = "https://app.aimylogic.com"
+    aimylogic_token: str | None = field(default=None, repr=False)
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    leads_config: Path = DEFAULT_LEADS_CONFIG
+    leads_store: str = DEFAULT_STORE
+    default_region: str = "RU"
+    host: str = "127.0.0.1"
+    port: int = 5000
+    public_base_url: str | None = None
+    max_body_bytes: int = MIB
+    log_level: str = "INFO"
+    dev_mode: bool = False  # serve webhooks without WEBHOOK_SECRET: only `make run` on loopback
+    crm: CrmSettings = field(default_factory=CrmSettings)
+
+    @property
+    def dry_run(self) -> bool:
+        """Without a campaign token nothing is sent; entries are logged instead."""
+        return not self.aimylogic_token
+
+
+_HINTS = {
+    "PORT": "(give a port number such as 5000)",
+    "MAX_BODY_BYTES": "(give a size in bytes, at least 1024; the default is 1048576)",
+}
+
+
+def _secrets(value: str | None) -> tuple[str, ...]:
+    """ "current,previous" -> ("current", "previous"): rotation without losing leads."""
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def _check_url(name: str, value: str | None, problems: list[str], *, https_only: bool = False) -> None:
+    if not value:
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        problems.append(f"{name}: {value!r} is not an http(s) URL; give e.g. https://example.com")
+    elif https_only and parts.scheme != "https" and not is_loopback(parts.hostname or ""):
+        problems.append(f"{name}: use https (plain http is only for loopback test servers)")
+
+
+def _check_secret_url(name: str, value: str | None, problems: list[str]) -> None:
+    if value and urlsplit(value).scheme not in ("http", "https"):
+        problems.append(f"{name}: not an http(s) URL; paste the whole inbound webhook URL from the CRM")
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_policy(path: Path, default_region: str) -> Policy:
+    """Read and validate the mapping file; ConfigError lists every problem with its key path."""
+    from schemas.policy import PolicySchema, build_policy, flatten_errors
+
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"LEADS_CONFIG: {path} does not exist; point LEADS_CONFIG at your mapping file"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path.name}: not valid TOML ({exc})"]) from None
+    try:
+        data = PolicySchema().load(raw)
+    except ValidationError as exc:
+        raise ConfigError([f"{path.name}: {line}" for line in flatten_errors(exc.messages)]) from None
+    return build_policy(data, default_region)
+
+
+def load_settings(*, serving: bool = True, dev_mode: bool = False) -> Settings:
+    """Read the environment and the mapping file; raise ConfigError naming every bad variable.
+
+    serving: the process will serve webhooks, so WEBHOOK_SECRET is required unless dev_mode.
+    """
+    env = Env(eager=False)  # collect every problem, then report them all at once
+    values = {
+        "aimylogic_url": env.str("AIMYLOGIC_URL", "https://app.aimylogic.com").rstrip("/"),
+        "aimylogic_token": env.str("AIMYLOGIC_TOKEN", "") or None,
+        "webhook_secret": env.str("WEBHOOK_SECRET", ""),
+        "leads_config": env.path("LEADS_CONFIG", str(DEFAULT_LEADS_CONFIG)),
+        "leads_store": env.str("LEADS_STORE", DEFAULT_STORE),
+        "default_region": env.str("DEFAULT_REGION", "RU").upper(),
+        "host": env.str("HOST", "127.0.0.1"),
+        "port": env.int("PORT", 5000, validate=lambda p: 0 < p < 65536),
+        "public_base_url": env.str("PUBLIC_BASE_URL", "") or None,
+        "max_body_bytes": env.int("MAX_BODY_BYTES", MIB, validate=lambda n: n >= 1024),
+        "log_level": env.str("LOG_LEVEL", "INFO").upper(),
+    }
+    crm = {
+        "amocrm_base_url": env.str("AMOCRM_BASE_URL", "") or None,
+        "amocrm_token": env.str("AMOCRM_TOKEN", "") or None,
+        "amocrm_account_id": env.str("AMOCRM_ACCOUNT_ID", "") or None,
+        "amocrm_subdomain": env.str("AMOCRM_SUBDOMAIN", "") or None,
+        "bitrix24_application_tokens": _secrets(env.str("BITRIX24_APPLICATION_TOKEN", "")),
+        "bitrix24_webhook_url": env.str("BITRIX24_WEBHOOK_URL", "") or None,
+        "hubspot_client_secrets": _secrets(env.str("HUBSPOT_CLIENT_SECRET", "")),
+        "hubspot_token": env.str("HUBSPOT_TOKEN", "") or None,
+        "hubspot_base_url": env.str("HUBSPOT_BASE_URL", "https://api.hubapi.com").rstrip("/"),
+        "pipedrive_api_token": env.str("PIPEDRIVE_API_TOKEN", "") or None,
+        "pipedrive_webhook_user": env.str("PIPEDRIVE_WEBHOOK_USER", "") or None,
+        "pipedrive_webhook_passwords": _secrets(env.str("PIPEDRIVE_WEBHOOK_PASSWORD", "")),
+        "pipedrive_base_url": env.str("PIPEDRIVE_BASE_URL", "https://api.pipedrive.com").rstrip("/"),
+        "salesforce_organization_id": env.str("SALESFORCE_ORGANIZATION_ID", "") or None,
+        "zoho_notify_tokens": _secrets(env.str("ZOHO_NOTIFY_TOKEN", "")),
+        "zoho_api_domain": env.str("ZOHO_API_DOMAIN", "https://www.zohoapis.com").rstrip("/"),
+        "zoho_accounts_url": env.str("ZOHO_ACCOUNTS_URL", "https://accounts.zoho.com").rstrip("/"),
+        "zoho_client_id": env.str("ZOHO_CLIENT_ID", "") or None,
+        "zoho_client_secret": env.str("ZOHO_CLIENT_SECRET", "") or None,
+        "zoho_refresh_token": env.str("ZOHO_REFRESH_TOKEN", "") or None,
+        "zoho_channel_id": env.str("ZOHO_CHANNEL_ID", "") or None,
+        "close_signature_keys": _secrets(env.str("CLOSE_SIGNATURE_KEY", "")),
+        "close_api_key": env.str("CLOSE_API_KEY", "") or None,
+        "close_base_url": env.str("CLOSE_BASE_URL", "https://api.close.com").rstrip("/"),
+    }
+    problems: list[str] = []
+    try:
+        env.seal()
+    except EnvValidationError as exc:
+        for name, messages in exc.error_messages.items():
+            problems.append(f"{name}: {'; '.join(map(str, messages))} {_HINTS.get(name, '')}".rstrip())
+
+    problems.extend(_check_values(values, crm, serving=serving, dev_mode=dev_mode))
+    policy = None
+    if values.get("leads_config") is not None:
+        try:
+            policy = load_policy(Path(values["leads_config"]), values.get("default_region", "RU"))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    secret = values.pop("webhook_secret")
+    return Settings(
+        policy=policy, webhook_secrets=_secrets(secret), dev_mode=dev_mode, crm=CrmSettings(**crm), **values
+    )
+
+
+def _check_values(values: dict, crm: dict, *, serving: bool, dev_mode: bool) -> list[str]:
+    problems: list[str] = []
+    _check_url("AIMYLOGIC_URL", values.get("aimylogic_url"), problems, https_only=True)
+    for name in (
+        "AMOCRM_BASE_URL",
+        "HUBSPOT_BASE_URL",
+        "PIPEDRIVE_BASE_URL",
+        "ZOHO_API_DOMAIN",
+        "ZOHO_ACCOUNTS_URL",
+        "CLOSE_BASE_URL",
+    ):
+        _check_url(name, crm.get(name.lower()), problems, https_only=True)
+    _check_url("PUBLIC_BASE_URL", values.get("public_base_url"), problems)
+    _check_secret_url("BITRIX24_WEBHOOK_URL", crm.get("bitrix24_webhook_url"), problems)
+    region = values.get("default_region")
+    # A shape check only: phonenumbers stays off the cold-start path; `config check` asks it too.
+    if region is not None and not (len(region) == 2 and region.isalpha() and region.isascii()):
+        problems.append(f"DEFAULT_REGION: {region!r} is not a phone region code; use two letters such as RU, US, DE")
+    store = values.get("leads_store") or ""
+    if not (store.startswith("sqlite:///") or store.startswith("dynamodb://")):
+        problems.append("LEADS_STORE: use sqlite:///relative/path.db, sqlite:////absolute/path.db or dynamodb://TABLE")
+    elif store.startswith("dynamodb://") and not store[len("dynamodb://") :].strip("/"):
+        problems.append("LEADS_STORE: dynamodb:// needs a table name, e.g. dynamodb://crm2calls-leads")
+    if values.get("log_level") not in (None, "DEBUG", "INFO", "WARNING", "ERROR"):
+        problems.append("LOG_LEVEL: use DEBUG, INFO, WARNING or ERROR")
+    if serving and not dev_mode and not _secrets(values.get("webhook_secret")):
+        problems.append(
+            "WEBHOOK_SECRET: required to serve webhooks; set it to a long random value "
+            '(python -c "import secrets; print(secrets.token_urlsafe(32))"); '
+            "only `make run` on a loopback HOST serves without it, for local development"
+        )
+    if crm.get("pipedrive_webhook_user") and not crm.get("pipedrive_webhook_passwords"):
+        problems.append("PIPEDRIVE_WEBHOOK_PASSWORD: set it together with PIPEDRIVE_WEBHOOK_USER")
+    return problems
+
+
+def bind_address() -> str:
+    """HOST:PORT for gunicorn's config file, read the same way as everything else."""
+    env = Env()
+    return f"{env.str('HOST', '127.0.0.1')}:{env.int('PORT', 5000)}"

@@ -1,0 +1,130 @@
+"""From parsed lead events to stored leads: the domain step behind every webhook."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from crm2calls.errors import StoreError, UnusableLeadError
+from crm2calls.logs import log_transition
+from crm2calls.model import Lead, LeadEvent, LeadRecord, Status
+from crm2calls.services import Services
+from crm2calls.sources.base import IntakeResult, Source
+
+log = logging.getLogger("crm2calls.intake")
+
+
+_ID_ALPHABET = "abcdefghijkmnopqrstuvwxyz"  # letters only: log redaction masks long digit runs
+
+
+def new_lead_id(now: datetime) -> str:
+    """A sortable, unguessable id: milliseconds since the epoch, then 64 random bits, in letters."""
+    value = (int(now.timestamp() * 1000) << 64) | uuid.uuid4().int >> 64
+    letters = []
+    while value:
+        value, digit = divmod(value, len(_ID_ALPHABET))
+        letters.append(_ID_ALPHABET[digit])
+    return "".join(reversed(letters))
+
+
+def phone_key(services: Services, phone: str) -> str:
+    """A keyed hash of the normalised phone, scoped to the campaign token (one campaign, one call)."""
+    key = (services.settings.aimylogic_token or "dry-run").encode()
+    return hmac.new(key, phone.encode(), hashlib.sha256).hexdigest()
+
+
+def transition(record: LeadRecord, status: Status, now: datetime, note: str = "", **fields: Any) -> None:
+    """Move a record to a status, remember it in its history and log one JSON line."""
+    record.status = status
+    record.updated_at = now
+    record.history.append({"at": now.isoformat(), "status": str(status), "note": note})
+    log_transition(record, note, **fields)
+
+
+def settle(services: Services, record: LeadRecord, lead: Lead, now: datetime) -> None:
+    """Render and freeze the entry, then apply the one-person-one-call rule.
+
+    Leaves the record PENDING, DUPLICATE or REJECTED; the caller persists it.
+    """
+    from crm2calls.mapping import render_entry
+    from crm2calls.phones import mask
+
+    policy = services.settings.policy
+    try:
+        rendered = render_entry(lead, policy.source(record.source), policy, record.created_at)
+    except UnusableLeadError as exc:
+        record.raw = None
+        record.last_error = exc.reason
+        transition(record, Status.REJECTED, now, f"{exc.field}: {exc.reason}")
+        return
+    record.entry = json.dumps(rendered.entry, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    record.raw = None  # the frozen entry is all delivery needs; drop the CRM's raw data
+    record.phone_masked = mask(rendered.phone)
+    record.phone_key = phone_key(services, rendered.phone)
+    record.next_attempt_at = now
+    window = timedelta(hours=policy.duplicate_window_hours)
+    # Claimed by idempotency key, not by id: a CRM retry of the same event re-claims its own slot.
+    holder = services.store.claim_phone(record.phone_key, record.key, now, window) if window else None
+    if holder is not None:
+        transition(record, Status.DUPLICATE, now, f"same phone as {holder} within {policy.duplicate_window_hours} h")
+        return
+    transition(record, Status.PENDING, now, f"zone {rendered.zone} ({rendered.zone_reason})")
+
+
+def accept(services: Services, source: Source, events: list[LeadEvent]) -> list[IntakeResult]:
+    """Store each event once (idempotent by key) and say what became of it; StoreError -> 503."""
+    results = []
+    now = services.clock()
+    try:
+        for event in events:
+            results.append(_accept_one(services, source, event, now))
+    except StoreError:
+        raise
+    except Exception as exc:  # a store backend failure of any kind must make the CRM retry
+        if _is_store_failure(exc):
+            raise StoreError("the lead store is unavailable; retry later") from exc
+        raise
+    if any(r.status in (Status.PENDING, Status.RECEIVED) for r in results):
+        services.notify()
+    return results
+
+
+def _accept_one(services: Services, source: Source, event: LeadEvent, now: datetime) -> IntakeResult:
+    record = LeadRecord(
+        id=new_lead_id(now),
+        source=source.name,
+        key=f"{source.name}:{event.key}",
+        ref=event.ref,
+        status=Status.RECEIVED,
+        created_at=now,
+        updated_at=now,
+        next_attempt_at=now,
+    )
+    if event.lead is None:
+        record.raw = json.dumps(event.raw, ensure_ascii=False, separators=(",", ":"))
+        record.history.append({"at": now.isoformat(), "status": str(Status.RECEIVED), "note": "awaiting enrichment"})
+    else:
+        settle(services, record, event.lead, now)
+    stored, created = services.store.insert(record)
+    if not created:
+        # A CRM retry or a replay: answer as the first time, change nothing.
+        return IntakeResult(event.key, event.ref, stored.status, stored.id, reason="already received")
+    if stored.status is Status.RECEIVED:
+        log_transition(stored, "awaiting enrichment")
+    if stored.status is Status.DUPLICATE or stored.status is Status.REJECTED:
+        return IntakeResult(event.key, event.ref, stored.status, stored.id, reason=stored.last_error or _note(stored))
+    return IntakeResult(event.key, event.ref, stored.status, stored.id)
+
+
+def _note(record: LeadRecord) -> str | None:
+    return record.history[-1]["note"] if record.history else None
+
+
+def _is_store_failure(exc: Exception) -> bool:
+    module = type(exc).__module__
+    return module.startswith(("sqlite3", "botocore", "boto3")) or isinstance(exc, OSError)

@@ -1,0 +1,80 @@
+"""The data that flows through crm2calls, independent of Flask, the CRMs and the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """Where a lead is in its life; README "Lead statuses" explains each one."""
+
+    RECEIVED = "received"  # stored; its phone must still be fetched from the CRM (enrichment)
+    PENDING = "pending"  # the addPhones entry is rendered and frozen, waiting to be sent
+    SENDING = "sending"  # claimed by a worker under a lease; an expired lease makes it pending again
+    SENT = "sent"  # Aimylogic accepted it (job id recorded)
+    HELD = "held"  # a guard holds it (rate cap, paused campaign); released later, never dropped
+    DUPLICATE = "duplicate"  # the same person was already called within the duplicate window
+    REJECTED = "rejected"  # cannot be called: no phone, invalid number, refused by the API
+    FAILED = "failed"  # gave up after the attempt or age limit: the dead letter, kept for `leads retry`
+
+
+FINAL_STATUSES = frozenset({Status.SENT, Status.DUPLICATE, Status.REJECTED, Status.FAILED})
+
+
+@dataclass(frozen=True)
+class PhoneCandidate:
+    """One number as the CRM holds it, before normalisation."""
+
+    value: str
+    kind: str = ""  # "mobile", "work", "home", ... in lower case; "" when the CRM does not say
+    primary: bool = False
+
+
+@dataclass
+class Lead:
+    """A lead as the CRM describes it, before mapping to an addPhones entry."""
+
+    external_id: str | None
+    phones: list[PhoneCandidate]
+    fields: dict[str, Any] = field(default_factory=dict)  # what payload mapping reads (dotted paths)
+    name: str | None = None
+    zone: str | None = None  # a time zone the lead itself gives (IANA id or UTC offset)
+    city: str | None = None  # a city or region the mapping file may map to a zone
+    region: str | None = None  # phone region for national numbers, when the source knows it
+
+
+@dataclass
+class LeadEvent:
+    """One lead event parsed from a webhook (a request may hold many)."""
+
+    key: str  # idempotency key: unique per CRM event identity within its source
+    ref: str  # the CRM's own id of the lead or contact, for people reading logs
+    lead: Lead | None  # None: the phone must be fetched from the CRM's API (enrichment)
+    raw: dict[str, Any] = field(default_factory=dict)  # what enrichment needs; JSON-serialisable
+
+
+@dataclass
+class LeadRecord:
+    """A lead as the store keeps it."""
+
+    id: str
+    source: str
+    key: str  # "{source}:{event key}", unique in the store for at least KEY_TTL
+    ref: str
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime | None = None
+    attempts: int = 0
+    entry: str | None = None  # the addPhones entry as JSON, frozen when first rendered
+    raw: str | None = None  # the event as JSON, kept only until the entry is rendered
+    phone_masked: str | None = None
+    phone_key: str | None = None  # keyed hash of the normalised phone (duplicate window, do-not-call)
+    last_error: str | None = None
+    job_id: str | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # [{"at", "status", "note"}]

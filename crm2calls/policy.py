@@ -1,0 +1,106 @@
+"""Call policy and field mapping, as loaded from the mapping file (leads.toml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import time
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A span of local time within one day, start before end."""
+
+    start: time
+    end: time
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+@dataclass(frozen=True)
+class CallWindow:
+    """When a customer may be called, in the customer's local time, and how often."""
+
+    days: tuple[str, ...]
+    hours: dict[str, tuple[Interval, ...]]  # "default" and optional per-day keys
+    retry_interval_minutes: int
+    max_attempts: int
+    call_within_hours: int  # finishDateTime = arrival + this
+
+    def intervals_for(self, day: str) -> tuple[Interval, ...]:
+        """The intervals for a weekday, falling back to "default"."""
+        return self.hours.get(day, self.hours.get("default", ()))
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Dotted paths into a lead's fields."""
+
+    id: str | None = "id"
+    phones: tuple[str, ...] = ("phone",)
+    name: str | None = "name"
+    zone: str | None = "timezone"
+    city: str | None = "city"
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """Everything one source needs to turn its leads into phone entries."""
+
+    name: str
+    region: str
+    window: CallWindow
+    fields: FieldMap
+    payload: dict[str, str] | None  # payload key -> dotted path; None: every unmapped top-level field
+    records_path: str | None  # where a JSON body holds its array of leads
+    phone_preference: tuple[str, ...]  # phone kinds in order; "primary" and "any" are special
+    status_ids: tuple[str, ...] = ()  # amoCRM leads[status]: stage ids that trigger a call
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How pending leads reach Aimylogic."""
+
+    batch_size: int = 100
+    concurrency: int = 4
+    max_attempts: int = 50
+    max_age_hours: int = 72
+    backoff_base_seconds: float = 5.0
+    backoff_cap_seconds: float = 300.0
+    lease_seconds: int = 120
+    poll_seconds: float = 2.0
+    enrich_max_attempts: int = 6
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """Spend and compliance limits; 0 means no limit."""
+
+    calls_per_minute: int = 0
+    calls_per_day: int = 0
+    per_number_per_day: int = 0
+    per_number_per_week: int = 0
+    per_number_per_month: int = 0
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The whole mapping file."""
+
+    default_zone: str
+    safe_hours: Interval
+    allow_outside_safe_hours: bool
+    duplicate_window_hours: int
+    delivery: DeliveryPolicy
+    guards: GuardPolicy
+    cities: dict[str, str]  # casefolded city or region name -> IANA zone
+    defaults: SourcePolicy  # used for sources the file does not list
+    sources: dict[str, SourcePolicy] = field(default_factory=dict)
+
+    def source(self, name: str) -> SourcePolicy:
+        """The policy of a source, or the defaults under its name."""
+        if name in self.sources:
+            return self.sources[name]
+        return replace(self.defaults, name=name)

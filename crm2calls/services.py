@@ -1,0 +1,74 @@
+"""The long-lived objects a request or a worker pass needs, built once per app."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from crm2calls.clock import Clock, utcnow
+from crm2calls.config import Settings
+
+if TYPE_CHECKING:
+    from crm2calls.sources.base import Source
+    from crm2calls.store.base import LeadStore
+
+
+class Dialer(Protocol):
+    """What delivery needs from Aimylogic (AimylogicClient, or DryRunDialer without a token)."""
+
+    def add_phones(self, entries: list[dict]) -> list[str]:
+        """Send entries; return the job ids Aimylogic created."""
+
+
+@dataclass
+class Services:
+    """Settings, store, dialer and clock; the store and dialer are opened on first use."""
+
+    settings: Settings
+    clock: Clock = utcnow
+    store_factory: Callable[[], LeadStore] | None = None
+    dialer_factory: Callable[[], Dialer] | None = None
+    notify: Callable[[], None] = lambda: None  # wakes the local delivery worker after a store write
+    _store: LeadStore | None = field(default=None, repr=False)
+    _dialer: Dialer | None = field(default=None, repr=False)
+    _sources: dict[str, Source] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def store(self) -> LeadStore:
+        """The lead store, opened (and migrated) on first use."""
+        with self._lock:
+            if self._store is None:
+                if self.store_factory is not None:
+                    store = self.store_factory()
+                else:
+                    from crm2calls.store import open_store
+
+                    store = open_store(self.settings.leads_store)
+                store.migrate()
+                self._store = store
+            return self._store
+
+    @property
+    def dialer(self) -> Dialer:
+        """The Aimylogic client, or the dry-run dialer when AIMYLOGIC_TOKEN is unset."""
+        with self._lock:
+            if self._dialer is None:
+                if self.dialer_factory is not None:
+                    self._dialer = self.dialer_factory()
+                else:
+                    from crm2calls.aimylogic import make_dialer
+
+                    self._dialer = make_dialer(self.settings)
+            return self._dialer
+
+    def source(self, name: str) -> Source:
+        """The adapter for a source name (UnknownSourceError when there is none)."""
+        with self._lock:
+            if name not in self._sources:
+                from crm2calls.sources import load_source
+
+                self._sources[name] = load_source(name, self.settings)
+            return self._sources[name]

@@ -1,0 +1,130 @@
+"""The one small interface every CRM adapter implements."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from crm2calls.config import Settings
+from crm2calls.errors import EnrichmentError, UnauthorizedError, UnsupportedMediaTypeError
+from crm2calls.model import Lead, LeadEvent, Status
+from crm2calls.policy import SourcePolicy
+
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+
+
+@dataclass(frozen=True)
+class InboundRequest:
+    """A webhook request as adapters see it: the raw bytes, nothing decoded twice."""
+
+    method: str
+    url: str  # as the CRM called it: PUBLIC_BASE_URL's scheme and host, the raw path and query
+    query: Mapping[str, list[str]]
+    headers: Mapping[str, str]  # case-insensitive
+    body: bytes
+    content_type: str  # lower-case mimetype without parameters, "" when absent
+
+
+@dataclass
+class IntakeResult:
+    """What happened to one lead event of a request."""
+
+    key: str
+    ref: str
+    status: Status
+    lead_id: str | None = None
+    reason: str | None = None
+    field: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The per-lead summary returned to the caller."""
+        body: dict[str, Any] = {"ref": self.ref, "status": str(self.status)}
+        if self.lead_id:
+            body["lead_id"] = self.lead_id
+        if self.reason:
+            body["reason"] = self.reason
+        if self.field:
+            body["field"] = self.field
+        return body
+
+
+@dataclass
+class Ack:
+    """The answer a CRM expects."""
+
+    status: int
+    body: Any  # dict/list rendered as JSON, or bytes sent as they are
+    content_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def secret_matches(given: str | None, secrets: tuple[str, ...]) -> bool:
+    """Constant-time comparison against each accepted secret (current and previous)."""
+    if not given:
+        return False
+    given_bytes = given.encode("utf-8", "surrogatepass")
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(given_bytes, secret.encode("utf-8"))
+    return matched
+
+
+class Source:
+    """A CRM adapter: authenticate, parse into lead events, enrich, acknowledge.
+
+    Subclasses set `name` and `content_types`, implement parse() and, when their webhooks carry
+    only ids, enrich(). Instances are built per app and must be thread-safe.
+    """
+
+    name: ClassVar[str]
+    content_types: ClassVar[frozenset[str]] = frozenset({JSON, FORM})
+
+    def __init__(self, settings: Settings, policy: SourcePolicy):
+        self.settings = settings
+        self.policy = policy
+
+    def check_content_type(self, request: InboundRequest) -> None:
+        """415 unless the source takes this content type."""
+        if request.content_type not in self.content_types:
+            allowed = ", ".join(sorted(self.content_types))
+            raise UnsupportedMediaTypeError(
+                f"{self.name} takes {allowed}, not {request.content_type or 'a body without Content-Type'}",
+                field="Content-Type",
+            )
+
+    def authenticate(self, request: InboundRequest) -> None:
+        """Default: the shared WEBHOOK_SECRET as ?key= or X-Webhook-Secret (401 when wrong)."""
+        require_shared_key(request, self.settings)
+
+    def parse(self, request: InboundRequest) -> list[LeadEvent]:
+        """Turn the body into independent lead events; MalformedRequestError when it cannot."""
+        raise NotImplementedError
+
+    def enrich(self, event: LeadEvent, now: datetime) -> Lead:
+        """Fetch what the webhook lacked from the CRM's API (runs in the worker, never on the request path).
+
+        Raises EnrichmentError: retryable when the data may appear later (contact not linked yet,
+        429, 5xx), not retryable when it never will (lead deleted, 401).
+        """
+        raise EnrichmentError(f"{self.name} cannot fetch leads from its API", retryable=False)
+
+    def acknowledge(self, results: list[IntakeResult]) -> Ack:
+        """Default: 202 with a JSON summary per lead."""
+        return Ack(202, {"source": self.name, "leads": [r.as_json() for r in results]})
+
+
+def require_shared_key(request: InboundRequest, settings: Settings) -> None:
+    """Check WEBHOOK_SECRET from ?key= or the X-Webhook-Secret header, in constant time."""
+    if settings.dev_mode and not settings.webhook_secrets:
+        return
+    keys = request.query.get("key") or []
+    given = request.headers.get("X-Webhook-Secret") or (keys[0] if keys else None)
+    if not secret_matches(given, settings.webhook_secrets):
+        raise UnauthorizedError(
+            "missing or wrong webhook key: add ?key=<WEBHOOK_SECRET> to the URL or send X-Webhook-Secret",
+            field="key",
+        )

@@ -1,0 +1,168 @@
+"""HTTP views: verify the raw bytes, parse, call the domain, render. Errors are mapped in one place."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import quote
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from crm2calls.errors import Crm2CallsError, RequestError, ServiceUnavailableError, UnusableLeadError
+from crm2calls.services import Services
+from crm2calls.sources.base import Ack, InboundRequest, Source
+
+bp = Blueprint("webhooks", __name__)
+log = logging.getLogger("crm2calls.web")
+
+
+def services() -> Services:
+    """The app's Services; 503 when the configuration did not load (only possible under the CLI)."""
+    state = current_app.extensions["crm2calls"]
+    if state.services is None:
+        raise ServiceUnavailableError("crm2calls is not configured: run `flask --app app config check`")
+    return state.services
+
+
+def inbound(source: Source) -> InboundRequest:
+    """The request as the CRM sent it: raw body, raw path and query, the public URL it called."""
+    settings = services().settings
+    environ = request.environ
+    raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if not raw_uri:
+        query = environ.get("QUERY_STRING", "")
+        raw_uri = quote(request.script_root + request.path) + (f"?{query}" if query else "")
+    base = settings.public_base_url.rstrip("/") if settings.public_base_url else request.host_url.rstrip("/")
+    return InboundRequest(
+        method=request.method,
+        url=base + raw_uri,
+        query=request.args.to_dict(flat=False),
+        headers=request.headers,
+        body=request.get_data(cache=True),
+        content_type=(request.mimetype or "").lower(),
+    )
+
+
+def render(ack: Ack) -> Response:
+    """An adapter's Ack as a Flask response."""
+    if isinstance(ack.body, bytes | str):
+        response = Response(ack.body, status=ack.status, content_type=ack.content_type)
+    else:
+        response = jsonify(ack.body)
+        response.status_code = ack.status
+    response.headers.update(ack.headers)
+    return response
+
+
+@bp.get("/healthz")
+def healthz() -> Response | tuple[Response, int]:
+    """Ready, and what an operator must know: dry run, paused delivery, counts per status."""
+    svc = services()
+    body: dict[str, Any] = {"status": "ok", "dry_run": svc.settings.dry_run}
+    try:
+        store = svc.store
+        body["leads"] = store.count_by_status()
+        campaign = store.get_meta("campaign")
+        body["delivery"] = {"paused": bool(campaign and campaign.get("paused"))}
+        if campaign and campaign.get("paused"):
+            body["delivery"]["reason"] = campaign.get("reason")
+        guard = store.get_meta("guard")
+        if guard and guard.get("holding"):
+            body["guard"] = guard
+    except Exception:
+        log.exception("health check: the lead store is unavailable")
+        return jsonify({"status": "unavailable", "reason": "the lead store is unavailable"}), 503
+    return jsonify(body)
+
+
+@bp.post("/webhooks/<source_name>")
+def receive(source_name: str) -> Response:
+    """A CRM's webhook: authenticate, parse, store, acknowledge. Nothing is sent from here."""
+    from crm2calls.intake import accept
+
+    svc = services()
+    source = svc.source(source_name)
+    req = inbound(source)
+    source.authenticate(req)
+    source.check_content_type(req)
+    events = source.parse(req)
+    results = accept(svc, source, events)
+    g.leads = len(results)
+    return render(source.acknowledge(results))
+
+
+@bp.post("/preview/<source_name>")
+def preview(source_name: str) -> Response:
+    """The addPhones body a webhook would produce, without storing or sending anything."""
+    from crm2calls.mapping import render_entry
+
+    svc = services()
+    source = svc.source(source_name)
+    req = inbound(source)
+    source.authenticate(req)
+    source.check_content_type(req)
+    now = svc.clock()
+    policy = svc.settings.policy
+    entries, leads = [], []
+    for event in source.parse(req):
+        try:
+            lead = event.lead or source.enrich(event, now)
+            rendered = render_entry(lead, policy.source(source.name), policy, now)
+        except UnusableLeadError as exc:
+            leads.append({"ref": event.ref, "status": "rejected", "field": exc.field, "reason": exc.reason})
+            continue
+        except Crm2CallsError as exc:
+            leads.append({"ref": event.ref, "status": "error", "reason": str(exc)})
+            continue
+        entries.append(rendered.entry)
+        leads.append({"ref": event.ref, "status": "ok", "gmtZone": rendered.zone, "zone_reason": rendered.zone_reason})
+    return jsonify({"source": source.name, "addPhones": entries, "leads": leads})
+
+
+def register_error_handlers(app: Flask) -> None:
+    """The one place our exceptions become HTTP responses: JSON, never a traceback."""
+
+    @app.errorhandler(RequestError)
+    def request_error(exc: RequestError) -> tuple[Response, int]:
+        body = {"error": exc.code, "message": exc.message}
+        if exc.field:
+            body["field"] = exc.field
+        log.info("refused %s %s: %s %s", request.method, request.path, exc.status, exc.code)
+        return jsonify(body), exc.status
+
+    @app.errorhandler(ServiceUnavailableError)
+    def unavailable(exc: ServiceUnavailableError) -> tuple[Response, int]:
+        log.error("unavailable %s %s: %s", request.method, request.path, exc, exc_info=exc.__cause__ is not None)
+        return jsonify({"error": exc.code, "message": str(exc)}), 503
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return jsonify({"error": code, "message": exc.description}), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> tuple[Response, int]:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return jsonify({"error": "internal", "message": "internal error; the lead was not acknowledged"}), 500
+
+
+def register_request_log(app: Flask) -> None:
+    """Our own access log: method, path without the query (it may hold the key), status, time."""
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _log(response: Response) -> Response:
+        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        fields = {"event": "request", "method": request.method, "path": request.path, "status": response.status_code}
+        fields["ms"] = round(elapsed, 1)
+        if "leads" in g:
+            fields["leads"] = g.leads
+        logging.getLogger("crm2calls.access").info(
+            "%s %s %s", request.method, request.path, response.status_code, extra={"fields": fields}
+        )
+        return response

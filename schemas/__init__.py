@@ -1,0 +1,1 @@
+"""marshmallow schemas: the addPhones contract, the mapping file and the CRMs' wire formats."""

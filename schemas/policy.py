@@ -1,0 +1,309 @@
+"""The mapping file (leads.toml) as a schema: every mistake is reported with its key path."""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+from itertools import pairwise
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+
+from crm2calls.policy import (
+    WEEKDAYS,
+    CallWindow,
+    DeliveryPolicy,
+    FieldMap,
+    GuardPolicy,
+    Interval,
+    Policy,
+    SourcePolicy,
+)
+
+_INTERVAL = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)$")
+HOUR_KEYS = (*WEEKDAYS, "default")
+
+
+def parse_interval(text: str) -> Interval:
+    """Parse "HH:MM-HH:MM" (24:00 allowed as an end) into an Interval, start before end."""
+    match = _INTERVAL.match(text)
+    if not match:
+        raise ValidationError(f'"{text}" is not HH:MM-HH:MM (for example "10:00-19:00")')
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h2 == 24 and m2:
+        raise ValidationError(f'"{text}": 24:00 is the latest end')
+    start = time(h1, m1)
+    end = time(23, 59) if h2 == 24 else time(h2, m2)
+    if start >= end:
+        raise ValidationError(f'"{text}": the start must be before the end')
+    return Interval(start, end)
+
+
+class IntervalField(fields.Field):
+    """An Interval written as "HH:MM-HH:MM"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Interval:
+        if not isinstance(value, str):
+            raise ValidationError('expected a string "HH:MM-HH:MM"')
+        return parse_interval(value)
+
+    def _serialize(self, value: Interval | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else str(value)
+
+
+def check_no_overlap(intervals: list[Interval]) -> None:
+    """Intervals of one day must not overlap (end of one <= start of the next)."""
+    ordered = sorted(intervals, key=lambda i: i.start)
+    for earlier, later in pairwise(ordered):
+        if earlier.end > later.start:
+            raise ValidationError(f"intervals {earlier} and {later} overlap")
+
+
+class HoursField(fields.Dict):
+    """{"default": ["10:00-19:00"], "sat": [...]}: keys among the weekdays and default."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(
+            keys=fields.String(validate=validate.OneOf(HOUR_KEYS)),
+            values=fields.List(IntervalField(), validate=check_no_overlap),
+            **kwargs,
+        )
+
+
+def _fail(message: str) -> bool:
+    raise ValidationError(message)
+
+
+class WindowOverrideSchema(Schema):
+    """[calls] keys a source may override."""
+
+    class Meta:
+        unknown = RAISE
+
+    days = fields.List(
+        fields.String(validate=validate.OneOf(WEEKDAYS)),
+        validate=lambda days: (
+            (len(days) > 0 and len(set(days)) == len(days)) or _fail("list each day once, at least one day")
+        ),
+    )
+    hours = HoursField()
+    retry_interval_minutes = fields.Integer(strict=True, validate=validate.Range(min=0))
+    max_attempts = fields.Integer(strict=True, validate=validate.Range(min=0))
+    call_within_hours = fields.Integer(strict=True, validate=validate.Range(min=1, max=24 * 30))
+
+    @validates_schema
+    def _hours_need_default(self, data: dict[str, Any], **kwargs: Any) -> None:
+        hours = data.get("hours")
+        if hours is not None and "default" not in hours and set(data.get("days", WEEKDAYS)) - set(hours):
+            raise ValidationError('give "default" hours, or hours for every allowed day', "hours")
+
+
+class CallsSchema(WindowOverrideSchema):
+    """[calls]: the window every source inherits, and the global call rules."""
+
+    days = fields.List(
+        fields.String(validate=validate.OneOf(WEEKDAYS)),
+        load_default=lambda: list(WEEKDAYS[:5]),
+        validate=lambda days: (
+            (len(days) > 0 and len(set(days)) == len(days)) or _fail("list each day once, at least one day")
+        ),
+    )
+    hours = HoursField(load_default=lambda: {"default": [parse_interval("10:00-19:00")]})
+    retry_interval_minutes = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=60)
+    max_attempts = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=3)
+    call_within_hours = fields.Integer(strict=True, validate=validate.Range(min=1, max=24 * 30), load_default=72)
+    phone_preference = fields.List(fields.String(), load_default=lambda: ["mobile", "primary", "any"])
+    default_zone = fields.String(load_default="Europe/Moscow")
+    safe_hours = IntervalField(load_default=lambda: parse_interval("09:00-21:00"))
+    allow_outside_safe_hours = fields.Boolean(load_default=False)
+    duplicate_window_hours = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=24)
+
+    @validates_schema
+    def _zone_exists(self, data: dict[str, Any], **kwargs: Any) -> None:
+        from crm2calls.zones import is_iana_zone
+
+        if "default_zone" in data and not is_iana_zone(data["default_zone"]):
+            raise ValidationError(
+                f'"{data["default_zone"]}" is not an IANA zone id (e.g. Europe/Moscow)', "default_zone"
+            )
+
+    @validates_schema
+    def _within_safe_hours(self, data: dict[str, Any], **kwargs: Any) -> None:
+        safe, hours = data.get("safe_hours"), data.get("hours")
+        if safe is None or hours is None or data.get("allow_outside_safe_hours"):
+            return
+        for day, intervals in hours.items():
+            for interval in intervals:
+                if interval.start < safe.start or interval.end > safe.end:
+                    raise ValidationError(
+                        f"{day} {interval} is outside the safe hours {safe}; narrow it, "
+                        "or set allow_outside_safe_hours = true if you really mean it",
+                        "hours",
+                    )
+
+
+class FieldMapSchema(Schema):
+    """[sources.X.fields]: dotted paths into the lead."""
+
+    class Meta:
+        unknown = RAISE
+
+    id = fields.String(allow_none=True)
+    phones = fields.List(fields.String(), validate=validate.Length(min=1))
+    name = fields.String(allow_none=True)
+    zone = fields.String(allow_none=True)
+    city = fields.String(allow_none=True)
+
+
+class DeliverySchema(Schema):
+    """[delivery]."""
+
+    class Meta:
+        unknown = RAISE
+
+    batch_size = fields.Integer(strict=True, validate=validate.Range(min=1, max=1000))
+    concurrency = fields.Integer(strict=True, validate=validate.Range(min=1, max=32))
+    max_attempts = fields.Integer(strict=True, validate=validate.Range(min=1))
+    max_age_hours = fields.Integer(strict=True, validate=validate.Range(min=1))
+    backoff_base_seconds = fields.Float(validate=validate.Range(min=0))
+    backoff_cap_seconds = fields.Float(validate=validate.Range(min=1))
+    lease_seconds = fields.Integer(strict=True, validate=validate.Range(min=10))
+    poll_seconds = fields.Float(validate=validate.Range(min=0.05))
+    enrich_max_attempts = fields.Integer(strict=True, validate=validate.Range(min=1))
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> DeliveryPolicy:
+        return DeliveryPolicy(**data)
+
+
+class GuardsSchema(Schema):
+    """[guards]."""
+
+    class Meta:
+        unknown = RAISE
+
+    calls_per_minute = fields.Integer(strict=True, validate=validate.Range(min=0))
+    calls_per_day = fields.Integer(strict=True, validate=validate.Range(min=0))
+    per_number_per_day = fields.Integer(strict=True, validate=validate.Range(min=0))
+    per_number_per_week = fields.Integer(strict=True, validate=validate.Range(min=0))
+    per_number_per_month = fields.Integer(strict=True, validate=validate.Range(min=0))
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> GuardPolicy:
+        return GuardPolicy(**data)
+
+
+class SourceSchema(Schema):
+    """[sources.X]: overrides for one source."""
+
+    class Meta:
+        unknown = RAISE
+
+    region = fields.String(validate=validate.Regexp(r"^[A-Z]{2}$", error="a two-letter region code such as RU or US"))
+    records_path = fields.String()
+    phone_preference = fields.List(fields.String())
+    status_ids = fields.List(fields.String())
+    fields_ = fields.Nested(FieldMapSchema, data_key="fields")
+    payload = fields.Dict(keys=fields.String(validate=validate.Length(min=1)), values=fields.String())
+    calls = fields.Nested(WindowOverrideSchema)
+
+
+class ZonesSchema(Schema):
+    """[zones]: city or region names -> IANA zone."""
+
+    class Meta:
+        unknown = RAISE
+
+    cities = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+
+    @validates_schema
+    def _zones_exist(self, data: dict[str, Any], **kwargs: Any) -> None:
+        from crm2calls.zones import is_iana_zone
+
+        bad = {city: zone for city, zone in data.get("cities", {}).items() if not is_iana_zone(zone)}
+        if bad:
+            raise ValidationError({city: [f'"{zone}" is not an IANA zone id'] for city, zone in bad.items()}, "cities")
+
+
+class PolicySchema(Schema):
+    """The whole mapping file."""
+
+    class Meta:
+        unknown = RAISE
+
+    calls = fields.Nested(CallsSchema, load_default=lambda: CallsSchema().load({}))
+    delivery = fields.Nested(DeliverySchema, load_default=DeliveryPolicy)
+    guards = fields.Nested(GuardsSchema, load_default=GuardPolicy)
+    zones = fields.Nested(ZonesSchema, load_default=lambda: {"cities": {}})
+    sources = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(r"^[a-z0-9_]+$")),
+        values=fields.Nested(SourceSchema),
+        load_default=dict,
+    )
+
+
+def _window(base: dict[str, Any], override: dict[str, Any]) -> CallWindow:
+    merged = {**base, **override}
+    days = tuple(merged["days"])
+    hours = {day: tuple(ivs) for day, ivs in merged["hours"].items() if day == "default" or day in days}
+    return CallWindow(
+        days=days,
+        hours=hours,
+        retry_interval_minutes=merged["retry_interval_minutes"],
+        max_attempts=merged["max_attempts"],
+        call_within_hours=merged["call_within_hours"],
+    )
+
+
+def build_policy(data: dict[str, Any], default_region: str) -> Policy:
+    """Merge [calls] into every source and freeze the result."""
+    calls = data["calls"]
+    defaults = SourcePolicy(
+        name="*",
+        region=default_region,
+        window=_window(calls, {}),
+        fields=FieldMap(),
+        payload=None,
+        records_path=None,
+        phone_preference=tuple(calls["phone_preference"]),
+    )
+    sources = {}
+    for name, src in data["sources"].items():
+        sources[name] = SourcePolicy(
+            name=name,
+            region=src.get("region", default_region),
+            window=_window(calls, src.get("calls", {})),
+            fields=FieldMap(**{k: tuple(v) if k == "phones" else v for k, v in src.get("fields_", {}).items()}),
+            payload=src.get("payload"),
+            records_path=src.get("records_path") or None,
+            phone_preference=tuple(src.get("phone_preference", calls["phone_preference"])),
+            status_ids=tuple(src.get("status_ids", ())),
+        )
+    return Policy(
+        default_zone=calls["default_zone"],
+        safe_hours=calls["safe_hours"],
+        allow_outside_safe_hours=calls["allow_outside_safe_hours"],
+        duplicate_window_hours=calls["duplicate_window_hours"],
+        delivery=data["delivery"],
+        guards=data["guards"],
+        cities={k.casefold(): v for k, v in data["zones"]["cities"].items()},
+        defaults=defaults,
+        sources=sources,
+    )
+
+
+def flatten_errors(messages: Any, prefix: str = "") -> list[str]:
+    """Turn marshmallow's nested messages into "a.b.c: message" lines."""
+    if isinstance(messages, dict):
+        lines = []
+        for key, value in messages.items():
+            path = f"{prefix}.{key}" if prefix and key != "_schema" else (prefix or str(key))
+            if key == "_schema":
+                path = prefix or "(top level)"
+            lines.extend(flatten_errors(value, path))
+        return lines
+    if isinstance(messages, list):
+        if all(isinstance(m, str) for m in messages):
+            return [f"{prefix}: {m}" for m in messages]
+        return [line for m in messages for line in flatten_errors(m, prefix)]
+    return [f"{prefix}: {messages}"]
