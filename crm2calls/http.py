@@ -1,0 +1,119 @@
+"""One HTTP client for the CRMs' APIs: timeouts, no redirects, bounded retries, typed errors.
+
+Only idempotent GETs are retried here (urllib3's Retry, short backoff); anything longer is the
+delivery worker's durable retry. Error messages name the service and the variable to fix, never
+a URL (tokens live in some paths and query strings).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crm2calls.errors import AuthError, EnrichmentError, UnavailableError
+
+DEFAULT_TIMEOUT = (3.05, 15.0)
+
+
+def parse_retry_after(value: str | None, now_epoch: float) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now_epoch)
+
+
+class CrmHttpClient:
+    """JSON over HTTP to one CRM API; `secret_hint` names the variable holding its credential."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        service: str,
+        secret_hint: str,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        retries: int = 2,
+    ):
+        import requests
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
+
+        self.base_url = base_url.rstrip("/")
+        self.service = service
+        self.secret_hint = secret_hint
+        self.timeout = timeout
+        self.params = params or {}
+        self.session = requests.Session()
+        self.session.headers.update({"Accept": "application/json", "User-Agent": "crm2calls"})
+        self.session.headers.update(headers or {})
+        if auth:
+            self.session.auth = auth
+        retry = Retry(
+            total=retries,
+            connect=retries,
+            read=0,  # a read timeout already cost us the full read timeout; let the worker back off
+            status=retries,
+            status_forcelist=(502, 503, 504),
+            allowed_methods=frozenset({"GET"}),
+            backoff_factor=0.2,
+            respect_retry_after_header=False,  # 429/Retry-After goes back to the worker's backoff
+            raise_on_status=False,
+            redirect=0,
+        )
+        adapter = HTTPAdapter(max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None) -> Any:
+        """Call the API and return its JSON body; raise AuthError, EnrichmentError or UnavailableError."""
+        import time
+
+        import requests
+
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        try:
+            response = self.session.request(
+                method,
+                url,
+                params={**self.params, **(params or {})},
+                json=json,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.Timeout:
+            raise UnavailableError(f"{self.service} API timed out") from None
+        except requests.RequestException as exc:
+            raise UnavailableError(f"{self.service} API unreachable ({type(exc).__name__})") from None
+        status = response.status_code
+        if status in (401, 403):
+            raise AuthError(f"{self.service} API refused our credentials (HTTP {status}): check {self.secret_hint}")
+        if status == 404:
+            raise EnrichmentError(f"{self.service}: not found (HTTP 404)", retryable=False)
+        if status == 429 or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            raise UnavailableError(f"{self.service} API answered HTTP {status}", retry_after)
+        if 300 <= status < 400:
+            raise UnavailableError(f"{self.service} API redirected (HTTP {status}); redirects are not followed")
+        if status >= 400:
+            raise EnrichmentError(f"{self.service} API refused the request (HTTP {status})", retryable=False)
+        if status == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise UnavailableError(f"{self.service} API answered with a body that is not JSON") from None
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET path with query params."""
+        return self.request("GET", path, params=params)
