@@ -70,6 +70,7 @@ class Settings:
     max_body_bytes: int = MIB
     log_level: str = "INFO"
     dev_mode: bool = False  # serve webhooks without WEBHOOK_SECRET: only `make run` on loopback
+    on_lambda: bool = False  # AWS_LAMBDA_FUNCTION_NAME is set: delivery is kicked as an async task
     crm: CrmSettings = field(default_factory=CrmSettings)
 
     @property
@@ -150,6 +151,7 @@ def load_settings(*, serving: bool = True, dev_mode: bool = False) -> Settings:
         "public_base_url": env.str("PUBLIC_BASE_URL", "") or None,
         "max_body_bytes": env.int("MAX_BODY_BYTES", MIB, validate=lambda n: n >= 1024),
         "log_level": env.str("LOG_LEVEL", "INFO").upper(),
+        "on_lambda": bool(env.str("AWS_LAMBDA_FUNCTION_NAME", "")),
     }
     crm = {
         "amocrm_base_url": env.str("AMOCRM_BASE_URL", "") or None,

@@ -117,6 +117,16 @@ class Source:
         return Ack(202, {"source": self.name, "leads": [r.as_json() for r in results]})
 
 
+def payload_for(default: dict[str, Any], crm_object: dict[str, Any], policy: SourcePolicy) -> dict[str, Any]:
+    """A CRM's default payload, or the mapping file's [sources.X.payload] paths into the CRM's object."""
+    if policy.payload is None:
+        return {key: value for key, value in default.items() if value not in (None, "", [], {})}
+    from crm2calls.mapping import get_path
+
+    mapped = {key: get_path(crm_object, path) for key, path in policy.payload.items()}
+    return {key: value for key, value in mapped.items() if value is not None}
+
+
 def require_shared_key(request: InboundRequest, settings: Settings) -> None:
     """Check WEBHOOK_SECRET from ?key= or the X-Webhook-Secret header, in constant time."""
     if settings.dev_mode and not settings.webhook_secrets:
