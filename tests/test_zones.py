@@ -157,7 +157,9 @@ def test_format_offset_round_trips(offset, text):
     assert parse_offset(text) == offset
 
 
-@pytest.mark.parametrize(("name", "known"), [("Europe/Moscow", True), ("UTC", True), ("europe/moscow", False), ("", False)])
+@pytest.mark.parametrize(
+    ("name", "known"), [("Europe/Moscow", True), ("UTC", True), ("europe/moscow", False), ("", False)]
+)
 def test_is_iana_zone_is_exact(name, known):
     assert is_iana_zone(name) is known
 
