@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from environs import Env, EnvValidationError
 from marshmallow import ValidationError
+from marshmallow.validate import Range
 
 from crm2calls.errors import ConfigError
 from crm2calls.policy import Policy
@@ -147,9 +148,9 @@ def load_settings(*, serving: bool = True, dev_mode: bool = False) -> Settings:
         "leads_store": env.str("LEADS_STORE", DEFAULT_STORE),
         "default_region": env.str("DEFAULT_REGION", "RU").upper(),
         "host": env.str("HOST", "127.0.0.1"),
-        "port": env.int("PORT", 5000, validate=lambda p: 0 < p < 65536),
+        "port": env.int("PORT", 5000, validate=Range(min=1, max=65535)),
         "public_base_url": env.str("PUBLIC_BASE_URL", "") or None,
-        "max_body_bytes": env.int("MAX_BODY_BYTES", MIB, validate=lambda n: n >= 1024),
+        "max_body_bytes": env.int("MAX_BODY_BYTES", MIB, validate=Range(min=1024)),
         "log_level": env.str("LOG_LEVEL", "INFO").upper(),
         "on_lambda": bool(env.str("AWS_LAMBDA_FUNCTION_NAME", "")),
     }
@@ -196,6 +197,7 @@ def load_settings(*, serving: bool = True, dev_mode: bool = False) -> Settings:
     if problems:
         raise ConfigError(problems)
     secret = values.pop("webhook_secret")
+    values["leads_config"] = Path(values["leads_config"])
     return Settings(
         policy=policy, webhook_secrets=_secrets(secret), dev_mode=dev_mode, crm=CrmSettings(**crm), **values
     )

@@ -297,9 +297,12 @@ def flatten_errors(messages: Any, prefix: str = "") -> list[str]:
     if isinstance(messages, dict):
         lines = []
         for key, value in messages.items():
-            path = f"{prefix}.{key}" if prefix and key != "_schema" else (prefix or str(key))
-            if key == "_schema":
+            if key in ("_schema", "value"):  # schema-level, or the value side of a Dict field
                 path = prefix or "(top level)"
+            elif key == "key":  # the key side of a Dict field
+                path = f"{prefix} (key)"
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
             lines.extend(flatten_errors(value, path))
         return lines
     if isinstance(messages, list):

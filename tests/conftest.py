@@ -1,0 +1,86 @@
+"""Shared fixtures: settings from the shipped leads.toml, a SQLite store, the app and its client."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from crm2calls.config import Settings, load_policy
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SECRET = "test-shared-secret-0123456789"
+TOKEN = "8231.7056.1b131df1"
+
+
+def pytest_configure(config):
+    """`import app` builds the module-level app from the environment: give it a valid one."""
+    os.environ.setdefault("WEBHOOK_SECRET", SECRET)
+    os.environ.setdefault("LEADS_STORE", "sqlite:///build/test-default.db")
+
+
+class FakeClock:
+    """A clock the test moves by hand: outages of hours run in milliseconds."""
+
+    def __init__(self, start: datetime | None = None):
+        self.now = start or datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        """Move forward by timedelta(**delta)."""
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def shipped_policy():
+    return load_policy(ROOT / "leads.toml", "RU")
+
+
+@pytest.fixture
+def settings(shipped_policy, tmp_path) -> Settings:
+    """Settings as a deployment would have them, dry run (no Aimylogic token), store in tmp_path."""
+    return Settings(
+        policy=shipped_policy,
+        webhook_secrets=(SECRET,),
+        leads_store=f"sqlite:///{tmp_path / 'leads.db'}",
+    )
+
+
+@pytest.fixture
+def make_services(settings, clock):
+    """Build Services around settings (overridable), with the test clock."""
+    from crm2calls.services import Services
+
+    def make(**overrides) -> Services:
+        return Services(replace(settings, **overrides), clock=clock)
+
+    return make
+
+
+@pytest.fixture
+def services(make_services):
+    return make_services()
+
+
+@pytest.fixture
+def app(services):
+    from app import create_app
+
+    return create_app(services=services)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
