@@ -75,8 +75,21 @@ class CrmHttpClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
-    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None) -> Any:
-        """Call the API and return its JSON body; raise AuthError, EnrichmentError or UnavailableError."""
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        data: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Call the API and return its JSON body; raise AuthError, EnrichmentError or UnavailableError.
+
+        data: a form body (OAuth token requests keep secrets out of URLs); headers: per-request
+        headers on top of the session's (a refreshed access token).
+        """
         import time
 
         import requests
@@ -88,6 +101,8 @@ class CrmHttpClient:
                 url,
                 params={**self.params, **(params or {})},
                 json=json,
+                data=data,
+                headers=headers,
                 timeout=self.timeout,
                 allow_redirects=False,
             )
