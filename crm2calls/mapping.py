@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from typing import Any
 
@@ -87,6 +87,13 @@ def render_entry(lead: Lead, source: SourcePolicy, policy: Policy, received_at: 
     phone, number = pick_phone(lead.phones, lead.region or source.region, source.phone_preference)
     zones, zones_from = resolve_zones(lead, policy.cities, number, policy.default_zone)
     plan = plan_window(zones, window, received_at, policy.default_zone)
+    if not plan.common:
+        # The configured hours share no time across the zones (a Russian mobile spans 10 hours):
+        # the safe hours usually do, and keep every candidate customer out of the night.
+        safe = replace(window, hours={"default": (policy.safe_hours,)})
+        safe_plan = plan_window(zones, safe, received_at, policy.default_zone)
+        if safe_plan.common:
+            plan = replace(safe_plan, reason=f"configured hours share no time; safe {safe_plan.reason}")
     start = received_at.replace(microsecond=0)  # whole seconds: Aimylogic needs no more
     entry: dict[str, Any] = {"phone": phone}
     if lead.fields:

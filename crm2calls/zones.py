@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta, timezone, tzinfo
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -130,6 +130,7 @@ class WindowPlan:
     days: tuple[str, ...]
     hours: dict[str, tuple[Interval, ...]]
     reason: str
+    common: bool = True  # False: the zones share no allowed time, this is the fallback zone's window
 
 
 def _minutes(value: time) -> int:
@@ -190,7 +191,8 @@ def plan_window(zones: list[str], window: CallWindow, now: datetime, fallback: s
     target = fallback if fallback in zones else zones[0]
     per_day = _day_intervals(_rotate(common, _offset_minutes(target, now)))
     if not per_day:
-        return _configured(fallback, window, f"no hour is common to the {len(zones)} zones; fallback zone")
+        plan = _configured(fallback, window, f"no hour is common to the {len(zones)} zones; fallback zone")
+        return replace(plan, common=False)
     days = tuple(per_day)
     if len(set(per_day.values())) == 1:
         per_day = {"default": per_day[days[0]]}

@@ -184,8 +184,15 @@ def test_russian_mobile_gets_the_hours_common_to_its_zones():
     assert rendered.zone_reason == "number: hours common to 16 zones"
 
 
-def test_russian_mobile_without_common_hours_falls_back_and_says_so():
-    rendered = render(lead(MOBILE))
+def test_russian_mobile_without_common_configured_hours_gets_the_common_safe_hours():
+    rendered = render(lead(MOBILE))  # 10:00-19:00 share no time across 16 zones; 09:00-21:00 do
+    assert rendered.entry["gmtZone"] == "Europe/Moscow"
+    assert rendered.entry["allowedTime"] == {"default": times("10:00-12:00")}
+    assert rendered.zone_reason == "number: configured hours share no time; safe hours common to 16 zones"
+
+
+def test_russian_mobile_with_no_common_time_at_all_falls_back_and_says_so():
+    rendered = render(lead(MOBILE), {"calls": {"safe_hours": "10:00-19:00"}})
     assert rendered.entry["gmtZone"] == "Europe/Moscow"
     assert rendered.entry["allowedTime"] == {"default": times("10:00-19:00")}
     assert "fallback" in rendered.zone_reason
