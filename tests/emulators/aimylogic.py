@@ -1,0 +1,385 @@
+"""An emulator of the Aimylogic Calls API, written from shared/docs/addPhones.md alone.
+
+It deliberately imports nothing from schemas/ or crm2calls: it is a second, independent reading
+of the contract, so a mistake in our schemas shows up as a 400 here instead of passing silently.
+
+Where the docs are silent the emulator picks a behaviour and says so:
+* every error body is plain text naming the element index and the field;
+* unknown fields in an entry are refused (strict: a misspelt field is our bug, never a feature);
+* a request with any bad element adds nothing (all or nothing);
+* a paused campaign answers addPhones with 503 and adds nothing ("unavailable": the platform
+  pauses itself when minutes run out or on failure, so a sender should keep the leads and retry);
+* a wrong token answers 404 on every method.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import zoneinfo
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from tests.emulators.base import LocalServer
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+FIELDS = {
+    "phone", "payload", "startDateTime", "finishDateTime", "allowedDays", "allowedTime",
+    "retryIntervalInMinutes", "maxAttempts", "gmtZone",
+}
+DUPLICATE_WINDOW = timedelta(hours=24)
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$")
+# Java ZoneOffset.of forms: +h, +hh, +hh:mm, +hhmm, +hh:mm:ss, +hhmmss
+_OFFSET = re.compile(
+    r"^[+-](?:(\d)|(\d{2})|(\d{2}):(\d{2})|(\d{2})(\d{2})|(\d{2}):(\d{2}):(\d{2})|(\d{2})(\d{2})(\d{2}))$"
+)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def valid_offset(text: str) -> bool:
+    """A ZoneOffset.of string within ±18:00."""
+    match = _OFFSET.match(text)
+    if not match:
+        return False
+    parts = [int(g) for g in match.groups() if g is not None]
+    hours, minutes, seconds = [*parts, 0, 0][:3]
+    if minutes > 59 or seconds > 59:
+        return False
+    return hours < 18 or (hours == 18 and minutes == 0 and seconds == 0)
+
+
+def valid_zone(value: Any) -> bool:
+    """gmtZone as documented: Z, an offset, UTC/GMT/UT with or without an offset, or an IANA id."""
+    if not isinstance(value, str) or not value:
+        return False
+    if value == "Z" or value in ("UTC", "GMT", "UT"):
+        return True
+    if value[0] in "+-":
+        return valid_offset(value)
+    for prefix in ("UTC", "GMT", "UT"):
+        rest = value[len(prefix):]
+        if value.startswith(prefix) and rest[:1] in ("+", "-"):
+            return valid_offset(rest)
+    return "/" in value and value in zoneinfo.available_timezones()
+
+
+def _non_negative_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _datetime(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not _DATETIME.match(value):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def validate_entry(entry: Any) -> list[str]:
+    """Every way one addPhones element breaks the documented rules, as "field: problem"."""
+    if not isinstance(entry, dict):
+        return ["(element): must be an object"]
+    errors = [f"{name}: unknown field" for name in sorted(set(entry) - FIELDS)]
+    phone = entry.get("phone")
+    if phone is None:
+        errors.append("phone: required")
+    elif isinstance(phone, bool) or not (
+        (isinstance(phone, int) and phone > 0) or (isinstance(phone, str) and phone.isascii() and phone.isdigit())
+    ):
+        errors.append("phone: must be digits, country code first")
+    if "payload" in entry and not isinstance(entry["payload"], dict):
+        errors.append("payload: must be an object")
+    moments = {}
+    for name in ("startDateTime", "finishDateTime"):
+        if name in entry:
+            moments[name] = _datetime(entry[name])
+            if moments[name] is None:
+                errors.append(f"{name}: must be an ISO date-time with an offset, e.g. 2020-03-23T00:00:00Z")
+    start, finish = moments.get("startDateTime"), moments.get("finishDateTime")
+    if start and finish and finish <= start:
+        errors.append("finishDateTime: must be after startDateTime")
+    if "allowedDays" in entry:
+        days = entry["allowedDays"]
+        if not isinstance(days, list) or not days:
+            errors.append("allowedDays: must be a non-empty array of weekdays")
+        elif any(day not in WEEKDAYS for day in days) or len(set(days)) != len(days):
+            errors.append(f"allowedDays: each of {', '.join(WEEKDAYS)} at most once")
+    if "allowedTime" in entry:
+        errors.extend(_allowed_time_errors(entry["allowedTime"]))
+    for name in ("retryIntervalInMinutes", "maxAttempts"):
+        if name in entry and not _non_negative_int(entry[name]):
+            errors.append(f"{name}: must be a non-negative integer")
+    if "gmtZone" in entry and not valid_zone(entry["gmtZone"]):
+        errors.append(f"gmtZone: {entry['gmtZone']!r} is not Z, an offset within ±18:00 or a time zone id")
+    return errors
+
+
+def _allowed_time_errors(allowed: Any) -> list[str]:
+    if not isinstance(allowed, dict):
+        return ["allowedTime: must be an object keyed by weekday or default"]
+    errors = []
+    for day, intervals in allowed.items():
+        where = f"allowedTime.{day}"
+        if day not in (*WEEKDAYS, "default"):
+            errors.append(f"{where}: key must be a weekday or default")
+            continue
+        if not isinstance(intervals, list):
+            errors.append(f"{where}: must be an array of intervals")
+            continue
+        bounds = []
+        for i, interval in enumerate(intervals):
+            at = f"{where}[{i}]"
+            if not isinstance(interval, dict):
+                errors.append(f"{at}: must be an object")
+                continue
+            extra = set(interval) - {"localTimeFrom", "localTimeTo"}
+            if extra:
+                errors.append(f"{at}: unknown field {sorted(extra)[0]}")
+            ok = True
+            for bound in ("localTimeFrom", "localTimeTo"):
+                if bound not in interval:
+                    errors.append(f"{at}.{bound}: required")
+                    ok = False
+                elif not isinstance(interval[bound], str) or not _HHMM.match(interval[bound]):
+                    errors.append(f"{at}.{bound}: must be HH:mm")
+                    ok = False
+            if ok:
+                if interval["localTimeFrom"] >= interval["localTimeTo"]:
+                    errors.append(f"{at}: localTimeFrom must be before localTimeTo")
+                bounds.append((interval["localTimeFrom"], interval["localTimeTo"]))
+        bounds.sort()
+        for (_, earlier_end), (later_start, _) in pairwise(bounds):
+            if earlier_end > later_start:
+                errors.append(f"{where}: intervals overlap")
+    return errors
+
+
+def fingerprint(entry: dict) -> str:
+    """Same phone, same settings, same payload: the duplicate guard's notion of "the same"."""
+    return json.dumps({**entry, "phone": str(entry["phone"])}, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class Recorded:
+    """One request as the emulator saw it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: bytes
+    status: int | None = None  # set once answered
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+
+@dataclass
+class _Scripted:
+    status: int
+    body: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class AimylogicEmulator:
+    """A real HTTP server on 127.0.0.1 that keeps the addPhones contract; use it as a context manager."""
+
+    def __init__(self, token: str = "8231.7056.1b131df1", *, clock=_utcnow, first_job_id: int = 5665334669):
+        self.token = token
+        self.clock = clock
+        self._first_job_id = first_job_id
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        self.reset()
+        self._server = LocalServer(self._app)
+
+    # lifecycle
+
+    def reset(self) -> None:
+        """Forget every request, job and scripted fault (one server can serve many tests)."""
+        self.recover()
+        with self._lock:
+            self.delay = 0.0  # seconds each request waits before it is handled
+            self.requests: list[Recorded] = []
+            self.entries: list[dict] = []  # every valid entry of every accepted addPhones request, duplicates too
+            self.calls: dict[str, dict] = {}  # job id -> entry: distinct jobs, each one real call
+            self.test_calls: dict[str, dict] = {}  # job id -> query of test/addPhone (real calls, no guard)
+            self.duplicates_ignored = 0
+            self.hanging = 0  # requests waiting in a hang right now
+            self._seen: dict[str, tuple[str, datetime]] = {}
+            self._next_id = self._first_job_id
+
+    def start(self) -> AimylogicEmulator:
+        """Serve on a free port in a daemon thread."""
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        """Release hanging requests and shut the server down."""
+        self._release.set()
+        self._server.stop()
+
+    def __enter__(self) -> AimylogicEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The base URL to give the client (AIMYLOGIC_URL)."""
+        return self._server.url
+
+    # fault injection
+
+    def fail_next(
+        self, status: int, *, times: int = 1, retry_after: str | int | None = None, body: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer the next `times` requests with `status` (and Retry-After), handling nothing."""
+        extra = dict(headers or {})
+        if retry_after is not None:
+            extra["Retry-After"] = str(retry_after)
+        with self._lock:
+            self._script.extend(_Scripted(status, body if body is not None else f"scripted {status}", extra)
+                                for _ in range(times))
+
+    def hang(self, seconds: float, *, times: int = 1) -> None:
+        """The next `times` requests wait `seconds`, then get 504 with nothing recorded (lost before the backend)."""
+        with self._lock:
+            self._hang_before.extend([seconds] * times)
+
+    def record_then_hang(self, seconds: float, *, times: int = 1) -> None:
+        """The next `times` addPhones requests are fully accepted, then the answer waits `seconds`."""
+        with self._lock:
+            self._hang_after.extend([seconds] * times)
+
+    def pause(self) -> None:
+        """The campaign pauses: status says paused, addPhones answers 503 (see the module docstring)."""
+        self._paused = True
+
+    def recover(self) -> None:
+        """Drop scripted failures and pending hangs, resume the campaign, release current hangs."""
+        with self._lock:
+            self._script: deque[_Scripted] = deque()
+            self._hang_before: deque[float] = deque()
+            self._hang_after: deque[float] = deque()
+            self._paused = False
+            self._release.set()
+            self._release = threading.Event()
+
+    def calls_per_phone(self) -> dict[str, int]:
+        """How many distinct jobs (real calls) each phone got through addPhones."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for entry in self.calls.values():
+                phone = str(entry["phone"])
+                counts[phone] = counts.get(phone, 0) + 1
+        return counts
+
+    # HTTP
+
+    @Request.application
+    def _app(self, request: Request) -> Response:
+        recorded = Recorded(request.method, request.path, dict(request.args), request.get_data())
+        with self._lock:
+            self.requests.append(recorded)
+            hang = self._hang_before.popleft() if self._hang_before else None
+            scripted = self._script.popleft() if self._script and hang is None else None
+        if self.delay:
+            time.sleep(self.delay)
+        if hang is not None:
+            self._wait(hang)
+            response = Response("gateway timeout", 504, mimetype="text/plain")
+        elif scripted is not None:
+            response = Response(scripted.body, scripted.status, headers=scripted.headers, mimetype="text/plain")
+        else:
+            response = self._route(request)
+        recorded.status = response.status_code
+        return response
+
+    def _wait(self, seconds: float) -> None:
+        with self._lock:
+            self.hanging += 1
+        try:
+            self._release.wait(seconds)
+        finally:
+            with self._lock:
+                self.hanging -= 1
+
+    def _route(self, request: Request) -> Response:
+        prefix = f"/api/calls/campaign/{self.token}/"
+        crm_prefix = f"/api/crmCalls/campaign/{self.token}/"
+        if request.path == prefix + "addPhones":
+            return self._add_phones(request) if request.method == "POST" else _text("method not allowed", 405)
+        if request.path == crm_prefix + "test/addPhone" and request.method == "GET":
+            return self._test_add_phone(request)
+        if request.path == prefix + "status" and request.method == "GET":
+            return _text("paused" if self._paused else "inProcess")
+        return _text("campaign not found", 404)
+
+    def _add_phones(self, request: Request) -> Response:
+        if self._paused:
+            return _text("campaign is paused", 503)
+        if request.mimetype != "application/json":
+            return _text("Content-Type must be application/json", 415)
+        try:
+            body = json.loads(request.get_data())
+        except ValueError:
+            return _text("body is not valid JSON", 400)
+        if not isinstance(body, list):
+            return _text("body must be a JSON array of phone entries", 400)
+        errors = [f"element {i}: {problem}" for i, entry in enumerate(body) for problem in validate_entry(entry)]
+        if errors:
+            return _text("; ".join(errors), 400)
+        ids = []
+        with self._lock:
+            now = self.clock()
+            for entry in body:
+                self.entries.append(entry)
+                key = fingerprint(entry)
+                seen = self._seen.get(key)
+                if seen is not None and now - seen[1] < DUPLICATE_WINDOW:
+                    self.duplicates_ignored += 1
+                    ids.append(seen[0])
+                    continue
+                job_id = self._new_id()
+                self.calls[job_id] = entry
+                self._seen[key] = (job_id, now)
+                ids.append(job_id)
+            hang = self._hang_after.popleft() if self._hang_after else None
+        if hang is not None:
+            self._wait(hang)
+        return Response(json.dumps(ids), 200, mimetype="application/json")
+
+    def _test_add_phone(self, request: Request) -> Response:
+        phone = request.args.get("phone", "")
+        if not (phone.isascii() and phone.isdigit()):
+            return _text("phone: required, digits only", 400)
+        if "gmtZone" in request.args and not valid_zone(request.args["gmtZone"]):
+            return _text("gmtZone: not a valid zone", 400)
+        with self._lock:
+            job_id = self._new_id()
+            self.test_calls[job_id] = dict(request.args)
+        return _text(job_id)
+
+    def _new_id(self) -> str:
+        job_id = str(self._next_id)
+        self._next_id += 1
+        return job_id
+
+
+def _text(body: str, status: int = 200) -> Response:
+    return Response(body, status, mimetype="text/plain")
