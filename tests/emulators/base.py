@@ -23,7 +23,8 @@ class LocalServer:
     def start(self) -> LocalServer:
         """Start serving in a daemon thread."""
         self._server = make_server("127.0.0.1", 0, self.wsgi_app, threaded=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits up to one interval, and tests stop servers often.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self
 
