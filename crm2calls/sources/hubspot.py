@@ -1,0 +1,252 @@
+"""HubSpot: Webhooks API event arrays and workflow "Send a webhook" contact objects.
+
+Webhooks API bodies are JSON arrays of events; creation events carry only the contact id, so the
+worker fetches the contact (enrich). A workflow webhook posts the contact object itself. With
+HUBSPOT_CLIENT_SECRET set, every request must carry a valid v3 signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import threading
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from crm2calls.clock import Clock, utcnow
+from crm2calls.config import Settings
+from crm2calls.errors import AuthError, EnrichmentError, MalformedRequestError, UnauthorizedError
+from crm2calls.http import DEFAULT_TIMEOUT
+from crm2calls.model import Lead, LeadEvent, PhoneCandidate
+from crm2calls.policy import SourcePolicy
+from crm2calls.sources.base import JSON, Ack, InboundRequest, IntakeResult, Source, payload_for, require_shared_key
+from crm2calls.sources.generic import MAX_LEADS_PER_REQUEST, idempotency_key, parse_json
+
+if TYPE_CHECKING:
+    from crm2calls.http import CrmHttpClient
+
+TOLERANCE = timedelta(minutes=5)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# What the enrichment asks for: without properties= HubSpot returns no phone at all.
+PROPERTIES = ("phone", "mobilephone", "firstname", "lastname", "email", "hs_timezone", "city", "company")
+PHONE_PROPERTIES = ("mobilephone", "phone")
+CONTACT_TYPE_ID = "0-1"
+# HubSpot decodes exactly these escapes in the URI before signing (v3).
+_SIGNED_ESCAPES = re.compile(r"%(3A|2F|3F|40|21|24|27|28|29|2A|2C|3B)", re.IGNORECASE)
+_MILLISECONDS = re.compile(r"[1-9][0-9]{0,15}")  # canonical: ASCII digits, no sign, no leading zero
+
+
+def signed_uri(url: str) -> str:
+    """The URI as HubSpot signs it: the URL it called with its listed %XX escapes decoded."""
+    return _SIGNED_ESCAPES.sub(lambda m: chr(int(m[1], 16)), url)
+
+
+def signature_v3(secret: str, method: str, url: str, body: bytes, timestamp: str) -> str:
+    """base64 HMAC-SHA256(secret, method + URI + raw body + timestamp), as in X-HubSpot-Signature-v3."""
+    message = method.encode() + signed_uri(url).encode("utf-8") + body + timestamp.encode()
+    return base64.b64encode(hmac.new(secret.encode("utf-8"), message, hashlib.sha256).digest()).decode()
+
+
+def verify_v3(
+    secrets: tuple[str, ...], method: str, url: str, body: bytes, timestamp: str | None, signature: str | None,
+    now: datetime,
+) -> None:
+    """Accept a fresh v3 signature from any current or previous client secret; UnauthorizedError otherwise."""
+    if not signature or not timestamp:
+        raise UnauthorizedError(
+            "missing X-HubSpot-Signature-v3 or X-HubSpot-Request-Timestamp (HUBSPOT_CLIENT_SECRET is set)",
+            field="X-HubSpot-Signature-v3",
+        )
+    if not _MILLISECONDS.fullmatch(timestamp):
+        raise UnauthorizedError(
+            "X-HubSpot-Request-Timestamp is not whole milliseconds", field="X-HubSpot-Request-Timestamp"
+        )
+    skew = abs(now - (EPOCH + timedelta(milliseconds=int(timestamp))))
+    if skew > TOLERANCE:
+        raise UnauthorizedError(
+            "X-HubSpot-Request-Timestamp is more than 5 minutes from our clock", field="X-HubSpot-Request-Timestamp"
+        )
+    given = signature.encode("utf-8", "surrogatepass")
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(given, signature_v3(secret, method, url, body, timestamp).encode())
+    if not matched:
+        raise UnauthorizedError("X-HubSpot-Signature-v3 does not match", field="X-HubSpot-Signature-v3")
+
+
+def _text(value: Any) -> str | None:
+    """A scalar as stripped text; None for missing, empty or structured values."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value).strip() or None
+
+
+@cache
+def _zones_by_casefold() -> dict[str, str]:
+    from zoneinfo import available_timezones
+
+    return {zone.casefold(): zone for zone in available_timezones()}
+
+
+def hubspot_zone(value: Any) -> str | None:
+    """hs_timezone ("america_slash_new_york") as an IANA id ("America/New_York"); None when unknown."""
+    text = _text(value)
+    if not text:
+        return None
+    return _zones_by_casefold().get(text.replace("_slash_", "/").casefold())
+
+
+def _is_contact(event: dict[str, Any]) -> bool:
+    return event.get("objectTypeId") == CONTACT_TYPE_ID or event.get("objectType") == "contact"
+
+
+def _contact_id(value: Any) -> str | None:
+    """A HubSpot object id as digits (it goes into an API path), or None."""
+    text = _text(value)
+    return text if text and text.isascii() and text.isdigit() else None
+
+
+class HubSpotSource(Source):
+    """POST /webhooks/hubspot."""
+
+    name = "hubspot"
+    content_types = frozenset({JSON})
+
+    def __init__(self, settings: Settings, policy: SourcePolicy):
+        super().__init__(settings, policy)
+        self.now: Clock = utcnow  # tests pass their own clock to check the timestamp window
+        self.timeout = DEFAULT_TIMEOUT  # (connect, read) seconds for the contacts API
+        self._lock = threading.Lock()
+        self._http: CrmHttpClient | None = None
+
+    def authenticate(self, request: InboundRequest) -> None:
+        """The v3 signature when HUBSPOT_CLIENT_SECRET is set, otherwise the shared key."""
+        secrets = self.settings.crm.hubspot_client_secrets
+        if not secrets:
+            require_shared_key(request, self.settings)
+            return
+        verify_v3(
+            secrets,
+            request.method,
+            request.url,
+            request.body,
+            request.headers.get("X-HubSpot-Request-Timestamp"),
+            request.headers.get("X-HubSpot-Signature-v3"),
+            self.now(),
+        )
+
+    def parse(self, request: InboundRequest) -> list[LeadEvent]:
+        """An array is Webhooks API events; an object is a workflow webhook's contact."""
+        data = parse_json(request.body)
+        if isinstance(data, list):
+            return self._api_events(data)
+        if isinstance(data, dict):
+            return [self._workflow_event(data)]
+        raise MalformedRequestError("expected an array of webhook events or a contact object", field="body")
+
+    def _api_events(self, events: list[Any]) -> list[LeadEvent]:
+        if len(events) > MAX_LEADS_PER_REQUEST:
+            raise MalformedRequestError(f"at most {MAX_LEADS_PER_REQUEST} events per request", field="body")
+        parsed = []
+        for index, item in enumerate(events):
+            if not isinstance(item, dict):
+                raise MalformedRequestError(f"event {index} is not an object", field=f"[{index}]")
+            event_id, object_id = _text(item.get("eventId")), _contact_id(item.get("objectId"))
+            if event_id is None or object_id is None:
+                raise MalformedRequestError(f"event {index} has no eventId or numeric objectId", field=f"[{index}]")
+            kind = item.get("subscriptionType")
+            if kind in ("object.creation", "object.propertyChange") and not _is_contact(item):
+                continue  # a deal, company... on the new developer platform
+            key = f"event:{event_id}"
+            if kind in ("contact.creation", "object.creation"):
+                parsed.append(LeadEvent(key=key, ref=object_id, lead=None, raw={"contact_id": object_id}))
+            elif kind in ("contact.propertyChange", "object.propertyChange") and item.get("propertyName") in (
+                PHONE_PROPERTIES
+            ):
+                value = _text(item.get("propertyValue"))
+                if value:  # a cleared phone is no lead
+                    lead = self._lead(object_id, {item["propertyName"]: value}, item)
+                    parsed.append(LeadEvent(key=key, ref=object_id, lead=lead))
+        return parsed
+
+    def _workflow_event(self, body: dict[str, Any]) -> LeadEvent:
+        """A contact object: v3 ({"id", "properties": {...}}), legacy ({"vid", "properties": {"phone": {"value"}}})."""
+        properties = body.get("properties") if isinstance(body.get("properties"), dict) else body
+        values = {
+            key: value.get("value") if isinstance(value, dict) else value for key, value in properties.items()
+        }
+        object_id = next(
+            (
+                _text(candidate)
+                for candidate in (body.get("id"), body.get("vid"), body.get("objectId"), values.get("hs_object_id"))
+                if _text(candidate)
+            ),
+            None,
+        )
+        lead = self._lead(object_id, values, body)
+        return LeadEvent(key="workflow:" + idempotency_key(body, object_id), ref=object_id or "-", lead=lead)
+
+    def _lead(self, contact_id: str | None, values: dict[str, Any], crm_object: dict[str, Any]) -> Lead:
+        """A Lead from contact properties; mobilephone first, the CRM says nothing about `phone`'s kind."""
+        phones = []
+        if mobile := _text(values.get("mobilephone")):
+            phones.append(PhoneCandidate(mobile, "mobile"))
+        if phone := _text(values.get("phone")):
+            phones.append(PhoneCandidate(phone))
+        first, last = _text(values.get("firstname")), _text(values.get("lastname"))
+        name = " ".join(part for part in (first, last) if part) or None
+        city = _text(values.get("city"))
+        default = {
+            "name": name,
+            "crm": "hubspot",
+            "crm_contact_id": contact_id,
+            "city": city,
+            "company": _text(values.get("company")),
+        }
+        return Lead(
+            external_id=contact_id,
+            phones=phones,
+            fields=payload_for(default, crm_object, self.policy),
+            name=name,
+            zone=hubspot_zone(values.get("hs_timezone")),
+            city=city,
+            region=self.policy.region,
+        )
+
+    def _api(self) -> CrmHttpClient:
+        token = self.settings.crm.hubspot_token
+        if not token:
+            raise AuthError("HubSpot: set HUBSPOT_TOKEN to a private app token with crm.objects.contacts.read")
+        with self._lock:
+            if self._http is None:
+                from crm2calls.http import CrmHttpClient
+
+                self._http = CrmHttpClient(
+                    self.settings.crm.hubspot_base_url,
+                    service="HubSpot",
+                    secret_hint="HUBSPOT_TOKEN",  # noqa: S106 - the variable's name, not a secret
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=self.timeout,
+                )
+            return self._http
+
+    def enrich(self, event: LeadEvent, now: datetime) -> Lead:
+        """GET the contact with its phone properties; no phone yet is worth a retry (forms set it a moment later)."""
+        contact_id = _contact_id(event.raw.get("contact_id"))
+        if contact_id is None:
+            raise EnrichmentError("HubSpot: the stored event has no contact id", retryable=False)
+        data = self._api().get(f"crm/v3/objects/contacts/{contact_id}", properties=",".join(PROPERTIES))
+        properties = data.get("properties") if isinstance(data, dict) else None
+        if not isinstance(properties, dict):
+            raise EnrichmentError(f"HubSpot: contact {contact_id} came back without properties", retryable=True)
+        lead = self._lead(contact_id, properties, data)
+        if not lead.phones:
+            raise EnrichmentError(f"HubSpot: contact {contact_id} has no phone yet", retryable=True)
+        return lead
+
+    def acknowledge(self, results: list[IntakeResult]) -> Ack:
+        """200: HubSpot needs a fast 2xx and retries anything else."""
+        return Ack(200, {"source": self.name, "leads": [r.as_json() for r in results]})

@@ -1,0 +1,82 @@
+"""What every CRM API stand-in shares: a real local server, a log of hits, scripted failures, slowness."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from tests.emulators.base import LocalServer
+
+
+@dataclass
+class Hit:
+    """One request as the stand-in saw it."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer."""
+    return Response(json.dumps(body, ensure_ascii=False), status=status, headers=headers,
+                    content_type="application/json; charset=utf-8")
+
+
+class StandIn:
+    """A CRM API on 127.0.0.1; subclasses implement handle(). Use it as a context manager."""
+
+    def __init__(self) -> None:
+        self.hits: list[Hit] = []
+        self.delay = 0.0  # seconds every answer waits (a slow CRM)
+        self._script: deque[tuple[int, dict[str, str]]] = deque()
+        self._lock = threading.Lock()
+        self._server = LocalServer(self._app)
+
+    def __enter__(self) -> StandIn:
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop()
+
+    @property
+    def url(self) -> str:
+        """Base URL to configure as the CRM's API base."""
+        return self._server.url
+
+    def fail_next(self, status: int, *, times: int = 1, retry_after: int | None = None) -> None:
+        """Answer the next `times` requests with `status` (and Retry-After) before looking at them."""
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        with self._lock:
+            self._script.extend([(status, headers)] * times)
+
+    def paths(self) -> list[str]:
+        """The paths hit so far, in order."""
+        return [hit.path for hit in self.hits]
+
+    @Request.application
+    def _app(self, request: Request) -> Response:
+        hit = Hit(request.method, request.path, request.args.to_dict(flat=False), dict(request.headers),
+                  request.get_data())
+        with self._lock:
+            self.hits.append(hit)
+            scripted = self._script.popleft() if self._script else None
+        if self.delay:
+            time.sleep(self.delay)
+        if scripted is not None:
+            status, headers = scripted
+            return json_response({"error": f"scripted {status}"}, status, headers)
+        return self.handle(request)
+
+    def handle(self, request: Request) -> Response:
+        """Answer one request."""
+        raise NotImplementedError
