@@ -11,6 +11,7 @@ from crm2calls.sources.base import Source
 # name -> "module:Class"; a new CRM is one line here, one module, one fixture folder, one test module
 SOURCES: dict[str, str] = {
     "generic": "crm2calls.sources.generic:GenericSource",
+    "amocrm": "crm2calls.sources.amocrm:AmoCrmSource",
     "hubspot": "crm2calls.sources.hubspot:HubSpotSource",
 }
 

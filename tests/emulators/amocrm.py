@@ -1,0 +1,172 @@
+"""A stand-in for the amoCRM / Kommo API v4 (leads, contacts), over real HTTP on 127.0.0.1.
+
+Written from the amoCRM docs and captured answers: `application/hal+json` bodies, `_embedded.contacts`
+holding only {id, is_main}, 204 No Content for an empty list or an entity it does not have, 401 with
+a problem+json body for a wrong token. Faults on demand: a contact linked only after some reads,
+scripted statuses (401, 429 with Retry-After, 5xx) and a slow answer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from tests.emulators.base import LocalServer
+
+HAL = "application/hal+json"
+
+
+@dataclass
+class Hit:
+    """One request as the stand-in saw it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    authorization: str | None
+    status: int | None = None
+
+
+@dataclass
+class _Scripted:
+    status: int
+    body: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _problem(status: int, title: str, detail: str) -> Response:
+    body = {"title": title, "type": f"https://httpstatus.es/{status}", "status": status, "detail": detail}
+    return Response(json.dumps(body), status, content_type="application/problem+json")
+
+
+class AmoCrmEmulator:
+    """amoCRM's API v4 for one account; use it as a context manager and give `.url` as AMOCRM_BASE_URL."""
+
+    def __init__(self, token: str = "amo-long-lived-token-0123456789"):
+        self.token = token
+        self.delay = 0.0  # seconds every answer waits
+        self.page_size = 250  # the most leads one list page holds (the API's own maximum)
+        self.hits: list[Hit] = []
+        self._leads: dict[str, dict[str, Any]] = {}
+        self._contacts: dict[str, dict[str, Any]] = {}
+        self._links: dict[str, list[dict[str, Any]]] = {}
+        self._unlinked_reads: dict[str, int] = {}
+        self._script: deque[_Scripted] = deque()
+        self._lock = threading.Lock()
+        self._server = LocalServer(self._app)
+
+    def __enter__(self) -> AmoCrmEmulator:
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop()
+
+    @property
+    def url(self) -> str:
+        """The API base, as AMOCRM_BASE_URL takes it."""
+        return self._server.url
+
+    # data
+
+    def add_lead(self, lead: dict[str, Any], contacts: list[tuple[Any, bool]] = (), *, linked_after: int = 0) -> None:
+        """A lead (as GET /api/v4/leads/{id} shows it) and its contacts as (id, is_main).
+
+        linked_after: that many reads of the lead see no contact yet (the contact is linked a moment later).
+        """
+        lead = copy.deepcopy(lead)
+        lead.get("_embedded", {}).pop("contacts", None)
+        key = str(lead["id"])
+        with self._lock:
+            self._leads[key] = lead
+            self._links[key] = [{"id": int(cid), "is_main": main} for cid, main in contacts]
+            self._unlinked_reads[key] = linked_after
+
+    def add_contact(self, contact: dict[str, Any]) -> None:
+        """A contact as GET /api/v4/contacts/{id} shows it."""
+        with self._lock:
+            self._contacts[str(contact["id"])] = copy.deepcopy(contact)
+
+    def fail_next(self, status: int, *, times: int = 1, retry_after: int | None = None, body: str = "") -> None:
+        """Answer the next `times` requests with `status` (and Retry-After) instead of handling them."""
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        with self._lock:
+            self._script.extend(_Scripted(status, body or f"scripted {status}", headers) for _ in range(times))
+
+    # HTTP
+
+    @Request.application
+    def _app(self, request: Request) -> Response:
+        hit = Hit(request.method, request.path, dict(request.args), request.headers.get("Authorization"))
+        with self._lock:
+            self.hits.append(hit)
+            scripted = self._script.popleft() if self._script else None
+        if self.delay:
+            time.sleep(self.delay)
+        if scripted is not None:
+            response = Response(scripted.body, scripted.status, headers=scripted.headers)
+        elif request.headers.get("Authorization") != f"Bearer {self.token}":
+            response = _problem(401, "Unauthorized", "Authorization header is missing or the token is not valid")
+        else:
+            response = self._route(request)
+        hit.status = response.status_code
+        return response
+
+    def _route(self, request: Request) -> Response:
+        parts = request.path.strip("/").split("/")
+        if request.method != "GET" or parts[:2] != ["api", "v4"]:
+            return _problem(404, "Not Found", "no such method")
+        if parts[2:] == ["leads"]:
+            return self._list_leads(request)
+        if len(parts) == 4 and parts[2] == "leads":
+            return self._lead(parts[3], "contacts" in request.args.get("with", "").split(","))
+        if len(parts) == 4 and parts[2] == "contacts":
+            with self._lock:
+                contact = self._contacts.get(parts[3])
+            return Response(status=204) if contact is None else _hal(contact)
+        return _problem(404, "Not Found", "no such method")
+
+    def _lead(self, lead_id: str, with_contacts: bool) -> Response:
+        with self._lock:
+            lead = copy.deepcopy(self._leads.get(lead_id))
+            if lead is None:
+                return Response(status=204)
+            linked = self._links[lead_id]
+            if self._unlinked_reads[lead_id] > 0:
+                self._unlinked_reads[lead_id] -= 1
+                linked = []
+        if with_contacts:
+            contacts = [{**link, "_links": {"self": {"href": f"{self.url}/api/v4/contacts/{link['id']}"}}}
+                        for link in linked]
+            lead.setdefault("_embedded", {})["contacts"] = contacts
+        return _hal(lead)
+
+    def _list_leads(self, request: Request) -> Response:
+        args = request.args
+        since = int(args.get("filter[created_at][from]", 0))
+        until = int(args.get("filter[created_at][to]", 2**62))
+        page = int(args.get("page", 1))
+        limit = min(int(args.get("limit", 50)), self.page_size)
+        with self._lock:
+            leads = sorted(
+                (lead for lead in self._leads.values() if since <= lead["created_at"] <= until), key=lambda x: x["id"]
+            )
+        chunk = leads[(page - 1) * limit : page * limit]
+        if not chunk:
+            return Response(status=204)
+        links = {"self": {"href": f"{self.url}/api/v4/leads?page={page}&limit={limit}"}}
+        if page * limit < len(leads):
+            links["next"] = {"href": f"{self.url}/api/v4/leads?page={page + 1}&limit={limit}"}
+        listed = [{k: v for k, v in lead.items() if k != "_embedded"} for lead in chunk]
+        return _hal({"_page": page, "_links": links, "_embedded": {"leads": listed}})
+
+
+def _hal(body: Any) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False), 200, content_type=HAL)
