@@ -13,6 +13,7 @@ SOURCES: dict[str, str] = {
     "generic": "crm2calls.sources.generic:GenericSource",
     "amocrm": "crm2calls.sources.amocrm:AmoCrmSource",
     "hubspot": "crm2calls.sources.hubspot:HubSpotSource",
+    "pipedrive": "crm2calls.sources.pipedrive:PipedriveSource",
 }
 
 

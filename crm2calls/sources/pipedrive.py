@@ -1,0 +1,201 @@
+"""Pipedrive: person and lead webhooks, v1 (`added.person`) and v2 (`create.person`, `create.lead`).
+
+One event per request. Person events carry the phones; a v2 lead carries only its person's id,
+so the worker fetches the person. Pipedrive's only sender check is HTTP Basic auth set on the
+webhook; without it the shared key is required.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import threading
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from crm2calls.config import Settings
+from crm2calls.errors import AuthError, EnrichmentError, MalformedRequestError, UnauthorizedError
+from crm2calls.http import DEFAULT_TIMEOUT
+from crm2calls.model import Lead, LeadEvent, PhoneCandidate
+from crm2calls.policy import SourcePolicy
+from crm2calls.sources.base import JSON, InboundRequest, Source, payload_for, require_shared_key, secret_matches
+from crm2calls.sources.generic import parse_json
+
+if TYPE_CHECKING:
+    from crm2calls.http import CrmHttpClient
+
+# The API token rides in the query string; urllib3 logs request lines at DEBUG.
+_URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry")
+
+
+def _text(value: Any) -> str | None:
+    """A scalar as stripped text; None for missing, empty or structured values."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value).strip() or None
+
+
+def _numeric_id(value: Any) -> str | None:
+    """A Pipedrive person id as digits (it goes into an API path), or None."""
+    text = _text(value)
+    return text if text and text.isascii() and text.isdigit() else None
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(user, password) from an `Authorization: Basic ...` header, or None when absent or unreadable."""
+    if not header:
+        return None
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, colon, password = decoded.partition(":")
+    return (user, password) if colon else None
+
+
+def phone_candidates(items: Any) -> list[PhoneCandidate]:
+    """Pipedrive's phone list ([{label, value, primary}] or plain strings) as candidates; label is the kind."""
+    found = []
+    for item in items if isinstance(items, list) else [items]:
+        if isinstance(item, dict):
+            if value := _text(item.get("value")):
+                kind = (_text(item.get("label")) or "").lower()
+                found.append(PhoneCandidate(value, kind, item.get("primary") is True))
+        elif value := _text(item):
+            found.append(PhoneCandidate(value))
+    return found
+
+
+class PipedriveSource(Source):
+    """POST /webhooks/pipedrive."""
+
+    name = "pipedrive"
+    content_types = frozenset({JSON})
+
+    def __init__(self, settings: Settings, policy: SourcePolicy):
+        super().__init__(settings, policy)
+        self.timeout = DEFAULT_TIMEOUT  # (connect, read) seconds for the persons API
+        self._lock = threading.Lock()
+        self._http: CrmHttpClient | None = None
+
+    def authenticate(self, request: InboundRequest) -> None:
+        """HTTP Basic auth when PIPEDRIVE_WEBHOOK_PASSWORD is set (user and password both checked), else the key."""
+        crm = self.settings.crm
+        if not crm.pipedrive_webhook_passwords:
+            require_shared_key(request, self.settings)
+            return
+        user, password = basic_credentials(request.headers.get("Authorization")) or ("", "")
+        expected_user = (crm.pipedrive_webhook_user or "").encode()
+        user_ok = hmac.compare_digest(user.encode("utf-8", "surrogatepass"), expected_user)
+        password_ok = secret_matches(password, crm.pipedrive_webhook_passwords)
+        if not (user_ok and password_ok):
+            raise UnauthorizedError(
+                "missing or wrong HTTP Basic credentials: set the webhook's user and password to "
+                "PIPEDRIVE_WEBHOOK_USER and PIPEDRIVE_WEBHOOK_PASSWORD",
+                field="Authorization",
+            )
+
+    def parse(self, request: InboundRequest) -> list[LeadEvent]:
+        """added.person (v1), create.person and create.lead (v2); other events are not leads."""
+        body = parse_json(request.body)
+        if not isinstance(body, dict) or not isinstance(body.get("meta"), dict):
+            raise MalformedRequestError("expected a Pipedrive webhook object with `meta`", field="meta")
+        meta = body["meta"]
+        if str(meta.get("version", "")).startswith("2"):
+            return self._v2(meta, body.get("data"))
+        event = body.get("event") or f"{meta.get('action')}.{meta.get('object')}"
+        if event != "added.person":
+            return []
+        person = body.get("current")
+        person_id = _numeric_id(person.get("id")) if isinstance(person, dict) else None
+        if person_id is None:
+            raise MalformedRequestError("added.person without `current.id`", field="current.id")
+        # v1 may deliver an event twice; a person is added once, so its id is the event's identity.
+        return [LeadEvent(key=f"v1:person:{person_id}", ref=person_id, lead=self._person_lead(person_id, person, {}))]
+
+    def _v2(self, meta: dict[str, Any], data: Any) -> list[LeadEvent]:
+        action, entity = meta.get("action"), meta.get("entity") or meta.get("object")
+        if action != "create" or entity not in ("person", "lead"):
+            return []
+        event_id = _text(meta.get("id"))
+        if event_id is None or not isinstance(data, dict):
+            raise MalformedRequestError(f"create.{entity} without `meta.id` or `data`", field="meta.id")
+        key = f"v2:{event_id}"
+        if entity == "person":
+            person_id = _numeric_id(data.get("id")) or _numeric_id(meta.get("entity_id"))
+            if person_id is None:
+                raise MalformedRequestError("create.person without a numeric `data.id`", field="data.id")
+            return [LeadEvent(key=key, ref=person_id, lead=self._person_lead(person_id, data, {}))]
+        lead_id = _text(data.get("id")) or _text(meta.get("entity_id")) or "-"
+        lead_info = {"lead_id": lead_id, "lead_title": _text(data.get("title"))}
+        person_id = _numeric_id(data.get("person_id"))
+        if person_id is None:  # a lead of an organization only: no one to call, recorded as such
+            return [LeadEvent(key=key, ref=lead_id, lead=self._person_lead(None, {}, lead_info))]
+        return [LeadEvent(key=key, ref=lead_id, lead=None, raw={"person_id": person_id, **lead_info})]
+
+    def _person_lead(self, person_id: str | None, person: dict[str, Any], lead_info: dict[str, Any]) -> Lead:
+        """A Lead from a person (v1 `current`, v2 `data` or the API's `data`)."""
+        phones = phone_candidates(person.get("phones") if "phones" in person else person.get("phone"))
+        name = _text(person.get("name")) or " ".join(
+            part for part in (_text(person.get("first_name")), _text(person.get("last_name"))) if part
+        ) or None
+        org = person.get("org_id")
+        company = _text(person.get("org_name")) or (_text(org.get("name")) if isinstance(org, dict) else None)
+        city = _text(person.get("postal_address_locality"))
+        default = {
+            "name": name,
+            "crm": "pipedrive",
+            "crm_person_id": person_id,
+            "crm_lead_id": lead_info.get("lead_id"),
+            "lead_title": lead_info.get("lead_title"),
+            "company": company,
+        }
+        return Lead(
+            external_id=person_id,
+            phones=phones,
+            fields=payload_for(default, person, self.policy),
+            name=name,
+            city=city,
+            region=self.policy.region,
+        )
+
+    def _api(self) -> CrmHttpClient:
+        token = self.settings.crm.pipedrive_api_token
+        if not token:
+            raise AuthError("Pipedrive: set PIPEDRIVE_API_TOKEN (Personal preferences → API) to fetch a lead's person")
+        with self._lock:
+            if self._http is None:
+                from crm2calls.http import CrmHttpClient
+                from crm2calls.logs import RedactingFilter
+
+                for name in _URLLIB3_LOGGERS:
+                    logger = logging.getLogger(name)
+                    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+                        logger.addFilter(RedactingFilter())
+                self._http = CrmHttpClient(
+                    self.settings.crm.pipedrive_base_url,
+                    service="Pipedrive",
+                    secret_hint="PIPEDRIVE_API_TOKEN",  # noqa: S106 - the variable's name, not a secret
+                    params={"api_token": token},
+                    timeout=self.timeout,
+                )
+            return self._http
+
+    def enrich(self, event: LeadEvent, now: datetime) -> Lead:
+        """GET the lead's person (v1 persons API); a person without a phone yet is worth a retry."""
+        person_id = _numeric_id(event.raw.get("person_id"))
+        if person_id is None:
+            raise EnrichmentError("Pipedrive: the stored event has no person id", retryable=False)
+        answer = self._api().get(f"v1/persons/{person_id}")
+        person = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(person, dict):
+            raise EnrichmentError(f"Pipedrive: person {person_id} not found", retryable=False)
+        lead = self._person_lead(person_id, person, event.raw)
+        if not lead.phones:
+            raise EnrichmentError(f"Pipedrive: person {person_id} has no phone yet", retryable=True)
+        return lead
