@@ -12,6 +12,7 @@ from crm2calls.sources.base import Source
 SOURCES: dict[str, str] = {
     "generic": "crm2calls.sources.generic:GenericSource",
     "amocrm": "crm2calls.sources.amocrm:AmoCrmSource",
+    "bitrix24": "crm2calls.sources.bitrix24:Bitrix24Source",
     "hubspot": "crm2calls.sources.hubspot:HubSpotSource",
     "pipedrive": "crm2calls.sources.pipedrive:PipedriveSource",
 }

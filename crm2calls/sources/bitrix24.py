@@ -1,0 +1,228 @@
+"""Bitrix24: outbound webhooks (ONCRMLEADADD, ONCRMCONTACTADD, ONCRMDEALADD) in, phones fetched through
+the inbound webhook URL (BITRIX24_WEBHOOK_URL, which holds a secret: it is never logged or echoed).
+
+Idempotency keys are `{entity}:{ID}` within the source. One deployment serves one portal (the one
+BITRIX24_WEBHOOK_URL reads from), so the portal's member_id adds nothing to the key, and leaving it
+out lets reconciliation, which cannot learn member_id through an inbound webhook, produce the same keys.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from typing import Any
+
+from crm2calls.errors import EnrichmentError, MalformedRequestError, UnauthorizedError
+from crm2calls.formdata import parse_php_form
+from crm2calls.http import DEFAULT_TIMEOUT, CrmHttpClient
+from crm2calls.model import Lead, LeadEvent, PhoneCandidate
+from crm2calls.sources.base import (
+    FORM,
+    Ack,
+    InboundRequest,
+    IntakeResult,
+    Source,
+    payload_for,
+    require_shared_key,
+    secret_matches,
+)
+
+EVENTS = {"ONCRMLEADADD": "lead", "ONCRMCONTACTADD": "contact", "ONCRMDEALADD": "deal"}
+UTM_FIELDS = ("UTM_SOURCE", "UTM_MEDIUM", "UTM_CAMPAIGN", "UTM_CONTENT", "UTM_TERM")
+MAX_PAGES = 200  # crm.lead.list pages of 50: 10,000 leads per reconciliation run
+
+
+def _numeric_id(value: Any, where: str) -> str:
+    """A CRM id as digits: it goes into API calls, so nothing else is accepted."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(text, str) and text.isascii() and text.isdigit() and 0 < len(text) <= 20 and int(text) > 0:
+        return text
+    raise MalformedRequestError(f"{where} is not a numeric Bitrix24 id", field=where)
+
+
+def _linked_id(value: Any) -> str | None:
+    """CONTACT_ID as digits, or None for "", "0" and null (nothing linked)."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(text, str) and text.isascii() and text.isdigit() and int(text) > 0:
+        return text
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value).strip() or None
+
+
+def phones_of(record: dict[str, Any]) -> list[PhoneCandidate]:
+    """PHONE, a crm_multifield list of {VALUE, VALUE_TYPE}: MOBILE -> "mobile", WORK -> "work", ..."""
+    phones = []
+    for item in record.get("PHONE") or []:
+        text = _text(item.get("VALUE")) if isinstance(item, dict) else None
+        if text:
+            phones.append(PhoneCandidate(text, str(item.get("VALUE_TYPE") or "").lower()))
+    return phones
+
+
+def _name(record: dict[str, Any] | None) -> str | None:
+    record = record or {}
+    return " ".join(part for part in (_text(record.get("NAME")), _text(record.get("LAST_NAME"))) if part) or None
+
+
+class Bitrix24Source(Source):
+    """POST /webhooks/bitrix24: auth[application_token] when BITRIX24_APPLICATION_TOKEN is set, else ?key=."""
+
+    name = "bitrix24"
+    content_types = frozenset({FORM})
+    timeout: tuple[float, float] = DEFAULT_TIMEOUT  # (connect, read) seconds of each API call
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._client: CrmHttpClient | None = None
+        self._lock = threading.Lock()
+
+    # webhook
+
+    def authenticate(self, request: InboundRequest) -> None:
+        """The application token from the body, in constant time; the shared key only when no token is set."""
+        tokens = self.settings.crm.bitrix24_application_tokens
+        if not tokens:
+            require_shared_key(request, self.settings)
+            return
+        given = None
+        if request.content_type == FORM:
+            try:
+                auth = parse_php_form(request.body).get("auth")
+            except MalformedRequestError:
+                auth = None  # an unreadable body carries no token we could check
+            if isinstance(auth, dict) and isinstance(auth.get("application_token"), str):
+                given = auth["application_token"]
+        if not secret_matches(given, tokens):
+            raise UnauthorizedError(
+                "missing or wrong auth[application_token]: it must be the token Bitrix24 shows for this outbound "
+                "webhook (BITRIX24_APPLICATION_TOKEN)",
+                field="auth[application_token]",
+            )
+
+    def parse(self, request: InboundRequest) -> list[LeadEvent]:
+        """One event per request: the new lead, contact or deal, to be fetched by id."""
+        form = parse_php_form(request.body)
+        event = form.get("event")
+        if not isinstance(event, str) or not event:
+            raise MalformedRequestError("the form has no event name", field="event")
+        entity = EVENTS.get(event.upper())
+        if entity is None:
+            return []
+        data = form.get("data")
+        fields = data.get("FIELDS") if isinstance(data, dict) else None
+        entity_id = _numeric_id(fields.get("ID") if isinstance(fields, dict) else None, "data[FIELDS][ID]")
+        key = f"{entity}:{entity_id}"
+        return [LeadEvent(key, key, None, {"entity": entity, "id": entity_id})]
+
+    def acknowledge(self, results: list[IntakeResult]) -> Ack:
+        """200 and a small body: Bitrix24 deprioritises slow handlers and never resends."""
+        return Ack(200, {"ok": True, "leads": len(results)})
+
+    # API
+
+    def _api(self) -> CrmHttpClient:
+        url = self.settings.crm.bitrix24_webhook_url
+        if not url:
+            raise EnrichmentError(
+                "Bitrix24 leads need its REST API to fetch their phone: set BITRIX24_WEBHOOK_URL to an inbound "
+                "webhook URL with the crm scope (https://<portal>/rest/<user>/<code>/)",
+                retryable=False,
+            )
+        with self._lock:
+            if self._client is None:
+                self._client = CrmHttpClient(
+                    url, service="Bitrix24", secret_hint="BITRIX24_WEBHOOK_URL", timeout=self.timeout  # noqa: S106
+                )
+            return self._client
+
+    def _get(self, client: CrmHttpClient, entity: str, entity_id: str) -> dict[str, Any]:
+        """crm.{entity}.get: the record, or EnrichmentError saying what was missing."""
+        try:
+            body = client.get(f"crm.{entity}.get.json", id=entity_id)
+        except EnrichmentError as exc:  # 400 "Not found"/"Access denied", 404 a method outside the webhook's scope
+            raise EnrichmentError(
+                f"Bitrix24 could not read {entity} {entity_id} ({exc.message}): deleted, not visible to the "
+                "inbound webhook's user, or the webhook lacks the crm scope",
+                retryable=False,
+            ) from None
+        result = body.get("result") if isinstance(body, dict) else None
+        if not isinstance(result, dict):
+            raise EnrichmentError(f"Bitrix24 crm.{entity}.get answered without a result", retryable=True)
+        return result
+
+    def enrich(self, event: LeadEvent, now: datetime) -> Lead:
+        """The lead (its contact when the lead has no phone), the contact, or the deal's contact."""
+        client = self._api()
+        entity = event.raw.get("entity")
+        entity_id = _numeric_id(event.raw.get("id"), "id")
+        records: dict[str, dict[str, Any]] = {}
+        if entity == "deal":
+            records["deal"] = self._get(client, "deal", entity_id)
+            contact_id = _linked_id(records["deal"].get("CONTACT_ID"))
+            if contact_id is None:
+                raise EnrichmentError(f"Bitrix24 deal {entity_id} has no contact linked yet", retryable=True)
+            records["contact"] = self._get(client, "contact", contact_id)
+        elif entity in ("lead", "contact"):
+            records[entity] = self._get(client, entity, entity_id)
+            contact_id = _linked_id(records[entity].get("CONTACT_ID")) if entity == "lead" else None
+            if contact_id and not phones_of(records["lead"]):  # a repeat lead: the phone lives on its contact
+                records["contact"] = self._get(client, "contact", contact_id)
+        else:
+            raise EnrichmentError(f"Bitrix24 event for an unknown entity {entity!r}", retryable=False)
+        person = records.get("contact") or records.get("lead") or {}
+        if not phones_of(person) and not phones_of(records.get("lead") or {}):
+            raise EnrichmentError(
+                f"Bitrix24 {entity} {entity_id} has no phone (HAS_PHONE={person.get('HAS_PHONE') or 'N'})",
+                retryable=False,
+            )
+        return self._lead(entity, entity_id, records)
+
+    def _lead(self, entity: str, entity_id: str, records: dict[str, dict[str, Any]]) -> Lead:
+        lead, contact = records.get("lead") or {}, records.get("contact") or {}
+        origin = records.get("deal") or lead or contact  # where the UTM marks of the request are
+        name = _name(lead) or _name(contact)
+        default = {
+            "name": name,
+            "crm": self.name,
+            f"crm_{entity}_id": entity_id,
+            "crm_contact_id": _text(contact.get("ID")),
+            **{field.lower(): _text(origin.get(field)) for field in UTM_FIELDS},
+        }
+        person = lead if phones_of(lead) else contact
+        return Lead(
+            external_id=entity_id,
+            phones=phones_of(person),
+            fields=payload_for(default, records, self.policy),
+            name=name,
+            city=_text(person.get("ADDRESS_CITY")) or _text(person.get("ADDRESS_REGION")),
+            region=self.policy.region,
+        )
+
+    def list_since(self, since: datetime, now: datetime) -> list[LeadEvent]:
+        """Leads created in [since, now) as events with the webhooks' keys (reconciliation; Bitrix never resends)."""
+        client = self._api()
+        events, start = [], 0
+        for _ in range(MAX_PAGES):
+            body = client.get(
+                "crm.lead.list.json",
+                **{
+                    "filter[>=DATE_CREATE]": since.isoformat(timespec="seconds"),
+                    "filter[<DATE_CREATE]": now.isoformat(timespec="seconds"),
+                    "order[ID]": "ASC",
+                    "select[]": ["ID", "DATE_CREATE"],
+                    "start": start,
+                },
+            )
+            body = body if isinstance(body, dict) else {}
+            for lead in body.get("result") or []:
+                lead_id = _numeric_id(lead.get("ID") if isinstance(lead, dict) else None, "result[].ID")
+                events.append(LeadEvent(f"lead:{lead_id}", f"lead:{lead_id}", None, {"entity": "lead", "id": lead_id}))
+            if not isinstance(body.get("next"), int) or body["next"] <= start:
+                break
+            start = body["next"]
+        return events
