@@ -15,6 +15,7 @@ SOURCES: dict[str, str] = {
     "bitrix24": "crm2calls.sources.bitrix24:Bitrix24Source",
     "hubspot": "crm2calls.sources.hubspot:HubSpotSource",
     "pipedrive": "crm2calls.sources.pipedrive:PipedriveSource",
+    "salesforce": "crm2calls.sources.salesforce:SalesforceSource",
 }
 
 
