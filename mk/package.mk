@@ -1,0 +1,19 @@
+# The Lambda package: `make package STAGE=dev` builds build/crm2calls-$(STAGE).zip offline with
+# `zappa package`; `make check-package` checks it (size, contents, settings, bytecode, a smoke run).
+# Included by the Makefile; `make test` depends on check-package, so CI builds and checks it.
+STAGE ?= dev
+PACKAGE := build/crm2calls-$(STAGE).zip
+PACKAGE_SOURCES := app.py leads.toml zappa_settings.json requirements.txt requirements-dev.txt \
+	scripts/build_package.sh $(shell find crm2calls schemas -name '*.py' -not -path '*/__pycache__/*')
+
+.PHONY: package check-package
+
+$(PACKAGE): $(PACKAGE_SOURCES)
+	scripts/build_package.sh $(STAGE)
+
+package: $(PACKAGE)
+
+check-package: $(PACKAGE) | $(BIN)/python
+	$(BIN)/python scripts/check_package.py $(PACKAGE)
+
+test: check-package
