@@ -1,0 +1,66 @@
+"""AWS set-up for the Lambda deployment: the DynamoDB table and the least-privilege IAM policy.
+
+Behind `flask --app app aws create-table` and `flask --app app aws policy`. boto3 finds the
+credentials, the region and any endpoint (AWS_ENDPOINT_URL) the usual way.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+
+def table_arn(table: str, region: str, account: str) -> str:
+    """The ARN of a DynamoDB table."""
+    return f"arn:aws:dynamodb:{region}:{account}:table/{table}"
+
+
+def function_arn(function: str, region: str, account: str) -> str:
+    """The ARN of a Lambda function (Zappa names it PROJECT-STAGE, e.g. crm2calls-production)."""
+    return f"arn:aws:lambda:{region}:{account}:function:{function}"
+
+
+def create_table(table: str) -> dict[str, Any]:
+    """Create the lead table if missing (on-demand, the `due` index, TTL on expires_at); describe it."""
+    import boto3
+
+    from crm2calls.store.dynamodb import DynamoDBStore
+
+    DynamoDBStore(table).migrate()  # creates, waits until active, enables TTL, records the schema version
+    client = boto3.session.Session().client("dynamodb")
+    described = client.describe_table(TableName=table)["Table"]
+    ttl = client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    return {
+        "table": described["TableName"],
+        "arn": described["TableArn"],
+        "status": described["TableStatus"],
+        "billing": described.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED"),
+        "indexes": [index["IndexName"] for index in described.get("GlobalSecondaryIndexes", [])],
+        "ttl": f"{ttl.get('AttributeName', '-')} ({ttl.get('TimeToLiveStatus', 'DISABLED')})",
+    }
+
+
+def lambda_policy(table: str, function: str | None = None) -> dict[str, Any]:
+    """The IAM policy the function's role needs: its table, its own logs, and invoking itself (the async pass).
+
+    `table` and `function` are ARNs; without the function only the table statement is given.
+    """
+    from crm2calls.store.dynamodb import iam_policy
+
+    policy = iam_policy(table)
+    if function is None:
+        return policy
+    _, _, _, region, account, _, name = function.split(":", 6)
+    log_group = f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{name}"
+    policy["Statement"] += [
+        {"Effect": "Allow", "Action": "logs:CreateLogGroup", "Resource": log_group},
+        {"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Resource": f"{log_group}:*"},
+        {"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": [function, f"{function}:*"]},
+    ]
+    return policy
+
+
+def print_policy(table: str, function: str | None = None, file: TextIO | None = None) -> None:
+    """Print lambda_policy() as JSON, ready for `aws iam put-role-policy` or Zappa's attach_policy."""
+    print(json.dumps(lambda_policy(table, function), indent=2), file=file or sys.stdout)

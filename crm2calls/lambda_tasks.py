@@ -1,0 +1,161 @@
+"""What Lambda runs besides web requests: the schedule, the asynchronous delivery pass and the kick that starts it.
+
+Zappa calls the scheduled functions with (event, context) (zappa_settings.json "events", or
+`zappa invoke STAGE crm2calls.lambda_tasks.deliver`); they use the app Zappa has already loaded.
+create_app imports this module on Lambda, on the cold-start path: nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from crm2calls.config import CrmSettings
+from crm2calls.services import Services
+
+log = logging.getLogger("crm2calls.lambda")
+
+DEBOUNCE_SECONDS = 2.0  # webhooks this soon after a kick ride on that pass, or on the next minute's sweep
+SEND_MARGIN_SECONDS = 40.0  # a pass stops claiming this long before the timeout: an addPhones call may take 33 s
+TASK_BUDGET_SECONDS = 60.0  # an async pass gets no context to ask; timeout_seconds (120) minus the margin, rounded
+RECONCILE_LOOKBACK = timedelta(hours=3)  # each 15-minute run re-reads 3 hours, so missed runs lose nothing
+
+# A source is reconciled or renewed only once its API credentials are set; the schedule runs for everyone.
+_CONFIGURED: dict[str, Callable[[CrmSettings], Any]] = {
+    "amocrm": lambda crm: crm.amocrm_base_url and crm.amocrm_token,
+    "bitrix24": lambda crm: crm.bitrix24_webhook_url,
+    "zoho": lambda crm: crm.zoho_refresh_token,
+}
+
+
+def app_services() -> Services:
+    """The Services of the app Zappa loaded (`app.app`)."""
+    from app import app
+
+    state = app.extensions["crm2calls"]
+    if state.services is None:
+        raise state.config_error
+    return state.services
+
+
+def _time_budget(context: Any) -> float | None:
+    """Seconds a pass may keep claiming leads in this invocation, or None without a Lambda context."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return None
+    return max(0.0, remaining() / 1000 - SEND_MARGIN_SECONDS)
+
+
+def deliver(event: dict[str, Any] | None, context: Any) -> str:
+    """Scheduled every minute: one delivery pass (what `flask --app app leads deliver` runs)."""
+    from crm2calls.delivery import deliver_pending
+
+    return str(deliver_pending(app_services(), time_budget=_time_budget(context)))
+
+
+def deliver_task() -> str:
+    """The asynchronous pass a webhook kicks; Zappa's route_lambda_task calls it in a new invocation."""
+    from crm2calls.delivery import deliver_pending
+
+    return str(deliver_pending(app_services(), time_budget=TASK_BUDGET_SECONDS))
+
+
+def reconcile_amocrm(event: dict[str, Any] | None, context: Any) -> str:
+    """Scheduled: accept amoCRM leads of the last hours that no webhook brought."""
+    return _reconcile("amocrm")
+
+
+def reconcile_bitrix24(event: dict[str, Any] | None, context: Any) -> str:
+    """Scheduled: accept Bitrix24 leads of the last hours that no webhook brought."""
+    return _reconcile("bitrix24")
+
+
+def _reconcile(source_name: str) -> str:
+    services = app_services()
+    if not _CONFIGURED[source_name](services.settings.crm):
+        return f"{source_name} is not configured: nothing to reconcile"
+    from crm2calls.reconcile import reconcile
+
+    return str(reconcile(services, source_name, RECONCILE_LOOKBACK))
+
+
+def renew_zoho(event: dict[str, Any] | None, context: Any) -> str:
+    """Scheduled hourly: renew the Zoho CRM notification channel before it expires."""
+    services = app_services()
+    if not _CONFIGURED["zoho"](services.settings.crm):
+        return "zoho is not configured: no channel to renew"
+    from crm2calls.sources.zoho import renew_watch
+
+    return str(renew_watch(services, services.clock()))
+
+
+def _start_pass() -> None:
+    """Invoke this function asynchronously with Zappa's task message, which routes to deliver_task."""
+    # zappa.asynchronous builds four boto3 clients when imported (~0.3 s): pay that on the first
+    # kick, not on every cold start. run() is the call form of @task: same message, same routing.
+    from zappa.asynchronous import run
+
+    if not run(deliver_task).sent:
+        raise RuntimeError("Lambda did not accept the asynchronous invocation")
+
+
+class Kicker:
+    """Start one asynchronous delivery pass, at most once per `window` seconds in this process.
+
+    A pass drains every due lead in batches and concurrent passes are kept apart by the store's
+    claims, so a burst of webhooks needs one pass, not one per lead.
+    """
+
+    def __init__(
+        self, start: Callable[[], None], window: float = DEBOUNCE_SECONDS, clock: Callable[[], float] = time.monotonic
+    ):
+        self.start = start
+        self.window = window
+        self.clock = clock
+        self._last: float | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        """Kick unless a kick was made within the window; True if a pass was started. Never raises."""
+        with self._lock:
+            now = self.clock()
+            if self._last is not None and now - self._last < self.window:
+                return False
+            self._last = now
+        try:
+            self.start()
+        except Exception:
+            # The lead is stored: the per-minute sweep sends it. The webhook must not fail for this.
+            with self._lock:
+                self._last = None
+            log.warning("could not start an asynchronous delivery pass; the scheduled sweep will send", exc_info=True)
+            return False
+        return True
+
+
+kick_delivery = Kicker(_start_pass)
+
+
+def attach(services: Services) -> None:
+    """Wire an app for Lambda: stored webhooks kick a delivery pass, and only redacted lines reach CloudWatch."""
+    services.notify = kick_delivery
+    quiet_logging()
+
+
+def quiet_logging() -> None:
+    """Redact Zappa's request line (its query holds ?key=) and drop the runtime's unredacted root handler."""
+    from crm2calls.logs import RedactingFilter
+
+    requests_log = logging.getLogger("zappa.wsgi")
+    if not any(isinstance(f, RedactingFilter) for f in requests_log.filters):
+        requests_log.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        # awslambdaric's LambdaLoggerHandler[WithFrameType] prints every record as it is, and beside
+        # our JSON line: CloudWatch gets ours alone, which redacts.
+        if type(handler).__name__.startswith("LambdaLoggerHandler"):
+            root.removeHandler(handler)
