@@ -16,6 +16,7 @@ SOURCES: dict[str, str] = {
     "hubspot": "crm2calls.sources.hubspot:HubSpotSource",
     "pipedrive": "crm2calls.sources.pipedrive:PipedriveSource",
     "salesforce": "crm2calls.sources.salesforce:SalesforceSource",
+    "close": "crm2calls.sources.close:CloseSource",
 }
 
 

@@ -36,7 +36,7 @@ PHONE_PROPERTIES = ("mobilephone", "phone")
 CONTACT_TYPE_ID = "0-1"
 # HubSpot decodes exactly these escapes in the URI before signing (v3).
 _SIGNED_ESCAPES = re.compile(r"%(3A|2F|3F|40|21|24|27|28|29|2A|2C|3B)", re.IGNORECASE)
-_MILLISECONDS = re.compile(r"[1-9][0-9]{0,15}")  # canonical: ASCII digits, no sign, no leading zero
+_MILLISECONDS = re.compile(r"[1-9][0-9]{0,12}")  # canonical: ASCII digits, no sign, no leading zero
 
 
 def signed_uri(url: str) -> str:
@@ -64,8 +64,9 @@ def verify_v3(
         raise UnauthorizedError(
             "X-HubSpot-Request-Timestamp is not whole milliseconds", field="X-HubSpot-Request-Timestamp"
         )
-    skew = abs(now - (EPOCH + timedelta(milliseconds=int(timestamp))))
-    if skew > TOLERANCE:
+    # In milliseconds, not datetimes: a 16-digit timestamp lies past year 9999 (OverflowError).
+    skew = abs((now - EPOCH) / timedelta(milliseconds=1) - int(timestamp))
+    if skew > TOLERANCE / timedelta(milliseconds=1):
         raise UnauthorizedError(
             "X-HubSpot-Request-Timestamp is more than 5 minutes from our clock", field="X-HubSpot-Request-Timestamp"
         )

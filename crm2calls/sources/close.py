@@ -1,0 +1,166 @@
+"""Close: `lead.created` webhook events, signed with the subscription's signature key.
+
+Lead events carry no phones (contacts are separate objects), so the worker fetches the lead with
+its contacts from the API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from crm2calls.clock import Clock, utcnow
+from crm2calls.config import Settings
+from crm2calls.errors import AuthError, EnrichmentError, MalformedRequestError, UnauthorizedError
+from crm2calls.http import DEFAULT_TIMEOUT
+from crm2calls.model import Lead, LeadEvent, PhoneCandidate
+from crm2calls.policy import SourcePolicy
+from crm2calls.sources.base import JSON, InboundRequest, Source, payload_for, require_shared_key
+from crm2calls.sources.generic import parse_json
+
+if TYPE_CHECKING:
+    from crm2calls.http import CrmHttpClient
+
+TOLERANCE = timedelta(minutes=5)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECONDS = re.compile(r"[1-9][0-9]{0,9}")  # canonical Unix seconds: ASCII digits, no sign, no leading zero
+_HEX = re.compile(r"[0-9a-fA-F]{64}")
+_LEAD_ID = re.compile(r"lead_[A-Za-z0-9]+")
+NOT_CALLED = frozenset({"fax"})
+
+
+def close_signature(key_hex: str, timestamp: str, body: bytes) -> str | None:
+    """hex HMAC-SHA256(bytes.fromhex(key), timestamp + raw body); None when the key is not hex."""
+    try:
+        key = bytes.fromhex(key_hex)
+    except ValueError:
+        return None
+    return hmac.new(key, timestamp.encode() + body, hashlib.sha256).hexdigest()
+
+
+def verify_close(keys: tuple[str, ...], body: bytes, timestamp: str | None, signature: str | None,
+                 now: datetime) -> None:
+    """Accept a fresh signature by any current or previous key; UnauthorizedError otherwise."""
+    if not timestamp or not signature:
+        raise UnauthorizedError("missing close-sig-hash or close-sig-timestamp (CLOSE_SIGNATURE_KEY is set)",
+                                field="close-sig-hash")
+    if not _SECONDS.fullmatch(timestamp):
+        raise UnauthorizedError("close-sig-timestamp is not whole seconds", field="close-sig-timestamp")
+    if abs(now - (EPOCH + timedelta(seconds=int(timestamp)))) > TOLERANCE:
+        raise UnauthorizedError(
+            "close-sig-timestamp is more than 5 minutes from our clock", field="close-sig-timestamp"
+        )
+    given = signature.lower().encode() if _HEX.fullmatch(signature) else b""
+    matched = False
+    for key in keys:
+        expected = close_signature(key, timestamp, body)
+        matched |= expected is not None and hmac.compare_digest(given, expected.encode())
+    if not matched:
+        raise UnauthorizedError("close-sig-hash does not match", field="close-sig-hash")
+
+
+def _text(value: Any) -> str | None:
+    """A scalar as stripped text; None for missing, empty or structured values."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value).strip() or None
+
+
+class CloseSource(Source):
+    """POST /webhooks/close."""
+
+    name = "close"
+    content_types = frozenset({JSON})
+
+    def __init__(self, settings: Settings, policy: SourcePolicy):
+        super().__init__(settings, policy)
+        self.now: Clock = utcnow  # tests pass their own clock to check the timestamp window
+        self.timeout = DEFAULT_TIMEOUT  # (connect, read) seconds for the leads API
+        self._lock = threading.Lock()
+        self._http: CrmHttpClient | None = None
+
+    def authenticate(self, request: InboundRequest) -> None:
+        """The signature when CLOSE_SIGNATURE_KEY is set, otherwise the shared key."""
+        keys = self.settings.crm.close_signature_keys
+        if not keys:
+            require_shared_key(request, self.settings)
+            return
+        verify_close(keys, request.body, request.headers.get("close-sig-timestamp"),
+                     request.headers.get("close-sig-hash"), self.now())
+
+    def parse(self, request: InboundRequest) -> list[LeadEvent]:
+        """A lead.created event becomes one event keyed by the Close event id; other events are not leads."""
+        body = parse_json(request.body)
+        event = body.get("event") if isinstance(body, dict) else None
+        if not isinstance(event, dict):
+            raise MalformedRequestError("expected a Close webhook object with `event`", field="event")
+        if event.get("object_type") != "lead" or event.get("action") != "created":
+            return []
+        event_id = _text(event.get("id"))
+        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        lead_id = _text(event.get("lead_id")) or _text(event.get("object_id")) or _text(data.get("id"))
+        if event_id is None or lead_id is None or not _LEAD_ID.fullmatch(lead_id):
+            raise MalformedRequestError("lead.created without `event.id` or a lead id", field="event.id")
+        return [LeadEvent(key=f"event:{event_id}", ref=lead_id, lead=None, raw={"lead_id": lead_id})]
+
+    def _api(self) -> CrmHttpClient:
+        api_key = self.settings.crm.close_api_key
+        if not api_key:
+            raise AuthError("Close: set CLOSE_API_KEY (Settings → Developer → API keys) to fetch a lead's contacts")
+        with self._lock:
+            if self._http is None:
+                from crm2calls.http import CrmHttpClient
+
+                self._http = CrmHttpClient(
+                    self.settings.crm.close_base_url,
+                    service="Close",
+                    secret_hint="CLOSE_API_KEY",  # noqa: S106 - the variable's name, not a secret
+                    auth=(api_key, ""),
+                    timeout=self.timeout,
+                )
+            return self._http
+
+    def enrich(self, event: LeadEvent, now: datetime) -> Lead:
+        """GET the lead with its contacts; a lead whose contacts have no phone yet is worth a retry."""
+        lead_id = _text(event.raw.get("lead_id"))
+        if lead_id is None or not _LEAD_ID.fullmatch(lead_id):
+            raise EnrichmentError("Close: the stored event has no lead id", retryable=False)
+        data = self._api().get(f"api/v1/lead/{lead_id}/")
+        if not isinstance(data, dict):
+            raise EnrichmentError(f"Close: lead {lead_id} came back empty", retryable=True)
+        contacts = [c for c in data.get("contacts") or [] if isinstance(c, dict)]
+        phones: list[PhoneCandidate] = []
+        contact = None  # the first contact with a number: the person the call is for
+        for candidate in contacts:
+            found = [
+                PhoneCandidate(value, (_text(p.get("type")) or "").lower())
+                for p in candidate.get("phones") or []
+                if isinstance(p, dict) and (value := _text(p.get("phone")))
+                and (_text(p.get("type")) or "").lower() not in NOT_CALLED
+            ]
+            if found and contact is None:
+                contact = candidate
+            phones += found
+        if not phones:
+            raise EnrichmentError(f"Close: lead {lead_id} has no contact phone yet", retryable=True)
+        company = _text(data.get("display_name")) or _text(data.get("name"))
+        name = _text(contact.get("name")) if contact else None
+        default = {
+            "name": name,
+            "crm": "close",
+            "crm_lead_id": lead_id,
+            "crm_contact_id": _text(contact.get("id")) if contact else None,
+            "company": company,
+            "lead_status": _text(data.get("status_label")),
+        }
+        return Lead(
+            external_id=lead_id,
+            phones=phones,
+            fields=payload_for(default, data, self.policy),
+            name=name,
+            region=self.policy.region,
+        )
