@@ -17,6 +17,7 @@ SOURCES: dict[str, str] = {
     "pipedrive": "crm2calls.sources.pipedrive:PipedriveSource",
     "salesforce": "crm2calls.sources.salesforce:SalesforceSource",
     "close": "crm2calls.sources.close:CloseSource",
+    "zoho": "crm2calls.sources.zoho:ZohoSource",
 }
 
 

@@ -1,0 +1,281 @@
+"""Zoho CRM: Notification API callbacks and workflow webhooks.
+
+A notification carries only record ids (several per call): the worker fetches each record with an
+OAuth access token, refreshed from ZOHO_REFRESH_TOKEN when it expires or is refused. A workflow
+webhook posts a body the admin designs; it is mapped like the generic source. Notification
+channels expire: renew_watch() subscribes the channel again for a week.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from crm2calls.config import Settings
+from crm2calls.errors import (
+    AuthError,
+    ConfigError,
+    EnrichmentError,
+    MalformedRequestError,
+    RejectedError,
+    UnauthorizedError,
+)
+from crm2calls.http import DEFAULT_TIMEOUT
+from crm2calls.model import Lead, LeadEvent, PhoneCandidate
+from crm2calls.policy import SourcePolicy
+from crm2calls.sources.base import (
+    FORM,
+    JSON,
+    InboundRequest,
+    Source,
+    payload_for,
+    require_shared_key,
+    secret_matches,
+)
+from crm2calls.sources.generic import idempotency_key, parse_form, parse_json, records_of
+
+if TYPE_CHECKING:
+    from crm2calls.http import CrmHttpClient
+    from crm2calls.services import Services
+
+MODULES = ("Leads", "Contacts")
+WATCH_EVENTS = ("Leads.create", "Contacts.create")
+CHANNEL_LIFETIME = timedelta(days=7) - timedelta(hours=1)  # Zoho's maximum is a week: stay under it
+TOKEN_MARGIN = timedelta(minutes=1)  # refresh a little before Zoho says the token expires
+MAX_NOTIFY_TOKEN = 50  # Zoho refuses longer tokens
+# Field -> phone kind; Phone has none: it counts as mobile when the number is one.
+PHONE_FIELDS = (("Mobile", "mobile"), ("Phone", ""), ("Home_Phone", "home"), ("Other_Phone", "other"))
+_OAUTH_ERROR = re.compile(r"[a-z_]{1,40}")
+_CREDENTIALS = "ZOHO_CLIENT_ID, ZOHO_CLIENT_SECRET and ZOHO_REFRESH_TOKEN"
+
+
+def _text(value: Any) -> str | None:
+    """A scalar as stripped text; None for missing, empty or structured values."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value).strip() or None
+
+
+def _record_id(value: Any) -> str | None:
+    """A Zoho record id as digits (it goes into an API path), or None."""
+    text = _text(value)
+    return text if text and text.isascii() and text.isdigit() else None
+
+
+def is_notification(data: Any) -> bool:
+    """A Notification API callback, told from a workflow body by its shape."""
+    return isinstance(data, dict) and ("ids" in data or "channel_id" in data)
+
+
+class ZohoSource(Source):
+    """POST /webhooks/zoho."""
+
+    name = "zoho"
+    content_types = frozenset({JSON, FORM})
+
+    def __init__(self, settings: Settings, policy: SourcePolicy):
+        super().__init__(settings, policy)
+        self.timeout = DEFAULT_TIMEOUT  # (connect, read) seconds for Zoho's APIs
+        self._lock = threading.Lock()
+        self._token_lock = threading.Lock()  # one refresh at a time; the others reuse its token
+        self._clients: dict[str, CrmHttpClient] = {}
+        self._token: tuple[str, datetime] | None = None  # (access token, valid until)
+
+    # Requests
+
+    def authenticate(self, request: InboundRequest) -> None:
+        """A notification's `token` when ZOHO_NOTIFY_TOKEN is set; the shared key otherwise (and for workflows)."""
+        tokens = self.settings.crm.zoho_notify_tokens
+        notification = self._notification(request)
+        if notification is not None and tokens:
+            token = notification.get("token")
+            if not secret_matches(token if isinstance(token, str) else None, tokens):
+                raise UnauthorizedError("missing or wrong notification token (ZOHO_NOTIFY_TOKEN)", field="token")
+            return
+        require_shared_key(request, self.settings)
+
+    @staticmethod
+    def _notification(request: InboundRequest) -> dict[str, Any] | None:
+        if request.content_type != JSON:
+            return None
+        try:
+            data = parse_json(request.body)
+        except MalformedRequestError:
+            return None  # refused by parse() once authenticated
+        return data if is_notification(data) else None
+
+    def parse(self, request: InboundRequest) -> list[LeadEvent]:
+        """A notification fans out into one event per inserted id; a workflow body is mapped like generic."""
+        form = request.content_type == FORM
+        data = parse_form(request.body) if form else parse_json(request.body)
+        if is_notification(data):
+            return self._notification_events(data)
+        events = []
+        from crm2calls.mapping import lead_from_fields
+
+        for record in records_of(data, None if form else self.policy.records_path):
+            lead = lead_from_fields(record, self.policy)
+            key = "workflow:" + idempotency_key(record, lead.external_id)
+            events.append(LeadEvent(key=key, ref=str(lead.external_id or "-"), lead=lead))
+        return events
+
+    def _notification_events(self, data: dict[str, Any]) -> list[LeadEvent]:
+        channel_id, ids = _text(data.get("channel_id")), data.get("ids")
+        if channel_id is None or not isinstance(ids, list):
+            raise MalformedRequestError("a notification needs `channel_id` and an `ids` array", field="ids")
+        operation, module = data.get("operation"), data.get("module")
+        if operation != "insert" or module not in MODULES:
+            return []
+        events = []
+        for index, value in enumerate(ids):
+            record_id = _record_id(value)
+            if record_id is None:
+                raise MalformedRequestError(f"ids[{index}] is not a record id", field=f"ids[{index}]")
+            events.append(LeadEvent(
+                key=f"notification:{channel_id}:{record_id}:{operation}",
+                ref=record_id,
+                lead=None,
+                raw={"module": module, "id": record_id},
+            ))
+        return events
+
+    # Zoho's APIs
+
+    def _client(self, base_url: str, service: str) -> CrmHttpClient:
+        with self._lock:
+            if service not in self._clients:
+                from crm2calls.http import CrmHttpClient
+
+                self._clients[service] = CrmHttpClient(
+                    base_url, service=service, secret_hint=_CREDENTIALS, timeout=self.timeout
+                )
+            return self._clients[service]
+
+    def _access_token(self, now: datetime, refused: str | None = None) -> str:
+        """A valid access token: the cached one, unless expired or `refused`; else a fresh one."""
+        crm = self.settings.crm
+        if not (crm.zoho_client_id and crm.zoho_client_secret and crm.zoho_refresh_token):
+            raise AuthError(f"Zoho: set {_CREDENTIALS} (a self client in api-console.zoho.com)")
+        with self._token_lock:
+            if self._token and self._token[0] != refused and self._token[1] > now:
+                return self._token[0]
+            form = {
+                "grant_type": "refresh_token",
+                "client_id": crm.zoho_client_id,
+                "client_secret": crm.zoho_client_secret,
+                "refresh_token": crm.zoho_refresh_token,
+            }
+            accounts = self._client(crm.zoho_accounts_url, "Zoho accounts")
+            try:
+                answer = accounts.request("POST", "oauth/v2/token", data=form)
+            except EnrichmentError as exc:  # 400 and the like: the credentials, not the lead
+                raise AuthError(f"Zoho accounts refused the refresh ({exc.message}): check {_CREDENTIALS}") from None
+            answer = answer if isinstance(answer, dict) else {}
+            token = answer.get("access_token")
+            if not isinstance(token, str) or not token:
+                error = answer.get("error")  # Zoho answers 200 {"error": "invalid_code"} for a bad refresh token
+                error = error if isinstance(error, str) and _OAUTH_ERROR.fullmatch(error) else "no access_token"
+                raise AuthError(f"Zoho accounts refused the refresh token ({error}): check {_CREDENTIALS}")
+            lifetime = answer.get("expires_in")
+            seconds = lifetime if isinstance(lifetime, int) and not isinstance(lifetime, bool) else 3600
+            self._token = (token, now + timedelta(seconds=seconds) - TOKEN_MARGIN)
+            return token
+
+    def _call(self, method: str, path: str, now: datetime, body: Any = None) -> Any:
+        """Call the CRM API with the access token; a refused token is refreshed once and the call repeated."""
+        api = self._client(self.settings.crm.zoho_api_domain, "Zoho CRM")
+        token = self._access_token(now)
+        try:
+            return api.request(method, path, json=body, headers={"Authorization": f"Zoho-oauthtoken {token}"})
+        except AuthError:
+            token = self._access_token(now, refused=token)
+            return api.request(method, path, json=body, headers={"Authorization": f"Zoho-oauthtoken {token}"})
+
+    def enrich(self, event: LeadEvent, now: datetime) -> Lead:
+        """GET the record by module and id; a record without a phone yet is worth a retry."""
+        module, record_id = event.raw.get("module"), _record_id(event.raw.get("id"))
+        if module not in MODULES or record_id is None:
+            raise EnrichmentError("Zoho: the stored event has no module or record id", retryable=False)
+        answer = self._call("GET", f"crm/v8/{module}/{record_id}", now)
+        rows = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
+            raise EnrichmentError(f"Zoho: {module} record {record_id} not found", retryable=False)
+        lead = self._record_lead(module, record_id, rows[0])
+        if not lead.phones:
+            raise EnrichmentError(f"Zoho: {module} record {record_id} has no phone yet", retryable=True)
+        return lead
+
+    def _record_lead(self, module: str, record_id: str, record: dict[str, Any]) -> Lead:
+        phones = [PhoneCandidate(value, kind) for field, kind in PHONE_FIELDS if (value := _text(record.get(field)))]
+        first, last = _text(record.get("First_Name")), _text(record.get("Last_Name"))
+        name = _text(record.get("Full_Name")) or " ".join(part for part in (first, last) if part) or None
+        account = record.get("Account_Name")
+        company = _text(record.get("Company")) or (_text(account.get("name")) if isinstance(account, dict) else None)
+        default = {
+            "name": name,
+            "crm": "zoho",
+            "crm_module": module,
+            "crm_record_id": record_id,
+            "company": company,
+            "lead_source": _text(record.get("Lead_Source")),
+        }
+        return Lead(
+            external_id=record_id,
+            phones=phones,
+            fields=payload_for(default, record, self.policy),
+            name=name,
+            city=_text(record.get("City")) or _text(record.get("Mailing_City")),
+            region=self.policy.region,
+        )
+
+    def watch(self, now: datetime) -> dict[str, Any]:
+        """Enable ZOHO_CHANNEL_ID for Leads.create and Contacts.create until a week from now (less a margin)."""
+        crm, public = self.settings.crm, self.settings.public_base_url
+        problems = [
+            f"{name}: required to subscribe Zoho notifications"
+            for name, value in (
+                ("ZOHO_CHANNEL_ID", crm.zoho_channel_id),
+                ("ZOHO_NOTIFY_TOKEN", crm.zoho_notify_tokens),
+                ("PUBLIC_BASE_URL", public),
+            )
+            if not value
+        ]
+        if crm.zoho_channel_id and not _record_id(crm.zoho_channel_id):
+            problems.append("ZOHO_CHANNEL_ID: Zoho takes digits only, e.g. 1000000068001")
+        if crm.zoho_notify_tokens and len(crm.zoho_notify_tokens[0]) > MAX_NOTIFY_TOKEN:
+            problems.append(f"ZOHO_NOTIFY_TOKEN: at most {MAX_NOTIFY_TOKEN} characters (Zoho's limit)")
+        if problems:
+            raise ConfigError(problems)
+        notify_url = f"{public.rstrip('/')}/webhooks/zoho"
+        expiry = (now + CHANNEL_LIFETIME).astimezone(UTC).replace(microsecond=0).isoformat()
+        body = {"watch": [{
+            "channel_id": int(crm.zoho_channel_id),
+            "events": list(WATCH_EVENTS),
+            "notify_url": notify_url,
+            "token": crm.zoho_notify_tokens[0],  # the current token; callbacks with the previous one still pass
+            "channel_expiry": expiry,
+            "notify_on_related_action": False,
+        }]}
+        try:
+            answer = self._call("POST", "crm/v8/actions/watch", now, body)
+        except EnrichmentError as exc:  # a 4xx on the subscription: what we sent, not a lead
+            raise RejectedError(f"Zoho did not enable the notification channel: {exc.message}") from None
+        results = answer.get("watch") if isinstance(answer, dict) else None
+        result = results[0] if isinstance(results, list) and results and isinstance(results[0], dict) else {}
+        if result.get("code") != "SUCCESS":
+            code, message = _text(result.get("code")) or "no answer", _text(result.get("message")) or ""
+            raise RejectedError(f"Zoho did not enable the notification channel: {code} {message}".strip())
+        return {
+            "channel_id": crm.zoho_channel_id,
+            "events": list(WATCH_EVENTS),
+            "notify_url": notify_url,
+            "channel_expiry": expiry,
+        }
+
+
+def renew_watch(services: Services, now: datetime) -> dict[str, Any]:
+    """Subscribe the Zoho notification channel again for a week; run it daily (CLI, Lambda schedule)."""
+    source: ZohoSource = services.source("zoho")  # type: ignore[assignment]
+    return source.watch(now)
