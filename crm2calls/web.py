@@ -8,9 +8,15 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from crm2calls.errors import Crm2CallsError, RequestError, ServiceUnavailableError, UnusableLeadError
+from crm2calls.errors import (
+    Crm2CallsError,
+    PayloadTooLargeError,
+    RequestError,
+    ServiceUnavailableError,
+    UnusableLeadError,
+)
 from crm2calls.services import Services
 from crm2calls.sources.base import Ack, InboundRequest, Source
 
@@ -40,9 +46,22 @@ def inbound(source: Source) -> InboundRequest:
         url=base + raw_uri,
         query=request.args.to_dict(flat=False),
         headers=request.headers,
-        body=request.get_data(cache=True),
+        body=whole_body(),
         content_type=(request.mimetype or "").lower(),
     )
+
+
+def whole_body() -> bytes:
+    """The raw body, or 413 when it is over MAX_BODY_BYTES, with or without a Content-Length."""
+    limit = request.max_content_length
+    try:
+        body = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        body = None
+    # Werkzeug cuts a body without Content-Length (chunked) at the limit without an error: never parse a cut body.
+    if body is None or (limit is not None and request.content_length is None and len(body) >= limit):
+        raise PayloadTooLargeError(f"the body is larger than MAX_BODY_BYTES ({limit} bytes)", field="body")
+    return body
 
 
 def render(ack: Ack) -> Response:
@@ -138,9 +157,10 @@ def register_error_handlers(app: Flask) -> None:
         return jsonify({"error": exc.code, "message": str(exc)}), 503
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> tuple[Response, int]:
+    def http_error(exc: HTTPException) -> tuple[Response, int, list[tuple[str, str]]]:
         code = (exc.name or "error").lower().replace(" ", "_")
-        return jsonify({"error": code, "message": exc.description}), exc.code or 500
+        headers = [(name, value) for name, value in exc.get_headers() if name.lower() != "content-type"]  # Allow
+        return jsonify({"error": code, "message": exc.description}), exc.code or 500, headers
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> tuple[Response, int]:

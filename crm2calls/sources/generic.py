@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -12,21 +13,44 @@ from crm2calls.model import LeadEvent
 from crm2calls.sources.base import FORM, InboundRequest, Source
 
 MAX_LEADS_PER_REQUEST = 1000
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _has_lone_surrogate(data: Any) -> bool:
+    """True if a string (key or value) holds a surrogate that no UTF-8 encoder, hash or store accepts."""
+    stack = [data]
+    while stack:  # iterative: the document may be as deep as json's own limit
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def parse_json(body: bytes) -> Any:
-    """Strict JSON: UTF-8 (a BOM is tolerated), no NaN/Infinity; MalformedRequestError otherwise."""
+    """Strict JSON: UTF-8 (a BOM is tolerated), no NaN/Infinity, no lone surrogates; MalformedRequestError otherwise."""
     try:
         text = body.decode("utf-8-sig")
-        return json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise MalformedRequestError("the body is not UTF-8 text", field="body") from None
     except (ValueError, RecursionError) as exc:
         raise MalformedRequestError(f"the body is not valid JSON: {str(exc)[:120]}", field="body") from None
+    # json.loads turns "\ud800" into a lone surrogate; walk the document only when such an escape is there.
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(data):
+        raise MalformedRequestError("the body is not valid JSON: a \\u escape is a lone surrogate", field="body")
+    return data
 
 
 def parse_form(body: bytes) -> dict[str, Any]:

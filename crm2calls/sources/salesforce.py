@@ -48,7 +48,7 @@ def parse_message(body: bytes) -> tuple[str, list[Notification]]:
         root = fromstring(body, forbid_dtd=True)
     except DefusedXmlException:
         raise MalformedRequestError("DTDs and entities are not allowed in an outbound message", field="body") from None
-    except ParseError as exc:
+    except (ParseError, LookupError) as exc:  # LookupError: an XML declaration naming an unknown encoding
         raise MalformedRequestError(f"the body is not well-formed XML ({exc})", field="body") from None
     tag = f"{OUTBOUND_NS}notifications"
     notifications = root if root.tag == tag else root.find(f".//{tag}")
