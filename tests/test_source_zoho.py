@@ -335,3 +335,16 @@ def test_end_to_end_three_new_leads_are_fetched_and_called(zh, zoho, dialer, clo
     assert by_phone["73835550104"]["payload"] == {"name": "Пётр Ли", "crm": "zoho", "crm_module": "Leads",
                                                    "crm_record_id": LEAD_IDS[2]}
     assert zoho.token_requests == 1  # one access token served every fetch
+
+
+def test_end_to_end_a_new_contact_uses_the_contacts_module(zh, zoho, dialer, clock):
+    services, client = zh
+    zoho.add_record("Contacts", "5725767000004000011", First_Name="Nadia", Last_Name="Olsen", Mobile="+1 720 555 0199",
+                    Account_Name={"name": "Olsen Dental", "id": "5725767000002000001"}, Mailing_City="Boulder")
+    assert post(client, fixture("notification_insert_contact.json")).status_code == 202
+    deliver_pending(services)
+    [entry] = dialer.entries
+    assert zoho.api_hits() == ["/crm/v8/Contacts/5725767000004000011"]
+    assert entry["phone"] == "17205550199" and entry["gmtZone"] == "America/Denver"
+    assert entry["payload"] == {"name": "Nadia Olsen", "crm": "zoho", "crm_module": "Contacts",
+                                "crm_record_id": "5725767000004000011", "company": "Olsen Dental"}
