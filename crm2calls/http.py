@@ -62,7 +62,7 @@ class CrmHttpClient:
         retry = Retry(
             total=retries,
             connect=retries,
-            read=0,  # a read timeout already cost us the full read timeout; let the worker back off
+            read=False,  # a read timeout already cost the full read timeout: raise it, the worker backs off
             status=retries,
             status_forcelist=(502, 503, 504),
             allowed_methods=frozenset({"GET"}),

@@ -342,12 +342,13 @@ def test_a_slow_portal_is_retried(app_client, b24, aimylogic, clock):
     assert len(aimylogic.entries) == 1
 
 
-def test_without_a_webhook_url_the_lead_is_rejected_naming_the_variable(make_app, b24, aimylogic):
+def test_without_a_webhook_url_the_lead_is_kept_naming_the_variable(make_app, b24, aimylogic):
     services, client = make_app(bitrix24_webhook_url=None)
     post(client, wire("lead_add.form"))
     deliver_pending(services)
     [record] = records(services)
-    assert record.status is Status.REJECTED and "BITRIX24_WEBHOOK_URL" in record.last_error
+    assert record.status is Status.RECEIVED and "BITRIX24_WEBHOOK_URL" in record.last_error
+    assert record.attempts == 0  # kept until a person sets the variable
     assert b24.hits == []
 
 

@@ -13,7 +13,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from crm2calls.errors import EnrichmentError, ForbiddenError, MalformedRequestError
+from crm2calls.errors import AuthError, EnrichmentError, ForbiddenError, MalformedRequestError
 from crm2calls.formdata import parse_php_form, php_list
 from crm2calls.http import DEFAULT_TIMEOUT, CrmHttpClient
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
@@ -221,10 +221,10 @@ class AmoCrmSource(Source):
         needed = (("AMOCRM_BASE_URL", crm.amocrm_base_url), ("AMOCRM_TOKEN", crm.amocrm_token))
         missing = [name for name, value in needed if not value]
         if missing:
-            raise EnrichmentError(
+            # A configuration gap, like a bad token: keep the lead until a person sets the variables.
+            raise AuthError(
                 f"amoCRM leads need its API to fetch their phone: set {' and '.join(missing)} "
-                "(https://<subdomain>.amocrm.ru and a long-lived token of a private integration)",
-                retryable=False,
+                "(https://<subdomain>.amocrm.ru and a long-lived token of a private integration)"
             )
         with self._lock:
             if self._client is None:

@@ -12,7 +12,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from crm2calls.errors import EnrichmentError, MalformedRequestError, UnauthorizedError
+from crm2calls.errors import AuthError, EnrichmentError, MalformedRequestError, UnauthorizedError
 from crm2calls.formdata import parse_php_form
 from crm2calls.http import DEFAULT_TIMEOUT, CrmHttpClient
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
@@ -128,10 +128,10 @@ class Bitrix24Source(Source):
     def _api(self) -> CrmHttpClient:
         url = self.settings.crm.bitrix24_webhook_url
         if not url:
-            raise EnrichmentError(
+            # A configuration gap, like a bad token: keep the lead until a person sets the variable.
+            raise AuthError(
                 "Bitrix24 leads need its REST API to fetch their phone: set BITRIX24_WEBHOOK_URL to an inbound "
-                "webhook URL with the crm scope (https://<portal>/rest/<user>/<code>/)",
-                retryable=False,
+                "webhook URL with the crm scope (https://<portal>/rest/<user>/<code>/)"
             )
         with self._lock:
             if self._client is None:
