@@ -19,6 +19,8 @@ from crm2calls.services import Services
 config_cli = AppGroup("config", help="Check the configuration.")
 dialer_cli = AppGroup("dialer", help="Talk to Aimylogic directly.")
 leads_cli = AppGroup("leads", help="Inspect and operate the lead store.")
+crm_cli = AppGroup("crm", help="Jobs that talk to the CRMs (also scheduled on Lambda).")
+aws_cli = AppGroup("aws", help="Set up the AWS side of a Lambda deployment.")
 
 
 def _state():
@@ -271,8 +273,54 @@ def leads_purge(older_than: str) -> None:
     )
 
 
+@leads_cli.command("reconcile")
+@click.option("--source", "source_name", required=True, type=click.Choice(["amocrm", "bitrix24"]))
+@click.option("--since", default="2h", show_default=True, help="How far back to list the CRM's leads: 2h, 1d.")
+def leads_reconcile(source_name: str, since: str) -> None:
+    """Enqueue every lead the CRM created in the window that no webhook brought (idempotent)."""
+    from crm2calls.reconcile import reconcile
+
+    try:
+        report = reconcile(_services(), source_name, parse_age(since))
+    except Crm2CallsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"listed {report.listed}, enqueued {report.enqueued}, already known {report.already_known}")
+
+
+@crm_cli.command("zoho-renew")
+def zoho_renew() -> None:
+    """Renew the Zoho CRM notification channel for another week (run daily; Lambda schedules it)."""
+    from crm2calls.sources.zoho import renew_watch
+
+    svc = _services()
+    try:
+        result = renew_watch(svc, svc.clock())
+    except Crm2CallsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, ensure_ascii=False, default=str))
+
+
+@aws_cli.command("create-table")
+@click.argument("table")
+def aws_create_table(table: str) -> None:
+    """Create the DynamoDB lead table (on-demand, TTL, the worker's index) if it does not exist."""
+    from crm2calls.aws import create_table
+
+    click.echo(json.dumps(create_table(table), indent=2))
+
+
+@aws_cli.command("policy")
+@click.option("--table", "table_arn", required=True, help="The table's ARN.")
+@click.option("--function", "function_arn", default=None, help="The Lambda function's ARN (adds logs and self-invoke).")
+def aws_policy(table_arn: str, function_arn: str | None) -> None:
+    """Print the least-privilege IAM policy the function's role needs."""
+    from crm2calls.aws import print_policy
+
+    print_policy(table_arn, function_arn)
+
+
 def register(app: Flask) -> None:
     """Attach the command groups to the app's CLI."""
-    for group in (config_cli, dialer_cli, leads_cli):
+    for group in (config_cli, dialer_cli, leads_cli, crm_cli, aws_cli):
         app.cli.add_command(group)
     app.cli.add_command(serve)
