@@ -200,7 +200,7 @@ def leads_list(status: str | None, source: str | None, since: str | None, limit:
             f"{(r.phone_masked or '-'):15} {(r.last_error or '')[:60]}"
         )
     counts = svc.store.count_by_status()
-    click.echo("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    click.echo("totals: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "no leads"))
 
 
 @leads_cli.command("show")
