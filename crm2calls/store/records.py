@@ -1,0 +1,61 @@
+"""LeadRecord <-> flat rows of str/int/None, shared by the store backends.
+
+Datetimes become fixed-width UTC ISO strings, so comparing the strings compares the times
+(SQL `<=`, DynamoDB key conditions). History must be JSON-serialisable (use ISO strings for times).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import Any
+
+from crm2calls.model import LeadRecord, Status
+
+FIELDS = tuple(f.name for f in fields(LeadRecord))
+DATETIME_FIELDS = frozenset({"created_at", "updated_at", "next_attempt_at", "lease_until"})
+IMMUTABLE_FIELDS = ("id", "source", "key", "ref", "created_at")  # update() never rewrites these
+MUTABLE_FIELDS = tuple(name for name in FIELDS if name not in IMMUTABLE_FIELDS)
+
+Row = dict[str, str | int | None]
+
+
+def iso(moment: datetime) -> str:
+    """A timezone-aware datetime as a sortable UTC string: 2025-01-31T09:05:00.000000+00:00."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: the store keeps timezone-aware UTC only")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def parse_iso(text: str) -> datetime:
+    """The inverse of iso()."""
+    return datetime.fromisoformat(text)
+
+
+def to_row(record: LeadRecord) -> Row:
+    """Every field of a record as str, int or None."""
+    row: Row = {}
+    for name in FIELDS:
+        value = getattr(record, name)
+        if name in DATETIME_FIELDS:
+            value = None if value is None else iso(value)
+        elif name == "status":
+            value = Status(value).value
+        elif name == "history":
+            value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        row[name] = value
+    return row
+
+
+def from_row(row: Mapping[str, Any]) -> LeadRecord:
+    """A record from a row; missing keys read as None, extra keys (backend bookkeeping) are ignored."""
+    values: dict[str, Any] = {name: row.get(name) for name in FIELDS}
+    for name in DATETIME_FIELDS:
+        if values[name] is not None:
+            values[name] = parse_iso(values[name])
+    values["status"] = Status(values["status"])
+    values["attempts"] = int(values["attempts"] or 0)
+    values["history"] = json.loads(values["history"]) if values["history"] else []
+    return LeadRecord(**values)

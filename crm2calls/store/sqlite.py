@@ -1,0 +1,284 @@
+"""The SQLite lead store: one file, WAL, safe for several processes and threads (gunicorn).
+
+SQL is built from column names and `?` marks only (the S608 noqa lines); every value is bound.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from crm2calls.errors import StoreError
+from crm2calls.model import FINAL_STATUSES, LeadRecord, Status
+from crm2calls.store.base import SCHEMA_VERSION
+from crm2calls.store.records import FIELDS, MUTABLE_FIELDS, from_row, iso, to_row
+
+BUSY_TIMEOUT_MS = 10_000  # a writer waits this long for another process's write to finish
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_V1 = (
+    """CREATE TABLE leads (
+        id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        key TEXT NOT NULL UNIQUE,
+        ref TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        next_attempt_at TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        entry TEXT,
+        raw TEXT,
+        phone_masked TEXT,
+        phone_key TEXT,
+        last_error TEXT,
+        job_id TEXT,
+        lease_owner TEXT,
+        lease_until TEXT,
+        history TEXT NOT NULL DEFAULT '[]'
+    )""",
+    "CREATE INDEX leads_due ON leads (status, next_attempt_at)",
+    "CREATE INDEX leads_created ON leads (created_at)",
+    "CREATE INDEX leads_phone ON leads (phone_key)",
+    "CREATE TABLE phone_claims (phone_key TEXT PRIMARY KEY, lead_id TEXT NOT NULL, claimed_at TEXT NOT NULL)",
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL, expires_at TEXT NOT NULL)",
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, json TEXT NOT NULL)",
+)
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    for statement in _V1:
+        conn.execute(statement)
+
+
+# Step n takes the schema from version n-1 to n; a v2 is one more function here.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1}
+
+# One statement, so atomic: an expired counter restarts at 1, a live one grows while under the limit.
+_TAKE = """INSERT INTO counters (name, value, expires_at) VALUES (:name, 1, :expires_at)
+    ON CONFLICT (name) DO UPDATE SET
+        value = CASE WHEN counters.expires_at <= :now THEN 1 ELSE counters.value + 1 END,
+        expires_at = CASE WHEN counters.expires_at <= :now THEN excluded.expires_at ELSE counters.expires_at END
+    WHERE counters.expires_at <= :now OR counters.value < :limit
+    RETURNING value"""
+
+_COLUMNS = ", ".join(FIELDS)
+_FINAL = tuple(status.value for status in FINAL_STATUSES)
+
+
+def _store_errors(method: Callable[P, T]) -> Callable[P, T]:
+    """Report a locked, missing or broken database as StoreError (the CRM retries; nothing was acknowledged)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"sqlite store: {exc}") from exc
+
+    return wrapper
+
+
+class SQLiteStore:
+    """LeadStore on one SQLite file; one connection per thread and process."""
+
+    def __init__(self, path: str):
+        self.path = path
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        # Keyed by pid too: a connection must never cross a fork (gunicorn preload).
+        if getattr(self._local, "pid", None) != os.getpid():
+            # timeout= is SQLite's busy_timeout; isolation_level=None: we issue BEGIN/COMMIT ourselves.
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")  # an acknowledged lead survives a power cut
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return self._local.conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the lock up front, so reads inside it stay true until COMMIT."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection (a new one opens on next use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local.__dict__.clear()
+
+    @_store_errors
+    def migrate(self) -> None:
+        """Create or upgrade the schema to SCHEMA_VERSION, keeping existing data; idempotent."""
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"sqlite store: schema version {version} is newer than this release's")
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[step](conn)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @_store_errors
+    def insert(self, record: LeadRecord) -> tuple[LeadRecord, bool]:
+        """Insert unless a lead with the same key exists: (stored record, created?). Atomic."""
+        row = to_row(record)
+        placeholders = ", ".join(f":{name}" for name in FIELDS)
+        with self._write() as conn:
+            created = conn.execute(
+                f"INSERT INTO leads ({_COLUMNS}) VALUES ({placeholders}) ON CONFLICT (key) DO NOTHING RETURNING *",  # noqa: S608
+                row,
+            ).fetchone()
+            if created is not None:
+                return from_row(dict(created)), True
+            existing = conn.execute("SELECT * FROM leads WHERE key = ?", (record.key,)).fetchone()
+        return from_row(dict(existing)), False
+
+    @_store_errors
+    def get(self, lead_id: str) -> LeadRecord | None:
+        """One lead by our id."""
+        row = self._conn().execute("SELECT * FROM leads WHERE id = ?", (lead_id,)).fetchone()
+        return None if row is None else from_row(dict(row))
+
+    @_store_errors
+    def claim(self, status: Status, now: datetime, lease_seconds: int, limit: int, owner: str) -> list[LeadRecord]:
+        """Lease up to `limit` due leads of `status` to `owner`, earliest next_attempt_at first."""
+        if limit < 1:
+            return []
+        status = Status(status)
+        statuses = [status.value, Status.SENDING.value] if status is Status.PENDING else [status.value]
+        new_status = Status.SENDING if status is Status.PENDING else status
+        marks = ", ".join("?" for _ in statuses)
+        # One UPDATE picks and leases the rows under the write lock: no lead goes to two owners.
+        sql = f"""UPDATE leads SET status = ?, lease_owner = ?, lease_until = ?
+            WHERE id IN (
+                SELECT id FROM leads
+                WHERE status IN ({marks}) AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until <= ?)
+                ORDER BY next_attempt_at, created_at LIMIT ?)
+            RETURNING *"""  # noqa: S608
+        params = [new_status.value, owner, iso(now + timedelta(seconds=lease_seconds)), *statuses]
+        params += [iso(now), iso(now), limit]
+        with self._write() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return sorted((from_row(dict(row)) for row in rows), key=lambda r: (r.next_attempt_at, r.created_at))
+
+    @_store_errors
+    def update(self, record: LeadRecord, owner: str | None) -> bool:
+        """Write the record's mutable fields if `owner` still holds its lease (None: unconditional)."""
+        sets = ", ".join(f"{name} = :{name}" for name in MUTABLE_FIELDS)
+        sql = f"UPDATE leads SET {sets} WHERE id = :id"  # noqa: S608
+        params: dict[str, Any] = to_row(record)
+        if owner is not None:
+            sql += " AND lease_owner = :expected_owner"
+            params["expected_owner"] = owner
+        return self._conn().execute(sql, params).rowcount == 1
+
+    @_store_errors
+    def list(
+        self, status: Status | None = None, source: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[LeadRecord]:
+        """Leads, newest first, filtered."""
+        where, params = ["1 = 1"], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(Status(status).value)
+        if source is not None:
+            where.append("source = ?")
+            params.append(source)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(iso(since))
+        sql = f"SELECT * FROM leads WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT ?"  # noqa: S608
+        return [from_row(dict(row)) for row in self._conn().execute(sql, [*params, limit])]
+
+    @_store_errors
+    def count_by_status(self) -> dict[str, int]:
+        """How many leads are in each status, every status listed."""
+        counts = {status.value: 0 for status in Status}
+        for status, count in self._conn().execute("SELECT status, COUNT(*) FROM leads GROUP BY status"):
+            counts[status] = count
+        return counts
+
+    @_store_errors
+    def claim_phone(self, phone_key: str, lead_id: str, now: datetime, window: timedelta) -> str | None:
+        """Take the one-person-one-call slot: None if `lead_id` now holds it, else the holder's id."""
+        with self._write() as conn:
+            # A claim older than the window is free; the holder's own re-claim changes nothing.
+            conn.execute(
+                """INSERT INTO phone_claims (phone_key, lead_id, claimed_at) VALUES (?, ?, ?)
+                ON CONFLICT (phone_key) DO UPDATE SET lead_id = excluded.lead_id, claimed_at = excluded.claimed_at
+                WHERE phone_claims.claimed_at <= ?""",
+                (phone_key, lead_id, iso(now), iso(now - window)),
+            )
+            holder = conn.execute("SELECT lead_id FROM phone_claims WHERE phone_key = ?", (phone_key,)).fetchone()[0]
+        return None if holder == lead_id else holder
+
+    @_store_errors
+    def release_phone(self, phone_key: str, lead_id: str) -> None:
+        """Give the slot back (the lead was rejected or failed), only if `lead_id` holds it."""
+        self._conn().execute("DELETE FROM phone_claims WHERE phone_key = ? AND lead_id = ?", (phone_key, lead_id))
+
+    @_store_errors
+    def take(self, counter: str, limit: int, expires_at: datetime, now: datetime) -> bool:
+        """Add one to a counter unless it is at `limit`; an expired counter starts again."""
+        if limit < 1:
+            return False
+        params = {"name": counter, "expires_at": iso(expires_at), "now": iso(now), "limit": limit}
+        return self._conn().execute(_TAKE, params).fetchone() is not None
+
+    @_store_errors
+    def get_meta(self, name: str) -> dict[str, Any] | None:
+        """A small named document (campaign pause, block list entries, ...)."""
+        row = self._conn().execute("SELECT json FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    @_store_errors
+    def put_meta(self, name: str, value: dict[str, Any] | None) -> None:
+        """Write (or, with None, delete) a named document."""
+        if value is None:
+            self._conn().execute("DELETE FROM meta WHERE name = ?", (name,))
+        else:
+            self._conn().execute(
+                "INSERT INTO meta (name, json) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET json = excluded.json",
+                (name, json.dumps(value, ensure_ascii=False)),
+            )
+
+    @_store_errors
+    def purge(self, before: datetime) -> int:
+        """Delete leads in a final status created before `before` (and counters expired by then); return how many."""
+        with self._write() as conn:
+            deleted = conn.execute(
+                f"DELETE FROM leads WHERE status IN ({', '.join('?' for _ in _FINAL)}) AND created_at < ?",  # noqa: S608
+                (*_FINAL, iso(before)),
+            ).rowcount
+            conn.execute("DELETE FROM counters WHERE expires_at <= ?", (iso(before),))
+        return deleted
+
+    @_store_errors
+    def forget(self, phone_key: str) -> int:
+        """Erase every lead and claim that holds this phone; return how many leads."""
+        with self._write() as conn:
+            deleted = conn.execute("DELETE FROM leads WHERE phone_key = ?", (phone_key,)).rowcount
+            conn.execute("DELETE FROM phone_claims WHERE phone_key = ?", (phone_key,))
+        return deleted
