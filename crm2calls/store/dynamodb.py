@@ -1,0 +1,512 @@
+"""The DynamoDB lead store: one on-demand table, for Lambda. boto3 finds the endpoint (AWS_ENDPOINT_URL) itself.
+
+Items, all under one string hash key `pk`:
+  LEAD#{id}         a lead: its fields as S/N attributes (None fields absent); expires_at once final
+  KEY#{key}         the idempotency key -> lead_id, written in one transaction with its lead; expires_at
+  PHONE#{phone_key} the one-person-one-call slot: lead_id, claimed_at; expires_at = end of the window
+  COUNTER#{name}    a guard counter: value, expires_at
+  META#{name}       a small JSON document
+  SCHEMA            the schema version
+The `due` index (status, next_attempt_at) holds only leads with a next_attempt_at: the work to claim.
+expires_at is epoch seconds and the table's TTL attribute; the code never relies on TTL having run.
+list(), count_by_status(), purge() and forget() Scan the table: they are operator commands, not hot paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from crm2calls.errors import StoreError
+from crm2calls.model import FINAL_STATUSES, LeadRecord, Status
+from crm2calls.store.base import KEY_TTL, SCHEMA_VERSION
+from crm2calls.store.records import MUTABLE_FIELDS, Row, from_row, iso, to_row
+
+DUE_INDEX = "due"
+FINAL_RETENTION = timedelta(days=90)  # TTL of a lead once final; `leads purge` may remove it sooner
+TRANSACTION_TRIES = 5  # concurrent transactions on one item cancel each other; retry briefly
+_CLIENT_LOCK = threading.Lock()
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _store_errors(method: Callable[P, T]) -> Callable[P, T]:
+    """Report AWS failures (throttling, network, missing table, denied) as StoreError."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            if isinstance(exc, BotoCoreError | ClientError):
+                raise StoreError(f"dynamodb store: {exc}") from exc
+            raise
+
+    return wrapper
+
+
+def _epoch(moment: datetime) -> int:
+    """Whole epoch seconds, rounded up: what DynamoDB TTL reads."""
+    return math.ceil(moment.timestamp())
+
+
+def _encode(values: dict[str, str | int | None]) -> dict[str, dict[str, str]]:
+    """Plain values as DynamoDB attribute values; None leaves the attribute out."""
+    return {
+        name: {"S": value} if isinstance(value, str) else {"N": str(value)}
+        for name, value in values.items()
+        if value is not None
+    }
+
+
+def _decode(item: dict[str, dict[str, str]]) -> dict[str, str | int]:
+    """DynamoDB attribute values (S and N only) as plain values."""
+    return {name: value["S"] if "S" in value else int(value["N"]) for name, value in item.items()}
+
+
+def _code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+def iam_policy(table_arn: str) -> dict[str, Any]:
+    """The least-privilege IAM policy the running service needs on the table (not migrate's first run)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "dynamodb:GetItem",
+                    "dynamodb:PutItem",
+                    "dynamodb:UpdateItem",
+                    "dynamodb:DeleteItem",
+                    "dynamodb:Query",
+                    "dynamodb:Scan",
+                ],
+                "Resource": [table_arn, f"{table_arn}/index/{DUE_INDEX}"],
+            }
+        ],
+    }
+
+
+class DynamoDBStore:
+    """LeadStore on one DynamoDB table."""
+
+    def __init__(self, table: str, retention: timedelta = FINAL_RETENTION):
+        import boto3
+        from botocore.config import Config
+
+        if retention < KEY_TTL:
+            raise ValueError("retention must be at least KEY_TTL: a lead must outlive its idempotency key")
+        self.table = table
+        self.retention = retention
+        config = Config(
+            retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=10, max_pool_connections=32
+        )
+        with _CLIENT_LOCK:  # creating clients from boto3's shared default session is not thread-safe
+            self._client = boto3.client("dynamodb", config=config)
+
+    def table_definition(self) -> dict[str, Any]:
+        """The create_table arguments: on-demand, hash key pk, the sparse `due` index."""
+        return {
+            "TableName": self.table,
+            "BillingMode": "PAY_PER_REQUEST",
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "AttributeDefinitions": [
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "status", "AttributeType": "S"},
+                {"AttributeName": "next_attempt_at", "AttributeType": "S"},
+            ],
+            "GlobalSecondaryIndexes": [
+                {
+                    "IndexName": DUE_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": "status", "KeyType": "HASH"},
+                        {"AttributeName": "next_attempt_at", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {
+                        "ProjectionType": "INCLUDE",
+                        "NonKeyAttributes": ["created_at", "lease_owner", "lease_until"],
+                    },
+                }
+            ],
+        }
+
+    # Schema
+
+    @_store_errors
+    def migrate(self) -> None:
+        """Create the table (index, TTL) if missing and record SCHEMA_VERSION; idempotent, one read when current."""
+        version = self._schema_version()
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"dynamodb store: schema version {version} is newer than this release's")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[step](self)
+        if version < SCHEMA_VERSION:
+            with suppress(self._client.exceptions.ConditionalCheckFailedException):  # another process was first
+                self._client.put_item(
+                    TableName=self.table,
+                    Item=_encode({"pk": "SCHEMA", "version": SCHEMA_VERSION}),
+                    ConditionExpression="attribute_not_exists(pk) OR version < :v",
+                    ExpressionAttributeValues={":v": {"N": str(SCHEMA_VERSION)}},
+                )
+
+    def _schema_version(self) -> int:
+        try:
+            item = self._client.get_item(TableName=self.table, Key=self._key("SCHEMA"), ConsistentRead=True)
+        except self._client.exceptions.ResourceNotFoundException:
+            return 0
+        return int(item["Item"]["version"]["N"]) if "Item" in item else 0
+
+    def _create_v1(self) -> None:
+        # The table may exist already: created by an operator, or by a concurrent migrate.
+        with suppress(self._client.exceptions.ResourceInUseException):
+            self._client.create_table(**self.table_definition())
+        self._client.get_waiter("table_exists").wait(TableName=self.table, WaiterConfig={"Delay": 2, "MaxAttempts": 90})
+        ttl = self._client.describe_time_to_live(TableName=self.table)["TimeToLiveDescription"]
+        if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+            self._client.update_time_to_live(
+                TableName=self.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+            )
+
+    # Leads
+
+    @staticmethod
+    def _key(pk: str) -> dict[str, dict[str, str]]:
+        return {"pk": {"S": pk}}
+
+    def _lead_values(self, row: Row) -> dict[str, str | int | None]:
+        """The lead's row plus expires_at: final leads expire after the retention."""
+        expires = None
+        if Status(row["status"]) in FINAL_STATUSES:
+            expires = _epoch(datetime.fromisoformat(str(row["updated_at"])) + self.retention)
+        return {**row, "expires_at": expires}
+
+    @_store_errors
+    def insert(self, record: LeadRecord) -> tuple[LeadRecord, bool]:
+        """Insert unless a lead with the same key exists: (stored record, created?). Atomic."""
+        row = to_row(record)
+        lead = _encode({"pk": f"LEAD#{record.id}", **self._lead_values(row)})
+        expires = _epoch(record.created_at + KEY_TTL)
+        key = _encode({"pk": f"KEY#{record.key}", "lead_id": record.id, "expires_at": expires})
+        items = [
+            {"Put": {"TableName": self.table, "Item": key, "ConditionExpression": "attribute_not_exists(pk)"}},
+            {"Put": {"TableName": self.table, "Item": lead, "ConditionExpression": "attribute_not_exists(pk)"}},
+        ]
+        failed = self._transact(items)
+        if not failed:
+            return from_row(row), True
+        if failed[0] != "ConditionalCheckFailed":
+            raise StoreError("dynamodb store: a lead with this id exists under another key")
+        found = self._client.get_item(TableName=self.table, Key=self._key(f"KEY#{record.key}"), ConsistentRead=True)
+        existing = self.get(found["Item"]["lead_id"]["S"]) if "Item" in found else None
+        if existing is None:
+            raise StoreError("dynamodb store: an idempotency key points to a missing lead")
+        return existing, False
+
+    def _transact(self, items: list[dict[str, Any]]) -> list[str]:
+        """Run a write transaction: [] if done, else each item's cancellation code ("None" for no fault)."""
+        for attempt in range(TRANSACTION_TRIES):
+            try:
+                self._client.transact_write_items(TransactItems=items)
+                return []
+            except self._client.exceptions.TransactionCanceledException as exc:
+                codes = [reason.get("Code", "None") for reason in exc.response.get("CancellationReasons", [])]
+                if "ConditionalCheckFailed" in codes:
+                    return codes
+                if "TransactionConflict" not in codes or attempt == TRANSACTION_TRIES - 1:
+                    raise
+            time.sleep(0.02 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    @_store_errors
+    def get(self, lead_id: str) -> LeadRecord | None:
+        """One lead by our id."""
+        found = self._client.get_item(TableName=self.table, Key=self._key(f"LEAD#{lead_id}"), ConsistentRead=True)
+        return from_row(_decode(found["Item"])) if "Item" in found else None
+
+    @_store_errors
+    def claim(self, status: Status, now: datetime, lease_seconds: int, limit: int, owner: str) -> list[LeadRecord]:
+        """Lease up to `limit` due leads of `status` to `owner`, earliest next_attempt_at first.
+
+        Candidates come from the `due` index (eventually consistent); each is then taken with a
+        conditional update that holds only if its status and lease are still what was read.
+        """
+        if limit < 1:
+            return []
+        status = Status(status)
+        statuses = [status, Status.SENDING] if status is Status.PENDING else [status]
+        new_status = Status.SENDING if status is Status.PENDING else status
+        # Read more than needed: other workers may win some of the candidates.
+        candidates = [item for s in statuses for item in self._due(s, now, 2 * limit + 10)]
+        candidates.sort(key=lambda item: (item["next_attempt_at"]["S"], item.get("created_at", {}).get("S", "")))
+        claimed: list[LeadRecord] = []
+        for item in candidates:
+            if len(claimed) == limit:
+                break
+            record = self._take_lead(item, new_status, now, iso(now + timedelta(seconds=lease_seconds)), owner)
+            if record is not None:
+                claimed.append(record)
+        return claimed
+
+    def _due(self, status: Status, now: datetime, want: int) -> Iterator[dict[str, Any]]:
+        """Up to about `want` index entries of `status` due at `now` and not under a live lease, earliest first."""
+        query: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": DUE_INDEX,
+            "KeyConditionExpression": "#status = :status AND next_attempt_at <= :now",
+            "FilterExpression": "attribute_not_exists(lease_until) OR lease_until <= :now",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":status": {"S": status.value}, ":now": {"S": iso(now)}},
+            "Limit": want,
+        }
+        found = 0
+        while True:
+            page = self._client.query(**query)
+            yield from page["Items"]
+            found += len(page["Items"])
+            if found >= want or "LastEvaluatedKey" not in page:
+                return
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _take_lead(
+        self, seen: dict[str, Any], new_status: Status, now: datetime, until: str, owner: str
+    ) -> LeadRecord | None:
+        """Lease one candidate if nobody changed its status or lease since it was read."""
+        values = {
+            ":seen_status": seen["status"],
+            ":now": {"S": iso(now)},
+            ":new_status": {"S": new_status.value},
+            ":owner": {"S": owner},
+            ":until": {"S": until},
+        }
+        condition = "#status = :seen_status AND next_attempt_at <= :now AND "
+        if "lease_until" in seen:
+            condition += "lease_until = :seen_until"
+            values[":seen_until"] = seen["lease_until"]
+        else:
+            condition += "attribute_not_exists(lease_until)"
+        if "lease_owner" in seen:
+            condition += " AND lease_owner = :seen_owner"
+            values[":seen_owner"] = seen["lease_owner"]
+        else:
+            condition += " AND attribute_not_exists(lease_owner)"
+        try:
+            updated = self._client.update_item(
+                TableName=self.table,
+                Key={"pk": seen["pk"]},
+                UpdateExpression="SET #status = :new_status, lease_owner = :owner, lease_until = :until",
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return None  # another worker took it, or it changed
+        return from_row(_decode(updated["Attributes"]))
+
+    @_store_errors
+    def update(self, record: LeadRecord, owner: str | None) -> bool:
+        """Write the record's mutable fields if `owner` still holds its lease (None: unconditional)."""
+        values = self._lead_values(to_row(record))
+        names, encoded, sets, removes = {}, {}, [], []
+        for i, name in enumerate((*MUTABLE_FIELDS, "expires_at")):
+            names[f"#f{i}"] = name
+            if values[name] is None:
+                removes.append(f"#f{i}")
+            else:
+                sets.append(f"#f{i} = :v{i}")
+                encoded[f":v{i}"] = _encode({name: values[name]})[name]
+        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        condition = "attribute_exists(pk)"
+        if owner is not None:
+            condition += " AND lease_owner = :expected_owner"
+            encoded[":expected_owner"] = {"S": owner}
+        try:
+            self._client.update_item(
+                TableName=self.table,
+                Key=self._key(f"LEAD#{record.id}"),
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=encoded,
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def _scan_leads(self, filters: dict[str, tuple[str, str]], projection: tuple[str, ...] = ()) -> Iterator[dict]:
+        """Every lead item matching `filters` ({attribute: (operator, value)}), consistently read."""
+        names = {"#pk": "pk"}
+        values = {":lead": {"S": "LEAD#"}}
+        conditions = ["begins_with(#pk, :lead)"]
+        for i, (name, (operator, value)) in enumerate(filters.items()):
+            names[f"#a{i}"] = name
+            values[f":a{i}"] = {"S": value}
+            conditions.append(f"#a{i} {operator} :a{i}")
+        scan: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": " AND ".join(conditions),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ConsistentRead": True,
+        }
+        if projection:
+            scan["ProjectionExpression"] = ", ".join(f"#{name}" for name in projection)
+            names.update({f"#{name}": name for name in projection})
+        while True:
+            page = self._client.scan(**scan)
+            yield from page["Items"]
+            if "LastEvaluatedKey" not in page:
+                return
+            scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    @_store_errors
+    def list(
+        self, status: Status | None = None, source: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[LeadRecord]:
+        """Leads, newest first, filtered (a Scan)."""
+        filters: dict[str, tuple[str, str]] = {}
+        if status is not None:
+            filters["status"] = ("=", Status(status).value)
+        if source is not None:
+            filters["source"] = ("=", source)
+        if since is not None:
+            filters["created_at"] = (">=", iso(since))
+        records = [from_row(_decode(item)) for item in self._scan_leads(filters)]
+        records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return records[:limit]
+
+    @_store_errors
+    def count_by_status(self) -> dict[str, int]:
+        """How many leads are in each status, every status listed (a Scan)."""
+        counts = {status.value: 0 for status in Status}
+        for item in self._scan_leads({}, projection=("status",)):
+            counts[item["status"]["S"]] += 1
+        return counts
+
+    def _delete_lead(self, item: dict[str, Any], final_only: bool) -> bool:
+        """Delete a lead and its idempotency key together; False if a condition stopped it."""
+        lead: dict[str, Any] = {"TableName": self.table, "Key": {"pk": item["pk"]}}
+        if final_only:  # `leads retry` may have made it pending again since the scan
+            marks = {f":f{i}": {"S": status.value} for i, status in enumerate(sorted(FINAL_STATUSES))}
+            lead["ConditionExpression"] = f"#status IN ({', '.join(marks)})"
+            lead["ExpressionAttributeNames"] = {"#status": "status"}
+            lead["ExpressionAttributeValues"] = marks
+        key = {
+            "TableName": self.table,
+            "Key": self._key(f"KEY#{item['key']['S']}"),
+            "ConditionExpression": "attribute_not_exists(pk) OR lead_id = :id",
+            "ExpressionAttributeValues": {":id": item["id"]},
+        }
+        return not self._transact([{"Delete": lead}, {"Delete": key}])
+
+    @_store_errors
+    def purge(self, before: datetime) -> int:
+        """Delete leads in a final status created before `before`, and their keys; return how many (a Scan)."""
+        old = self._scan_leads({"created_at": ("<", iso(before))}, projection=("pk", "id", "key", "status"))
+        final = {status.value for status in FINAL_STATUSES}
+        return sum(self._delete_lead(item, final_only=True) for item in old if item["status"]["S"] in final)
+
+    @_store_errors
+    def forget(self, phone_key: str) -> int:
+        """Erase every lead and claim that holds this phone; return how many leads (a Scan)."""
+        leads = self._scan_leads({"phone_key": ("=", phone_key)}, projection=("pk", "id", "key"))
+        deleted = sum(self._delete_lead(item, final_only=False) for item in leads)
+        self._client.delete_item(TableName=self.table, Key=self._key(f"PHONE#{phone_key}"))
+        return deleted
+
+    # Guards and documents
+
+    @_store_errors
+    def claim_phone(self, phone_key: str, lead_id: str, now: datetime, window: timedelta) -> str | None:
+        """Take the one-person-one-call slot: None if `lead_id` now holds it, else the holder's id."""
+        item = {"pk": f"PHONE#{phone_key}", "lead_id": lead_id, "claimed_at": iso(now)}
+        try:
+            self._client.put_item(
+                TableName=self.table,
+                Item=_encode({**item, "expires_at": _epoch(now + window)}),
+                ConditionExpression="attribute_not_exists(pk) OR claimed_at <= :cutoff",
+                ExpressionAttributeValues={":cutoff": {"S": iso(now - window)}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self._client.exceptions.ConditionalCheckFailedException as exc:
+            # A live claim: the holder's own re-claim changes nothing.
+            holder = exc.response["Item"]["lead_id"]["S"]
+            return None if holder == lead_id else holder
+        return None
+
+    @_store_errors
+    def release_phone(self, phone_key: str, lead_id: str) -> None:
+        """Give the slot back (the lead was rejected or failed), only if `lead_id` holds it."""
+        with suppress(self._client.exceptions.ConditionalCheckFailedException):  # held by another, or by nobody
+            self._client.delete_item(
+                TableName=self.table,
+                Key=self._key(f"PHONE#{phone_key}"),
+                ConditionExpression="lead_id = :id",
+                ExpressionAttributeValues={":id": {"S": lead_id}},
+            )
+
+    @_store_errors
+    def take(self, counter: str, limit: int, expires_at: datetime, now: datetime) -> bool:
+        """Add one to a counter unless it is at `limit`; an expired counter starts again."""
+        if limit < 1:
+            return False
+        key = self._key(f"COUNTER#{counter}")
+        now_value = {"N": f"{now.timestamp():.6f}"}
+        for _ in range(TRANSACTION_TRIES):
+            try:
+                self._client.update_item(
+                    TableName=self.table,
+                    Key=key,
+                    UpdateExpression="ADD #value :one",
+                    ConditionExpression="expires_at > :now AND #value < :limit",
+                    ExpressionAttributeNames={"#value": "value"},
+                    ExpressionAttributeValues={":one": {"N": "1"}, ":now": now_value, ":limit": {"N": str(limit)}},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+                return True
+            except self._client.exceptions.ConditionalCheckFailedException as exc:
+                old = exc.response.get("Item")
+                if old and float(old["expires_at"]["N"]) > now.timestamp():
+                    return False  # live and at the limit
+            try:  # missing or expired: start a new window, unless another process just did
+                self._client.put_item(
+                    TableName=self.table,
+                    Item=_encode({"pk": f"COUNTER#{counter}", "value": 1, "expires_at": _epoch(expires_at)}),
+                    ConditionExpression="attribute_not_exists(pk) OR expires_at <= :now",
+                    ExpressionAttributeValues={":now": now_value},
+                )
+                return True
+            except self._client.exceptions.ConditionalCheckFailedException:
+                continue
+        raise StoreError("dynamodb store: counter contention, try again")
+
+    @_store_errors
+    def get_meta(self, name: str) -> dict[str, Any] | None:
+        """A small named document (campaign pause, block list entries, ...)."""
+        found = self._client.get_item(TableName=self.table, Key=self._key(f"META#{name}"), ConsistentRead=True)
+        return json.loads(found["Item"]["json"]["S"]) if "Item" in found else None
+
+    @_store_errors
+    def put_meta(self, name: str, value: dict[str, Any] | None) -> None:
+        """Write (or, with None, delete) a named document."""
+        if value is None:
+            self._client.delete_item(TableName=self.table, Key=self._key(f"META#{name}"))
+        else:
+            item = {"pk": f"META#{name}", "json": json.dumps(value, ensure_ascii=False)}
+            self._client.put_item(TableName=self.table, Item=_encode(item))
+
+
+# Step n takes the table from schema version n-1 to n; a v2 is one more function here.
+MIGRATIONS: dict[int, Callable[[DynamoDBStore], None]] = {1: DynamoDBStore._create_v1}
