@@ -1,0 +1,516 @@
+"""The LeadStore contract, run on every backend: SQLite in a temp dir, DynamoDB on moto's server over HTTP."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from crm2calls.errors import StoreError
+from crm2calls.model import FINAL_STATUSES, LeadRecord, Status
+from crm2calls.store import open_store
+from crm2calls.store.base import SCHEMA_VERSION, LeadStore
+from tests.servers import aws_env, moto_endpoint  # noqa: F401  (fixtures)
+
+T0 = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
+MIN = timedelta(minutes=1)
+
+
+@dataclass
+class Backend:
+    """One backend's storage: open it again (same file or table) and tamper with its schema version."""
+
+    name: str
+    open: Callable[[], LeadStore]
+    set_schema_version: Callable[[int], None]
+
+
+def _sqlite_backend(tmp_path: Any) -> Backend:
+    path = tmp_path / "data" / "leads.db"
+
+    def set_version(version: int) -> None:
+        with sqlite3.connect(path) as conn:
+            conn.execute(f"PRAGMA user_version = {version}")
+
+    return Backend("sqlite", lambda: open_store(f"sqlite:///{path}"), set_version)
+
+
+def _dynamodb_backend() -> Backend:
+    table = f"leads-{uuid.uuid4().hex[:12]}"
+
+    def set_version(version: int) -> None:
+        import boto3
+
+        item = {"pk": {"S": "SCHEMA"}, "version": {"N": str(version)}}
+        boto3.client("dynamodb").put_item(TableName=table, Item=item)
+
+    return Backend("dynamodb", lambda: open_store(f"dynamodb://{table}"), set_version)
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Backend:
+    if request.param == "sqlite":
+        return _sqlite_backend(tmp_path)
+    request.getfixturevalue("aws_env")
+    return _dynamodb_backend()
+
+
+@pytest.fixture
+def store(backend: Backend) -> LeadStore:
+    opened = backend.open()
+    opened.migrate()
+    return opened
+
+
+def lead(n: int, status: Status = Status.PENDING, at: datetime = T0, **changes: Any) -> LeadRecord:
+    """Lead number n, created and due at `at`."""
+    record = LeadRecord(
+        id=f"lead-{n}",
+        source="amocrm",
+        key=f"amocrm:event-{n}",
+        ref=f"crm-{n}",
+        status=status,
+        created_at=at,
+        updated_at=at,
+        next_attempt_at=at,
+    )
+    return replace(record, **changes)
+
+
+def in_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run work(0..count-1) in threads released together; return the results in order."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def drain(store: LeadStore, owner: str, now: datetime, limit: int) -> list[str]:
+    """Claim pending leads until none is left; return the ids this owner got."""
+    got: list[str] = []
+    while batch := store.claim(Status.PENDING, now, 300, limit, owner):
+        got += [record.id for record in batch]
+    return got
+
+
+# Idempotency
+
+
+def test_insert_with_a_known_key_returns_the_stored_lead(store: LeadStore) -> None:
+    first = lead(1)
+    assert store.insert(first) == (first, True)
+    stored, created = store.insert(replace(lead(2), key=first.key))
+    assert (stored, created) == (first, False)
+    assert store.get("lead-2") is None
+    assert store.count_by_status()["pending"] == 1
+
+
+def test_concurrent_inserts_of_one_key_create_one_lead(store: LeadStore) -> None:
+    results = in_threads(10, lambda i: store.insert(lead(i, key="amocrm:same-event")))
+    winners = [stored.id for stored, created in results if created]
+    assert len(winners) == 1
+    assert {stored.id for stored, _ in results} == set(winners)
+    assert [record.id for record in store.list()] == winners
+
+
+# Round trip
+
+
+def test_every_field_round_trips_through_insert_get_and_update(store: LeadStore) -> None:
+    moscow = timezone(timedelta(hours=3))
+    values = {
+        "id": "lead-full",
+        "source": "bitrix24",
+        "key": "bitrix24:ONCRMLEADADD:7",
+        "ref": "7",
+        "status": Status.SENDING,
+        "created_at": datetime(2025, 3, 3, 12, 0, 0, 123456, tzinfo=moscow),  # stored as UTC, same instant
+        "updated_at": datetime(2025, 3, 3, 9, 0, 1, 1, tzinfo=UTC),
+        "next_attempt_at": datetime(2025, 3, 3, 9, 5, tzinfo=UTC),
+        "attempts": 3,
+        "entry": '{"phone":"79123456789","payload":{"name":"Анна"}}',
+        "raw": '{"event":"ONCRMLEADADD"}',
+        "phone_masked": "7912*****89",
+        "phone_key": "k-7912",
+        "last_error": "HTTP 503 from Aimylogic",
+        "job_id": "job-1",
+        "lease_owner": "worker-a",
+        "lease_until": datetime(2025, 3, 3, 9, 7, tzinfo=UTC),
+        "history": [{"at": "2025-03-03T09:00:00+00:00", "status": "pending", "note": "rendered"}, {"n": [1, None]}],
+    }
+    assert set(values) == {f.name for f in fields(LeadRecord)}  # a new field must be added here
+    full = LeadRecord(**values)
+    store.insert(full)
+    got = store.get("lead-full")
+    assert got == full
+    assert got.created_at.utcoffset() == timedelta(0)
+
+    changed = replace(
+        full,
+        status=Status.SENT,
+        updated_at=T0 + 10 * MIN,
+        next_attempt_at=None,
+        attempts=4,
+        entry=None,
+        raw=None,
+        phone_masked=None,
+        phone_key=None,
+        last_error=None,
+        job_id="job-2",
+        lease_owner=None,
+        lease_until=None,
+        history=[*full.history, {"at": "2025-03-03T09:10:00+00:00", "status": "sent", "note": ""}],
+    )
+    assert store.update(changed, owner="worker-a") is True
+    assert store.get("lead-full") == changed
+
+
+def test_naive_datetimes_are_refused(store: LeadStore) -> None:
+    with pytest.raises(ValueError, match="naive"):
+        store.insert(lead(1, at=datetime(2025, 3, 3, 9, 0)))
+    assert store.get("lead-1") is None
+
+
+def test_get_of_an_unknown_id_is_none(store: LeadStore) -> None:
+    assert store.get("no-such-lead") is None
+
+
+# Claim
+
+
+def test_claim_takes_only_due_leads_oldest_first_within_the_limit(store: LeadStore) -> None:
+    due = [lead(i, at=T0 + i * MIN) for i in range(5)]
+    not_due = [
+        lead(10, at=T0 + 60 * MIN),  # later
+        lead(11, next_attempt_at=None),  # no attempt planned
+        lead(12, status=Status.HELD),  # another status
+        lead(13, status=Status.SENT),
+        lead(14, status=Status.SENDING, lease_owner="worker-x", lease_until=T0 + 60 * MIN),  # live lease
+    ]
+    for record in [*reversed(due), *not_due]:
+        store.insert(record)
+    now = T0 + 10 * MIN
+
+    first = store.claim(Status.PENDING, now, 60, 3, "worker-a")
+    assert [r.id for r in first] == ["lead-0", "lead-1", "lead-2"]
+    assert {(r.status, r.lease_owner, r.lease_until) for r in first} == {(Status.SENDING, "worker-a", now + MIN)}
+    assert store.get("lead-0") == first[0]
+    assert [r.id for r in store.claim(Status.PENDING, now, 60, 10, "worker-a")] == ["lead-3", "lead-4"]
+    assert store.claim(Status.PENDING, now, 60, 10, "worker-a") == []
+    for record in not_due:
+        assert store.get(record.id) == record
+
+
+@pytest.mark.parametrize("status", [Status.RECEIVED, Status.HELD])
+def test_claim_of_other_statuses_leases_without_changing_status(store: LeadStore, status: Status) -> None:
+    store.insert(lead(1, status=status))
+    store.insert(lead(2, status=Status.PENDING))
+    claimed = store.claim(status, T0, 60, 10, "worker-a")
+    assert [(r.id, r.status, r.lease_owner) for r in claimed] == [("lead-1", status, "worker-a")]
+    assert store.claim(status, T0 + 30 * timedelta(seconds=1), 60, 10, "worker-b") == []  # leased
+
+
+def test_claim_retakes_a_sending_lead_only_once_its_lease_expired(store: LeadStore) -> None:
+    store.insert(lead(1))
+    [mine] = store.claim(Status.PENDING, T0, 60, 10, "worker-a")
+    assert mine.lease_until == T0 + MIN
+    assert store.claim(Status.PENDING, T0 + timedelta(seconds=59), 60, 10, "worker-b") == []
+    [retaken] = store.claim(Status.PENDING, T0 + MIN, 60, 10, "worker-b")
+    assert (retaken.id, retaken.status, retaken.lease_owner) == ("lead-1", Status.SENDING, "worker-b")
+    assert retaken.lease_until == T0 + 2 * MIN
+
+
+def test_claim_with_no_room_takes_nothing(store: LeadStore) -> None:
+    store.insert(lead(1))
+    assert store.claim(Status.PENDING, T0, 60, 0, "worker-a") == []
+    assert store.get("lead-1").lease_owner is None
+
+
+def test_racing_workers_never_get_the_same_lead(store: LeadStore) -> None:
+    ids = {f"lead-{i}" for i in range(24)}
+    for i in range(24):
+        store.insert(lead(i, at=T0 + i * timedelta(seconds=1)))
+    got = in_threads(4, lambda i: drain(store, f"worker-{i}", T0 + 10 * MIN, 3))
+    every = [lead_id for ids_of_one in got for lead_id in ids_of_one]
+    assert sorted(every) == sorted(ids)  # each lead exactly once
+    for i, ids_of_one in enumerate(got):
+        assert {store.get(lead_id).lease_owner for lead_id in ids_of_one} <= {f"worker-{i}"}
+
+
+# Update
+
+
+def test_update_by_a_stale_owner_changes_nothing(store: LeadStore) -> None:
+    store.insert(lead(1))
+    [stale] = store.claim(Status.PENDING, T0, 60, 1, "worker-a")
+    [current] = store.claim(Status.PENDING, T0 + 2 * MIN, 60, 1, "worker-b")
+    assert store.update(replace(stale, status=Status.SENT, job_id="job-a"), owner="worker-a") is False
+    assert store.get("lead-1") == current
+    assert store.update(replace(current, status=Status.SENT, job_id="job-b"), owner="worker-b") is True
+    assert store.get("lead-1").job_id == "job-b"
+
+
+def test_update_without_owner_is_unconditional(store: LeadStore) -> None:
+    store.insert(lead(1))
+    [leased] = store.claim(Status.PENDING, T0, 60, 1, "worker-a")
+    released = replace(leased, status=Status.PENDING, lease_owner=None, lease_until=None, attempts=1)
+    assert store.update(released, owner=None) is True
+    assert store.get("lead-1") == released
+
+
+def test_update_of_a_missing_lead_is_false(store: LeadStore) -> None:
+    assert store.update(lead(1), owner=None) is False
+    assert store.get("lead-1") is None
+
+
+# Phone claims
+
+
+def test_claim_phone_holds_one_lead_per_window(store: LeadStore) -> None:
+    window = timedelta(hours=24)
+    assert store.claim_phone("phone-1", "lead-a", T0, window) is None
+    assert store.claim_phone("phone-1", "lead-b", T0 + window - timedelta(microseconds=1), window) == "lead-a"
+    assert store.claim_phone("phone-2", "lead-b", T0, window) is None  # another phone
+    assert store.claim_phone("phone-1", "lead-a", T0 + MIN, window) is None  # the holder again: idempotent
+    # ... and it did not move the window: at its end another lead takes the slot
+    assert store.claim_phone("phone-1", "lead-b", T0 + window, window) is None
+    assert store.claim_phone("phone-1", "lead-a", T0 + window, window) == "lead-b"
+
+
+def test_release_phone_frees_the_slot_only_for_its_holder(store: LeadStore) -> None:
+    window = timedelta(hours=24)
+    store.claim_phone("phone-1", "lead-a", T0, window)
+    store.release_phone("phone-1", "lead-b")
+    assert store.claim_phone("phone-1", "lead-c", T0, window) == "lead-a"
+    store.release_phone("phone-1", "lead-a")
+    assert store.claim_phone("phone-1", "lead-c", T0, window) is None
+    store.release_phone("phone-9", "lead-a")  # nothing held: no error
+
+
+# Counters
+
+
+def test_take_stops_at_the_limit_and_starts_again_after_expiry(store: LeadStore) -> None:
+    end = T0 + MIN
+    assert [store.take("calls:minute", 3, end, T0) for _ in range(4)] == [True, True, True, False]
+    assert store.take("calls:minute", 3, end, end - timedelta(seconds=1)) is False
+    assert store.take("calls:other", 3, end, T0) is True  # counters are independent
+    assert [store.take("calls:minute", 3, end + MIN, end) for _ in range(4)] == [True, True, True, False]
+
+
+def test_take_with_limit_zero_is_refused(store: LeadStore) -> None:
+    assert store.take("calls:day", 0, T0 + MIN, T0) is False
+
+
+# Meta
+
+
+def test_meta_put_get_delete(store: LeadStore) -> None:
+    assert store.get_meta("campaign") is None
+    store.put_meta("campaign", {"paused": True, "reason": "Пауза", "by": None})
+    assert store.get_meta("campaign") == {"paused": True, "reason": "Пауза", "by": None}
+    store.put_meta("campaign", {"paused": False})
+    assert store.get_meta("campaign") == {"paused": False}
+    store.put_meta("campaign", None)
+    assert store.get_meta("campaign") is None
+    store.put_meta("campaign", None)  # deleting nothing is fine
+
+
+# Purge and forget
+
+
+def test_purge_removes_old_final_leads_and_frees_their_keys(store: LeadStore) -> None:
+    cutoff = T0 + 60 * MIN
+    old_final = [lead(i, status=status) for i, status in enumerate(sorted(FINAL_STATUSES))]
+    kept = [lead(10, status=Status.PENDING), lead(11, status=Status.HELD), lead(12, status=Status.SENT, at=cutoff)]
+    for record in [*old_final, *kept]:
+        store.insert(record)
+
+    assert store.purge(cutoff) == len(old_final)
+    assert {r.id for r in store.list()} == {r.id for r in kept}
+    assert store.purge(cutoff) == 0
+    stored, created = store.insert(lead(20, key=old_final[0].key, at=cutoff))
+    assert (stored.id, created) == ("lead-20", True)
+
+
+def test_forget_erases_every_lead_and_claim_of_a_phone(store: LeadStore) -> None:
+    store.insert(lead(1, phone_key="phone-1"))
+    store.insert(lead(2, status=Status.SENT, phone_key="phone-1"))
+    store.insert(lead(3, phone_key="phone-2"))
+    store.claim_phone("phone-1", "lead-1", T0, timedelta(hours=24))
+
+    assert store.forget("phone-1") == 2
+    assert [r.id for r in store.list()] == ["lead-3"]
+    assert store.claim_phone("phone-1", "lead-9", T0, timedelta(hours=24)) is None
+    assert store.forget("phone-1") == 0
+
+
+# Listing
+
+
+def test_list_filters_by_status_source_and_since_newest_first(store: LeadStore) -> None:
+    records = [
+        lead(1, at=T0),
+        lead(2, at=T0 + MIN, source="bitrix24"),
+        lead(3, at=T0 + 2 * MIN, status=Status.SENT),
+        lead(4, at=T0 + 3 * MIN, source="bitrix24", status=Status.SENT),
+    ]
+    for record in records:
+        store.insert(record)
+
+    def ids(**filters: Any) -> list[str]:
+        return [r.id for r in store.list(**filters)]
+
+    assert ids() == ["lead-4", "lead-3", "lead-2", "lead-1"]
+    assert ids(status=Status.SENT) == ["lead-4", "lead-3"]
+    assert ids(source="bitrix24") == ["lead-4", "lead-2"]
+    assert ids(since=T0 + MIN) == ["lead-4", "lead-3", "lead-2"]  # since is inclusive
+    assert ids(status=Status.PENDING, source="bitrix24", since=T0) == ["lead-2"]
+    assert ids(limit=2) == ["lead-4", "lead-3"]
+    assert store.list()[0] == records[3]
+
+
+def test_count_by_status_lists_every_status(store: LeadStore) -> None:
+    for i, status in enumerate([Status.PENDING, Status.PENDING, Status.FAILED]):
+        store.insert(lead(i, status=status))
+    expected = {status.value: 0 for status in Status} | {"pending": 2, "failed": 1}
+    assert store.count_by_status() == expected
+
+
+# Schema
+
+
+def test_migrate_twice_is_harmless_and_data_survives_reopening(backend: Backend, store: LeadStore) -> None:
+    store.insert(lead(1))
+    store.put_meta("campaign", {"paused": True})
+    store.migrate()
+    reopened = backend.open()
+    reopened.migrate()
+    assert reopened.get("lead-1") == lead(1)
+    assert reopened.get_meta("campaign") == {"paused": True}
+    assert reopened.insert(lead(2, key=lead(1).key))[1] is False
+
+
+def test_migrate_refuses_a_newer_schema(backend: Backend, store: LeadStore) -> None:
+    backend.set_schema_version(SCHEMA_VERSION + 1)
+    with pytest.raises(StoreError, match="newer"):
+        backend.open().migrate()
+
+
+def test_an_unmigrated_store_fails_with_store_error(backend: Backend) -> None:
+    with pytest.raises(StoreError):
+        backend.open().get("lead-1")
+
+
+# SQLite only
+
+
+def test_sqlite_relative_url_creates_its_folder(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///instance/leads.db")
+    store.migrate()
+    store.insert(lead(1))
+    assert (tmp_path / "instance" / "leads.db").is_file()
+    assert open_store(f"sqlite:///{tmp_path}/instance/leads.db").get("lead-1") == lead(1)
+
+
+def _deliver_in_process(path: str, owner: str, start: Any, out: Any) -> None:
+    """A worker process: connect, wait for the start, then claim, "send" and mark sent until nothing is left."""
+    store = open_store(f"sqlite:///{path}")
+    store.get("lead-0")
+    start.wait()
+    got: list[tuple[str, bool]] = []  # (lead id, marked sent?)
+    while batch := store.claim(Status.PENDING, T0, 300, 2, owner):
+        time.sleep(0.002)  # the HTTP call a real worker makes; lets the other process in
+        got += [(r.id, store.update(replace(r, status=Status.SENT, lease_owner=None), owner=owner)) for r in batch]
+    out.put((owner, got))
+
+
+def test_sqlite_processes_never_share_a_lead(tmp_path: Any) -> None:
+    leads = 200
+    path = str(tmp_path / "leads.db")
+    store = open_store(f"sqlite:///{path}")
+    store.migrate()
+    for i in range(leads):
+        store.insert(lead(i))
+    context = multiprocessing.get_context("spawn")
+    start, out = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_deliver_in_process, args=(path, f"p{i}", start, out)) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    results = dict(out.get(timeout=60) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=10)
+    every = results["p0"] + results["p1"]
+    assert sorted(lead_id for lead_id, _ in every) == sorted(f"lead-{i}" for i in range(leads))
+    assert all(sent for _, sent in every)
+    assert results["p0"] and results["p1"]  # both really raced
+    assert store.count_by_status()["sent"] == leads
+
+
+# DynamoDB only
+
+
+def test_dynamodb_migrate_creates_the_table_it_describes(aws_env: str) -> None:  # noqa: F811
+    import boto3
+
+    from crm2calls.store.dynamodb import DUE_INDEX, DynamoDBStore, iam_policy
+
+    store = DynamoDBStore(f"leads-{uuid.uuid4().hex[:12]}")
+    store.migrate()
+    client = boto3.client("dynamodb")
+    table = client.describe_table(TableName=store.table)["Table"]
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    assert [index["IndexName"] for index in table["GlobalSecondaryIndexes"]] == [DUE_INDEX]
+    ttl = client.describe_time_to_live(TableName=store.table)["TimeToLiveDescription"]
+    assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
+    [statement] = iam_policy(table["TableArn"])["Statement"]
+    assert statement["Resource"] == [table["TableArn"], f"{table['TableArn']}/index/{DUE_INDEX}"]
+
+
+def test_dynamodb_keys_counters_and_final_leads_expire_by_ttl(aws_env: str) -> None:  # noqa: F811
+    import boto3
+
+    from crm2calls.store.base import KEY_TTL
+    from crm2calls.store.dynamodb import DynamoDBStore
+
+    store = DynamoDBStore(f"leads-{uuid.uuid4().hex[:12]}", retention=timedelta(days=30))
+    store.migrate()
+    client = boto3.client("dynamodb")
+
+    def expires(pk: str) -> int | None:
+        item = client.get_item(TableName=store.table, Key={"pk": {"S": pk}})["Item"]
+        return int(item["expires_at"]["N"]) if "expires_at" in item else None
+
+    record, _ = store.insert(lead(1))
+    store.take("calls:minute", 5, T0 + MIN, T0)
+    assert expires(f"KEY#{record.key}") == int((T0 + KEY_TTL).timestamp())
+    assert expires("COUNTER#calls:minute") == int((T0 + MIN).timestamp())
+    assert expires("LEAD#lead-1") is None  # pending leads never expire
+    store.update(replace(record, status=Status.SENT, updated_at=T0 + MIN), owner=None)
+    assert expires("LEAD#lead-1") == int((T0 + MIN + timedelta(days=30)).timestamp())
+    store.update(replace(record, status=Status.PENDING, updated_at=T0 + 2 * MIN), owner=None)  # `leads retry`
+    assert expires("LEAD#lead-1") is None
