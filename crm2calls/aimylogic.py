@@ -87,7 +87,7 @@ class AimylogicClient:
         # may have reached the server is never retried here; delivery retries it later, under the
         # platform's duplicate guard.
         retry = Retry(total=None, connect=2, read=False, redirect=False, status=0, other=0, backoff_factor=0.2)
-        adapter = HTTPAdapter(max_retries=retry)
+        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)  # delivery sends up to 32 batches at once
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         _scrub_urllib3_logs()

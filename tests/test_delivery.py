@@ -173,6 +173,17 @@ def test_dry_run_marks_leads_sent_with_dry_run_ids(make_services):
     assert services.store.get(lead.id).job_id == "dry-run-1"
 
 
+def test_time_budget_stops_between_rounds(make, emulator):
+    services = make(batch_size=1, concurrency=1)
+    add_leads(services, 5)
+    emulator.delay = 0.2
+
+    report = deliver_pending(services, time_budget=0.3)
+
+    assert 1 <= report.sent < 5
+    assert statuses(services) == {"sent": report.sent, "pending": 5 - report.sent}
+
+
 # Retries
 
 
