@@ -225,14 +225,14 @@ def _settle_batch(
             _count(report, record.status)
 
 
-def _job_ids(ids: list[str], count: int) -> list[str]:
-    """One id per lead when Aimylogic answered one per entry; otherwise every id on every lead."""
+def _job_ids(ids: list[str], count: int) -> list[str | None]:
+    """One id per lead when Aimylogic answered one per entry; otherwise every id (or none) on every lead."""
     if len(ids) == count:
-        return ids
+        return list(ids)
     log.warning(
         "addPhones answered %d job ids for %d entries: each lead of the batch keeps all of them", len(ids), count
     )
-    return [",".join(ids)] * count
+    return [",".join(ids) or None] * count
 
 
 def _pause(services: Services, exc: AuthError, now: datetime, pause: dict | None) -> None:
