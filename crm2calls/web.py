@@ -10,17 +10,13 @@ from urllib.parse import quote
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from crm2calls.errors import (
-    Crm2CallsError,
-    PayloadTooLargeError,
-    RequestError,
-    ServiceUnavailableError,
-    UnusableLeadError,
-)
+from crm2calls.errors import Crm2CallsError, RequestError, ServiceUnavailableError, UnusableLeadError
+from crm2calls.openapi import serve_openapi
 from crm2calls.services import Services
 from crm2calls.sources.base import Ack, InboundRequest, Source
 
 bp = Blueprint("webhooks", __name__)
+bp.add_url_rule("/openapi.json", "openapi", serve_openapi, methods=["GET"])
 log = logging.getLogger("crm2calls.web")
 
 
@@ -52,15 +48,12 @@ def inbound(source: Source) -> InboundRequest:
 
 
 def whole_body() -> bytes:
-    """The raw body, or 413 when it is over MAX_BODY_BYTES, with or without a Content-Length."""
+    """The raw body; 413 when it is over MAX_BODY_BYTES, with or without a Content-Length."""
+    body = request.get_data(cache=True)  # a Content-Length over the limit raises 413 here, unread
     limit = request.max_content_length
-    try:
-        body = request.get_data(cache=True)
-    except RequestEntityTooLarge:
-        body = None
     # Werkzeug cuts a body without Content-Length (chunked) at the limit without an error: never parse a cut body.
-    if body is None or (limit is not None and request.content_length is None and len(body) >= limit):
-        raise PayloadTooLargeError(f"the body is larger than MAX_BODY_BYTES ({limit} bytes)", field="body")
+    if limit is not None and request.content_length is None and len(body) >= limit:
+        raise RequestEntityTooLarge()
     return body
 
 

@@ -487,7 +487,7 @@ def test_a_body_over_the_limit_is_413_before_anything_else(shared, source, conte
         for body in (b"{" * (LIMIT + 1), b"\xff" * (LIMIT + 1)):  # unparseable, unauthenticated: 413 first
             response = post(shared, kind, source, body, content_type, key=key)
             assert response.status_code == 413
-            assert response.get_json()["error"] == "payload_too_large"
+            assert response.get_json()["error"] == "request_entity_too_large"
 
 
 def raw_post(url: str, path: str, body: bytes, content_type: str, *, chunked: bool) -> tuple[int, dict]:
@@ -523,7 +523,7 @@ def test_a_chunked_body_over_the_limit_is_413_not_cut_and_parsed(shared, served,
     padded = bodies[0] + b" " * (LIMIT + 1 - len(bodies[0]))  # whitespace after the document: valid until cut
     before = shared.services.store.count_by_status()
     status, body = raw_post(served.url, f"/webhooks/{source}?key={SECRET}", padded, content_type, chunked=True)
-    assert status == 413 and body["error"] == "payload_too_large"
+    assert status == 413 and body["error"] == "request_entity_too_large"
     assert shared.services.store.count_by_status() == before
 
 
@@ -542,7 +542,7 @@ def test_a_declared_length_over_the_limit_is_refused_without_reading_the_body(se
         conn.putheader("Content-Length", str(10**9))  # a gigabyte announced, nothing sent
         conn.endheaders()
         response = conn.getresponse()
-        assert response.status == 413 and json.loads(response.read())["error"] == "payload_too_large"
+        assert response.status == 413 and json.loads(response.read())["error"] == "request_entity_too_large"
     finally:
         conn.close()
 
