@@ -64,7 +64,7 @@ def verify_v3(
         raise UnauthorizedError(
             "X-HubSpot-Request-Timestamp is not whole milliseconds", field="X-HubSpot-Request-Timestamp"
         )
-    # In milliseconds, not datetimes: a 16-digit timestamp lies past year 9999 (OverflowError).
+    # In milliseconds, not datetimes: no date arithmetic that could overflow past year 9999.
     skew = abs((now - EPOCH) / timedelta(milliseconds=1) - int(timestamp))
     if skew > TOLERANCE / timedelta(milliseconds=1):
         raise UnauthorizedError(
