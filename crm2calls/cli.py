@@ -273,6 +273,53 @@ def leads_purge(older_than: str) -> None:
     )
 
 
+def _phone_key_of(phone: str) -> tuple[str, str]:
+    from crm2calls.errors import UnusableLeadError
+    from crm2calls.guards import phone_key
+    from crm2calls.phones import mask, normalize
+
+    try:
+        number = normalize(phone, _services().settings.default_region)
+    except UnusableLeadError as exc:
+        raise click.BadParameter(f"not a phone number we can use: {exc.reason}", param_hint="PHONE") from None
+    return phone_key(number), mask(number)
+
+
+@leads_cli.command("block")
+@click.argument("phone")
+@click.option("--note", default="", help="Why (shown by unblock and in the record).")
+def leads_block(phone: str, note: str) -> None:
+    """Put a number on the do-not-call list: it is never sent, whatever the source or campaign."""
+    from crm2calls.guards import block
+
+    key, masked = _phone_key_of(phone)
+    svc = _services()
+    block(svc, key, svc.clock(), note)
+    click.echo(f"{masked} is on the do-not-call list")
+
+
+@leads_cli.command("unblock")
+@click.argument("phone")
+def leads_unblock(phone: str) -> None:
+    """Take a number off the do-not-call list."""
+    from crm2calls.guards import unblock
+
+    key, masked = _phone_key_of(phone)
+    if not unblock(_services(), key):
+        raise click.ClickException(f"{masked} was not on the do-not-call list")
+    click.echo(f"{masked} may be called again")
+
+
+@leads_cli.command("forget")
+@click.argument("phone")
+@click.confirmation_option(prompt="Erase every lead, entry and history held for this number?")
+def leads_forget(phone: str) -> None:
+    """Erase everything the store holds about a person (their leads, entries, history, claims)."""
+    key, masked = _phone_key_of(phone)
+    count = _services().store.forget(key)
+    click.echo(f"erased {count} lead(s) of {masked}; a do-not-call entry, if any, is kept (a pseudonym only)")
+
+
 @leads_cli.command("reconcile")
 @click.option("--source", "source_name", required=True, type=click.Choice(["amocrm", "bitrix24"]))
 @click.option("--since", default="2h", show_default=True, help="How far back to list the CRM's leads: 2h, 1d.")

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
+from crm2calls import guards
 from crm2calls.errors import AuthError, EnrichmentError, RejectedError, UnavailableError
 from crm2calls.intake import settle, transition
 from crm2calls.logs import redact
@@ -38,6 +39,8 @@ class PassReport:
     """What one delivery pass did."""
 
     enriched: int = 0
+    admitted: int = 0
+    held: int = 0
     sent: int = 0
     retried: int = 0
     rejected: int = 0
@@ -62,10 +65,11 @@ def deliver_pending(services: Services, *, time_budget: float | None = None) -> 
     deadline = None if time_budget is None else time.monotonic() + time_budget
     while deadline is None or time.monotonic() < deadline:
         claimed = _enrich_stage(services, owner, report)
+        claimed += _admission_stage(services, owner, report)
         claimed += _delivery_stage(services, owner, report)
         if not claimed:
             break
-    if report.enriched or report.requests or report.sent or report.retried or report.rejected or report.failed:
+    if any(value for name, value in asdict(report).items() if name != "paused"):
         log.info("delivery pass: %s", report, extra={"fields": {"event": "delivery_pass", **asdict(report)}})
     return report
 
@@ -112,9 +116,12 @@ def _enrich_one(services: Services, record: LeadRecord, owner: str) -> tuple[boo
             _retry(record, now, policy, exc.message, exc.retry_after, Status.RECEIVED)
     except AuthError as exc:
         # Every lead of this source fails alike until a person fixes the credentials: keep the
-        # lead as it is, attempts unchanged, and look again after the longest backoff.
+        # lead as it is, attempts unchanged, and look again after the longest backoff; past the
+        # age limit it becomes a dead letter, which `leads retry --failed` revives after the fix.
         record.last_error = exc.message
         record.next_attempt_at = now + timedelta(seconds=policy.backoff_cap_seconds)
+        if _too_old(record, now, policy):
+            _fail(services, record, now, exc.message)
         log.error(
             "%s refused our credentials while fetching lead %s: %s (fix the %s_* variables; the lead is kept)",
             record.source, record.id, exc.message, record.source.upper(),
@@ -135,6 +142,39 @@ def _enrich_one(services: Services, record: LeadRecord, owner: str) -> tuple[boo
     return enriched and saved, record.status if saved else None
 
 
+# Admission: HELD leads pass the spend guards once (crm2calls/guards.py) before they may be sent.
+
+
+def _admission_stage(services: Services, owner: str, report: PassReport) -> int:
+    policy = services.settings.policy.delivery
+    now = services.clock()
+    records = services.store.claim(Status.HELD, now, policy.lease_seconds, policy.batch_size, owner)
+    holding = None
+    for record in records:
+        verdict = guards.admit(services, record, now)
+        if verdict.status is Status.PENDING:
+            record.next_attempt_at, record.last_error = now, None
+            transition(record, Status.PENDING, now, "admitted by the spend guards")
+            report.admitted += 1
+        elif verdict.status is Status.HELD:
+            record.next_attempt_at, record.last_error = verdict.retry_at, verdict.reason
+            transition(record, Status.HELD, now, f"{verdict.reason}; held until {verdict.retry_at:%Y-%m-%d %H:%M} UTC")
+            holding = verdict
+            report.held += 1
+        else:
+            _reject(services, record, now, verdict.reason)
+            _count(report, Status.REJECTED)
+        _save(services, record, owner)
+    if holding is not None:
+        services.store.put_meta(
+            guards.GUARD_META, {"holding": True, "reason": holding.reason, "until": holding.retry_at.isoformat()}
+        )
+        log.warning("spend guard: %s; leads are held, not dropped", holding.reason)
+    elif records and services.store.get_meta(guards.GUARD_META):
+        services.store.put_meta(guards.GUARD_META, None)
+    return len(records)
+
+
 # Delivery: PENDING leads (and SENDING ones whose worker died) to addPhones, in batches.
 
 
@@ -147,9 +187,19 @@ def _delivery_stage(services: Services, owner: str, report: PassReport) -> int:
         return 0
     # While paused, a single batch probes whether the token works again.
     limit = policy.batch_size if pause else policy.batch_size * policy.concurrency
-    records = store.claim(Status.PENDING, now, policy.lease_seconds, limit, owner)
-    if not records:
+    claimed = store.claim(Status.PENDING, now, policy.lease_seconds, limit, owner)
+    if not claimed:
         return 0
+    records = []
+    for record in claimed:  # a number blocked after its lead was accepted is still never called
+        if record.phone_key and guards.is_blocked(services, record.phone_key):
+            _reject(services, record, now, "on the do-not-call list")
+            if _save(services, record, owner):
+                _count(report, Status.REJECTED)
+        else:
+            records.append(record)
+    if not records:
+        return len(claimed)
     batches = [records[i : i + policy.batch_size] for i in range(0, len(records), policy.batch_size)]
     dialer = services.dialer
     with ThreadPoolExecutor(max_workers=policy.concurrency) as pool:
@@ -164,7 +214,7 @@ def _delivery_stage(services: Services, owner: str, report: PassReport) -> int:
                     log.warning("Aimylogic accepts the campaign token again: delivery resumed")
                     pause, report.paused = None, False
                 _settle_batch(services, group, result, owner, report, pause)
-    return len(records)
+    return len(claimed)
 
 
 def _send(dialer: Dialer, records: list[LeadRecord]) -> tuple[list[Outcome], int]:
@@ -270,14 +320,14 @@ def _reject(services: Services, record: LeadRecord, now: datetime, message: str)
     record.last_error = message
     transition(record, Status.REJECTED, now, message)
     if record.phone_key:
-        services.store.release_phone(record.phone_key, record.key)
+        services.store.release_phone(guards.campaign_slot(services, record.phone_key), record.key)
 
 
 def _fail(services: Services, record: LeadRecord, now: datetime, message: str) -> None:
     record.last_error = message
     transition(record, Status.FAILED, now, f"gave up after {record.attempts} attempts: {message}")
     if record.phone_key:
-        services.store.release_phone(record.phone_key, record.key)
+        services.store.release_phone(guards.campaign_slot(services, record.phone_key), record.key)
 
 
 def _too_old(record: LeadRecord, now: datetime, policy: DeliveryPolicy) -> bool:

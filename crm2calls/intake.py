@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import uuid
@@ -32,12 +30,6 @@ def new_lead_id(now: datetime) -> str:
     return "".join(reversed(letters))
 
 
-def phone_key(services: Services, phone: str) -> str:
-    """A keyed hash of the normalised phone, scoped to the campaign token (one campaign, one call)."""
-    key = (services.settings.aimylogic_token or "dry-run").encode()
-    return hmac.new(key, phone.encode(), hashlib.sha256).hexdigest()
-
-
 def transition(record: LeadRecord, status: Status, now: datetime, note: str = "", **fields: Any) -> None:
     """Move a record to a status, remember it in its history and log one JSON line."""
     record.status = status
@@ -47,10 +39,11 @@ def transition(record: LeadRecord, status: Status, now: datetime, note: str = ""
 
 
 def settle(services: Services, record: LeadRecord, lead: Lead, now: datetime) -> None:
-    """Render and freeze the entry, then apply the one-person-one-call rule.
+    """Render and freeze the entry, then apply the do-not-call list and the one-person-one-call rule.
 
-    Leaves the record PENDING, DUPLICATE or REJECTED; the caller persists it.
+    Leaves the record PENDING (or HELD for the spend guards), DUPLICATE or REJECTED; the caller persists it.
     """
+    from crm2calls import guards
     from crm2calls.mapping import render_entry
     from crm2calls.phones import mask
 
@@ -65,15 +58,24 @@ def settle(services: Services, record: LeadRecord, lead: Lead, now: datetime) ->
     record.entry = json.dumps(rendered.entry, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     record.raw = None  # the frozen entry is all delivery needs; drop the CRM's raw data
     record.phone_masked = mask(rendered.phone)
-    record.phone_key = phone_key(services, rendered.phone)
+    record.phone_key = guards.phone_key(rendered.phone)
     record.next_attempt_at = now
+    if guards.is_blocked(services, record.phone_key):
+        record.last_error = "on the do-not-call list"
+        transition(record, Status.REJECTED, now, record.last_error)
+        return
     window = timedelta(hours=policy.duplicate_window_hours)
+    slot = guards.campaign_slot(services, record.phone_key)
     # Claimed by idempotency key, not by id: a CRM retry of the same event re-claims its own slot.
-    holder = services.store.claim_phone(record.phone_key, record.key, now, window) if window else None
+    holder = services.store.claim_phone(slot, record.key, now, window) if window else None
     if holder is not None:
         transition(record, Status.DUPLICATE, now, f"same phone as {holder} within {policy.duplicate_window_hours} h")
         return
-    transition(record, Status.PENDING, now, f"zone {rendered.zone} ({rendered.zone_reason})")
+    zone = f"zone {rendered.zone} ({rendered.zone_reason})"
+    if guards.active(policy.guards):
+        transition(record, Status.HELD, now, f"{zone}; awaiting the spend guards")
+    else:
+        transition(record, Status.PENDING, now, zone)
 
 
 def accept(services: Services, source: Source, events: list[LeadEvent]) -> list[IntakeResult]:
@@ -89,7 +91,7 @@ def accept(services: Services, source: Source, events: list[LeadEvent]) -> list[
         if _is_store_failure(exc):
             raise StoreError("the lead store is unavailable; retry later") from exc
         raise
-    if any(r.status in (Status.PENDING, Status.RECEIVED) for r in results):
+    if any(r.status in (Status.PENDING, Status.RECEIVED, Status.HELD) for r in results):
         services.notify()
     return results
 

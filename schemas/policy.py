@@ -241,6 +241,21 @@ class PolicySchema(Schema):
         load_default=dict,
     )
 
+    @validates_schema
+    def _sources_within_safe_hours(self, data: dict[str, Any], **kwargs: Any) -> None:
+        calls = data.get("calls") or {}
+        safe = calls.get("safe_hours")
+        if safe is None or calls.get("allow_outside_safe_hours"):
+            return
+        problems = {}
+        for name, source in (data.get("sources") or {}).items():
+            for day, intervals in ((source.get("calls") or {}).get("hours") or {}).items():
+                bad = [str(i) for i in intervals if i.start < safe.start or i.end > safe.end]
+                if bad:
+                    problems[name] = {"calls": {"hours": [f"{day} {', '.join(bad)} is outside the safe hours {safe}"]}}
+        if problems:
+            raise ValidationError(problems, "sources")
+
 
 def _window(base: dict[str, Any], override: dict[str, Any]) -> CallWindow:
     merged = {**base, **override}

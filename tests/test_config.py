@@ -99,9 +99,9 @@ def test_secrets_never_appear_in_repr(clean_env):
 @pytest.mark.parametrize(
     ("fixture", "expected"),
     [
-        ("typo.toml", 'typo.toml: sources.generic.fields.phonez: Unknown field.'),
+        ("typo.toml", "typo.toml: sources.generic.fields.phonez: Unknown field."),
         ("bad_interval.toml", 'bad_interval.toml: calls.hours.default.0: "10:00-25:00" is not HH:MM-HH:MM'),
-        ("reversed_interval.toml", "reversed_interval.toml: calls.hours.default.0: \"19:00-10:00\": the start"),
+        ("reversed_interval.toml", 'reversed_interval.toml: calls.hours.default.0: "19:00-10:00": the start'),
         ("overlap.toml", "overlap.toml: calls.hours.default: intervals 10:00-14:00 and 13:00-18:00 overlap"),
         ("bad_day.toml", "bad_day.toml: calls.days.1: Must be one of"),
         ("repeated_day.toml", "repeated_day.toml: calls.days: list each day once"),
@@ -112,6 +112,10 @@ def test_secrets_never_appear_in_repr(clean_env):
         ("bad_city_zone.toml", 'bad_city_zone.toml: zones.cities.Тверь: "Moscow" is not an IANA zone id'),
         ("source_window_typo.toml", "source_window_typo.toml: sources.generic.calls.hourz: Unknown field."),
         ("not_toml.toml", "not_toml.toml: not valid TOML"),
+        (
+            "source_night_calls.toml",
+            "source_night_calls.toml: sources.hubspot.calls.hours: default 08:00-12:00 is outside",
+        ),
     ],
 )
 def test_mapping_file_errors_carry_their_key_path(fixture, expected):

@@ -15,7 +15,8 @@ import pytest
 from crm2calls.aimylogic import DryRunDialer
 from crm2calls.delivery import CAMPAIGN_META, deliver_pending
 from crm2calls.errors import AuthError, EnrichmentError, StoreError, UnavailableError
-from crm2calls.intake import new_lead_id, phone_key
+from crm2calls.guards import campaign_slot, phone_key
+from crm2calls.intake import new_lead_id
 from crm2calls.model import Lead, LeadRecord, PhoneCandidate, Status
 from crm2calls.phones import mask
 from crm2calls.sources.base import Source
@@ -70,9 +71,9 @@ def add_lead(services, n: int, *, created_at=None, **entry_changes) -> LeadRecor
         next_attempt_at=now,
         entry=json.dumps(entry, ensure_ascii=False, separators=(",", ":"), sort_keys=True),
         phone_masked=mask(entry["phone"]),
-        phone_key=phone_key(services, entry["phone"]),
+        phone_key=phone_key(entry["phone"]),
     )
-    services.store.claim_phone(record.phone_key, record.key, now, timedelta(hours=24))
+    services.store.claim_phone(campaign_slot(services, record.phone_key), record.key, now, timedelta(hours=24))
     stored, _ = services.store.insert(record)
     return stored
 
@@ -91,7 +92,8 @@ def all_leads(services) -> list[LeadRecord]:
 
 def slot_is_free(services, record: LeadRecord) -> bool:
     """Whether another lead could take this lead's phone now (the slot was released)."""
-    return services.store.claim_phone(record.phone_key, "probe", services.clock(), timedelta(hours=24)) is None
+    slot = campaign_slot(services, record.phone_key)
+    return services.store.claim_phone(slot, "probe", services.clock(), timedelta(hours=24)) is None
 
 
 # Sending
