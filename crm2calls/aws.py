@@ -1,7 +1,9 @@
 """AWS set-up for the Lambda deployment: the DynamoDB table and the least-privilege IAM policy.
 
 Behind `flask --app app aws create-table` and `flask --app app aws policy`. boto3 finds the
-credentials, the region and any endpoint (AWS_ENDPOINT_URL) the usual way.
+credentials, the region and any endpoint (AWS_ENDPOINT_URL) the usual way. zappa_settings.json
+has Zappa use an existing role (manage_roles false): its own default grants s3:*, dynamodb:* and
+more on every resource; docs/lambda.md creates the role from trust_policy() and lambda_policy().
 """
 
 from __future__ import annotations
@@ -59,6 +61,20 @@ def lambda_policy(table: str, function: str | None = None) -> dict[str, Any]:
         {"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": [function, f"{function}:*"]},
     ]
     return policy
+
+
+def trust_policy() -> dict[str, Any]:
+    """Who may assume the function's role: Lambda, and EventBridge, whose PutRule insists on it (Zappa's schedule)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": ["lambda.amazonaws.com", "events.amazonaws.com"]},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
 
 
 def print_policy(table: str, function: str | None = None, file: TextIO | None = None) -> None:

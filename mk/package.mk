@@ -17,3 +17,12 @@ check-package: $(PACKAGE) | $(BIN)/python
 	$(BIN)/python scripts/check_package.py $(PACKAGE)
 
 test: check-package
+
+# Deploy the checked zip itself (-z), with the build venv's Zappa: what CI tested is what runs. The role
+# and the table must exist first (docs/lambda.md); -z skips Zappa's role management (manage_roles is false).
+.PHONY: deploy update
+deploy: check-package
+	build/venv/bin/zappa deploy $(STAGE) -z $(PACKAGE)
+
+update: check-package
+	build/venv/bin/zappa update $(STAGE) -z $(PACKAGE)
