@@ -1,8 +1,8 @@
 """Spend and compliance guards: do-not-call list, per-number caps, and the rate cap on new calls.
 
-Every lead passes admit() exactly once, after its entry is rendered and before it can be sent:
-admitted leads become PENDING, leads over the rate cap stay HELD until the next window (never
-dropped), leads on the do-not-call list or over a per-number cap are REJECTED with the reason.
+A lead passes admit() when its entry is rendered (on the request path, or after enrichment), so the
+CRM hears at once about a per-number cap; a lead over the rate cap is HELD until the next window
+(never dropped) and admitted then by the worker. Caps are counted once per lead, never per retry.
 """
 
 from __future__ import annotations
@@ -85,10 +85,12 @@ def _next_day(now: datetime) -> datetime:
 
 
 def admit(services: Services, record: LeadRecord, now: datetime) -> Verdict:
-    """Decide once whether a rendered lead may be sent now, later, or never."""
+    """Decide whether a rendered lead may be sent now (PENDING), later (HELD) or never (REJECTED)."""
     guards, store = services.settings.policy.guards, services.store
     if record.phone_key and is_blocked(services, record.phone_key):
         return Verdict(Status.REJECTED, "on the do-not-call list")
+    if not active(guards):
+        return Verdict(Status.PENDING)
     # Rate caps before per-number caps, so a held lead has used no per-number allowance; the minute
     # before the day, so a lead held for the minute does not count twice towards the day.
     minute = f"rate:minute:{now:%Y%m%d%H%M}"

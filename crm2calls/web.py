@@ -80,9 +80,9 @@ def healthz() -> Response | tuple[Response, int]:
         body["delivery"] = {"paused": bool(campaign and campaign.get("paused"))}
         if campaign and campaign.get("paused"):
             body["delivery"]["reason"] = campaign.get("reason")
-        guard = store.get_meta("guard")
-        if guard and guard.get("holding"):
-            body["guard"] = guard
+        if body["leads"].get("held"):
+            guard = store.get_meta("guard") or {}
+            body["guard"] = {"holding": True, "held": body["leads"]["held"], "reason": guard.get("reason")}
     except Exception:
         log.exception("health check: the lead store is unavailable")
         return jsonify({"status": "unavailable", "reason": "the lead store is unavailable"}), 503

@@ -585,8 +585,8 @@ def test_the_sweep_stops_claiming_when_the_invocation_is_nearly_out_of_time(invo
     assert awaiting(store) == 1
 
 
-@pytest.mark.parametrize("name", ["reconcile_amocrm", "reconcile_bitrix24", "renew_zoho"])
-def test_scheduled_crm_jobs_skip_a_crm_that_is_not_configured(invoke, name):
+def scheduled_event(name: str) -> dict[str, Any]:
+    """The event EventBridge sends for zappa_settings.json's schedule of lambda_tasks.`name`."""
     from zappa.core import Zappa
 
     event = load_event("scheduled")
@@ -596,10 +596,59 @@ def test_scheduled_crm_jobs_skip_a_crm_that_is_not_configured(invoke, name):
         scheduled, scheduled["function"], FUNCTION
     )
     event["resources"] = [f"arn:aws:events:eu-central-1:123456789012:rule/{rule}"]
+    return event
 
-    result = invoke(event)
+
+@pytest.mark.parametrize("name", ["reconcile_amocrm", "reconcile_bitrix24", "renew_zoho"])
+def test_scheduled_crm_jobs_skip_a_crm_that_is_not_configured(invoke, name):
+    result = invoke(scheduled_event(name))
 
     assert "is not configured" in result
+
+
+def test_the_scheduled_amocrm_reconciliation_stores_a_missed_lead_once_and_the_sweep_calls_it(
+    invoke, store, aimylogic, monkeypatch
+):
+    from tests.emulators.amocrm import AmoCrmEmulator
+
+    lead = json.loads((FIXTURES / "amocrm" / "api_lead.json").read_text())
+    contact = json.loads((FIXTURES / "amocrm" / "api_contact.json").read_text())
+    phone = {"field_code": "PHONE", "values": [{"value": "8 (912) 345-67-89", "enum_code": "MOB"}]}
+    with AmoCrmEmulator() as amo:
+        amo.add_contact({**contact, "id": 50000001, "custom_fields_values": [phone]})
+        created = int(time.time()) - 30 * 60  # its webhook was lost half an hour ago
+        amo.add_lead({**lead, "id": 33000001, "created_at": created}, [(50000001, True)])
+        monkeypatch.setenv("AMOCRM_BASE_URL", amo.url)
+        monkeypatch.setenv("AMOCRM_TOKEN", amo.token)
+
+        first = invoke(scheduled_event("reconcile_amocrm"))
+        again = invoke(scheduled_event("reconcile_amocrm"))
+        delivered = invoke(load_event("scheduled"))
+
+    assert "listed=1, enqueued=1, already_known=0" in first
+    assert "listed=1, enqueued=0, already_known=1" in again
+    assert "sent 1" in delivered
+    assert [entry["phone"] for entry in aimylogic.entries] == ["79123456789"]
+
+
+def test_the_scheduled_zoho_renewal_subscribes_the_function_url(invoke, monkeypatch):
+    from crm2calls.clock import utcnow
+    from tests.emulators.zoho import ZohoStandIn
+
+    with ZohoStandIn(utcnow) as zoho:
+        url = "https://" + load_event("function_url")["headers"]["host"]
+        for name, value in {
+            "ZOHO_API_DOMAIN": zoho.url, "ZOHO_ACCOUNTS_URL": zoho.url, "ZOHO_CLIENT_ID": zoho.client_id,
+            "ZOHO_CLIENT_SECRET": zoho.client_secret, "ZOHO_REFRESH_TOKEN": zoho.refresh_token,
+            "ZOHO_CHANNEL_ID": "1000000068001", "ZOHO_NOTIFY_TOKEN": "zoho-notify-token-for-tests",
+            "PUBLIC_BASE_URL": url,
+        }.items():
+            monkeypatch.setenv(name, value)
+
+        invoke(scheduled_event("renew_zoho"))
+
+    [watch] = zoho.watches
+    assert watch["notify_url"] == f"{url}/webhooks/zoho" and watch["channel_id"] == 1000000068001
 
 
 def test_keep_warm_loads_the_app_and_touches_nothing(invoke, store, lambda_api, aimylogic):

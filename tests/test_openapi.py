@@ -78,7 +78,7 @@ def test_real_answers_fit_their_schemas(client):
     lead = (FIXTURES / "generic" / "mixed.json").read_bytes()
     accepted = client.post(f"/webhooks/generic?key={SECRET}", data=lead, content_type="application/json")
     assert accepted.status_code == 202 and LeadsAckSchema().validate(accepted.get_json()) == {}
-    assert {lead["status"] for lead in accepted.get_json()["leads"]} == {"pending", "rejected"}
+    assert {lead["status"] for lead in accepted.get_json()["leads"]} == {"accepted", "rejected"}
     preview = client.post(f"/preview/generic?key={SECRET}", data=lead, content_type="application/json")
     assert preview.status_code == 200 and PreviewSchema().validate(preview.get_json()) == {}
     refused = client.post("/webhooks/generic", data=lead, content_type="application/json")

@@ -185,7 +185,7 @@ def test_v2_create_lead_stores_the_person_id_for_the_worker(pd, pipedrive):
 def test_a_lead_of_an_organization_only_is_recorded_rejected_not_dropped(pd):
     services, client = pd
     [lead] = post(client, "v2_create_lead_org_only.json").get_json()["leads"]
-    assert lead["status"] == "rejected" and lead["reason"] == "no phone number"
+    assert lead["status"] == "rejected" and lead["reason"] == "phone: no phone number"
     assert len(records(services)) == 1
 
 

@@ -102,7 +102,7 @@ def test_a_lead_sent_without_phone_fields_is_recorded_rejected_and_still_acknowl
     services, client = sf
     assert acknowledged(post(client, fixture("lead_without_phone_fields.xml")))
     [record] = records(services)
-    assert record.status is Status.REJECTED and record.last_error == "no phone number"
+    assert record.status is Status.REJECTED and record.last_error == "phone: no phone number"
 
 
 @pytest.mark.parametrize("configured", [ORG_ID, ORG_ID[:15], None])

@@ -128,6 +128,14 @@ def test_insert_with_a_known_key_returns_the_stored_lead(store: LeadStore) -> No
     assert store.count_by_status()["pending"] == 1
 
 
+def test_find_returns_the_lead_stored_under_a_key(store: LeadStore) -> None:
+    first = lead(1)
+    assert store.find(first.key) is None
+    store.insert(first)
+    assert store.find(first.key) == first
+    assert store.find(first.key + "x") is None
+
+
 def test_concurrent_inserts_of_one_key_create_one_lead(store: LeadStore) -> None:
     results = in_threads(10, lambda i: store.insert(lead(i, key="amocrm:same-event")))
     winners = [stored.id for stored, created in results if created]

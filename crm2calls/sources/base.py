@@ -40,9 +40,16 @@ class IntakeResult:
     reason: str | None = None
     field: str | None = None
 
+    @property
+    def outcome(self) -> str:
+        """What the CRM needs to know: accepted (we will call), duplicate, or rejected (we never will)."""
+        if self.status in (Status.DUPLICATE, Status.REJECTED):
+            return str(self.status)
+        return "accepted"
+
     def as_json(self) -> dict[str, Any]:
-        """The per-lead summary returned to the caller."""
-        body: dict[str, Any] = {"ref": self.ref, "status": str(self.status)}
+        """The per-lead summary returned to the caller; internal states stay internal (see `leads show`)."""
+        body: dict[str, Any] = {"ref": self.ref, "status": self.outcome}
         if self.lead_id:
             body["lead_id"] = self.lead_id
         if self.reason:

@@ -23,6 +23,9 @@ class LeadStore(Protocol):
     def get(self, lead_id: str) -> LeadRecord | None:
         """One lead by our id."""
 
+    def find(self, key: str) -> LeadRecord | None:
+        """The lead stored under an idempotency key, if any (a CRM retry is answered from it)."""
+
     def claim(self, status: Status, now: datetime, lease_seconds: int, limit: int, owner: str) -> list[LeadRecord]:
         """Lease up to `limit` due leads of `status` to `owner`, oldest first.
 

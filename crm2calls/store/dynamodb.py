@@ -208,8 +208,7 @@ class DynamoDBStore:
             return from_row(row), True
         if failed[0] != "ConditionalCheckFailed":
             raise StoreError("dynamodb store: a lead with this id exists under another key")
-        found = self._client.get_item(TableName=self.table, Key=self._key(f"KEY#{record.key}"), ConsistentRead=True)
-        existing = self.get(found["Item"]["lead_id"]["S"]) if "Item" in found else None
+        existing = self.find(record.key)
         if existing is None:
             raise StoreError("dynamodb store: an idempotency key points to a missing lead")
         return existing, False
@@ -234,6 +233,12 @@ class DynamoDBStore:
         """One lead by our id."""
         found = self._client.get_item(TableName=self.table, Key=self._key(f"LEAD#{lead_id}"), ConsistentRead=True)
         return from_row(_decode(found["Item"])) if "Item" in found else None
+
+    @_store_errors
+    def find(self, key: str) -> LeadRecord | None:
+        """The lead stored under an idempotency key, if any."""
+        found = self._client.get_item(TableName=self.table, Key=self._key(f"KEY#{key}"), ConsistentRead=True)
+        return self.get(found["Item"]["lead_id"]["S"]) if "Item" in found else None
 
     @_store_errors
     def claim(self, status: Status, now: datetime, lease_seconds: int, limit: int, owner: str) -> list[LeadRecord]:

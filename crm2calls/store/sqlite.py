@@ -162,6 +162,12 @@ class SQLiteStore:
         return None if row is None else from_row(dict(row))
 
     @_store_errors
+    def find(self, key: str) -> LeadRecord | None:
+        """The lead stored under an idempotency key, if any."""
+        row = self._conn().execute("SELECT * FROM leads WHERE key = ?", (key,)).fetchone()
+        return None if row is None else from_row(dict(row))
+
+    @_store_errors
     def claim(self, status: Status, now: datetime, lease_seconds: int, limit: int, owner: str) -> list[LeadRecord]:
         """Lease up to `limit` due leads of `status` to `owner`, earliest next_attempt_at first."""
         if limit < 1:
