@@ -84,7 +84,7 @@ def _reconcile(source_name: str) -> str:
 
 
 def renew_zoho(event: dict[str, Any] | None, context: Any) -> str:
-    """Scheduled hourly: renew the Zoho CRM notification channel before it expires."""
+    """Scheduled daily: subscribe the Zoho CRM notification channel for another week."""
     services = app_services()
     if not _CONFIGURED["zoho"](services.settings.crm):
         return "zoho is not configured: no channel to renew"
