@@ -17,6 +17,7 @@ from bench.common import (
     LoadResult,
     app_env,
     lead_bodies,
+    machine,
     post_all,
     print_table,
     ratio,
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     requests, time_cap = (300, 20.0) if args.quick else (max(args.requests, 1), args.time_cap)
     levels = [max(level, 1) for level in args.concurrency]
 
+    print(f"machine: {machine()}", flush=True)
     stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="crm2calls-ack-") as tmp:
         workdir = Path(tmp)

@@ -24,6 +24,7 @@ from bench.common import (
     LoadResult,
     app_env,
     lead_bodies,
+    machine,
     post_all,
     print_table,
     ratio,
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ours: dict[str, Burst] = {}
     naive: dict[str, LoadResult] = {}
+    print(f"machine: {machine()}", flush=True)
     stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="crm2calls-burst-") as tmp:
         for name, delay in speeds:

@@ -128,6 +128,12 @@ def lead_bodies(count: int, run: str = "bench", start: int = 0) -> list[bytes]:
     return [json.dumps(lead_body(i, run), ensure_ascii=False).encode() for i in range(start, start + count)]
 
 
+def machine() -> str:
+    """CPUs and load average, printed with every run: figures from a busy machine say so."""
+    one, five, _ = os.getloadavg()
+    return f"{os.cpu_count()} CPUs, load average {one:.1f} (1 min) {five:.1f} (5 min), Python {sys.version.split()[0]}"
+
+
 def stop_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit, so that `with` blocks stop the servers as Ctrl-C does."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import lead_bodies, print_table, write_mapping
+from bench.common import lead_bodies, machine, print_table, write_mapping
 
 
 def best_of(rounds: int, work: Callable[[], int], time_cap: float) -> tuple[float, int]:
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         ("stage: render_entry (Lead -> entry)", render_only),
         ("ours: parse -> render_entry -> schema", pipeline),
     ]
+    print(f"machine: {machine()}", flush=True)
     print(f"mapping bench: {count} distinct leads, best of {rounds} rounds, one process "
           f"({len(entries)} render to entries, {count - len(entries)} refused as uncallable)")
     results = {}
