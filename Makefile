@@ -30,3 +30,5 @@ test: lint
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache
+
+include mk/package.mk

@@ -45,6 +45,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.json.sort_keys = False
     app.extensions["crm2calls"] = AppState(services, config_error)
     configure_logging(settings.log_level if settings else "INFO")
+    if settings is not None and settings.on_lambda:
+        from crm2calls.lambda_tasks import attach
+
+        attach(services)  # webhooks kick an async delivery pass; CloudWatch gets redacted lines only
 
     from crm2calls import cli, web
 
