@@ -224,6 +224,11 @@ def _check_values(values: dict, crm: dict, *, serving: bool, dev_mode: bool) -> 
     store = values.get("leads_store") or ""
     if not (store.startswith("sqlite:///") or store.startswith("dynamodb://")):
         problems.append("LEADS_STORE: use sqlite:///relative/path.db, sqlite:////absolute/path.db or dynamodb://TABLE")
+    elif store.startswith("sqlite:///") and "?" in store and store.partition("?")[2].lower() not in (
+        "synchronous=normal",
+        "synchronous=full",
+    ):
+        problems.append("LEADS_STORE: the only SQLite option is ?synchronous=full (or normal, the default)")
     elif store.startswith("dynamodb://") and not store[len("dynamodb://") :].strip("/"):
         problems.append("LEADS_STORE: dynamodb:// needs a table name, e.g. dynamodb://crm2calls-leads")
     if values.get("log_level") not in (None, "DEBUG", "INFO", "WARNING", "ERROR"):

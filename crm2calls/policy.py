@@ -71,6 +71,7 @@ class DeliveryPolicy:
     backoff_cap_seconds: float = 300.0
     lease_seconds: int = 120
     poll_seconds: float = 2.0
+    linger_seconds: float = 0.5  # after a new lead wakes the worker, wait this long to fill batches
     enrich_max_attempts: int = 6
 
 

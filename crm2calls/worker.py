@@ -50,11 +50,14 @@ class DeliveryWorker:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        poll = self.services.settings.policy.delivery.poll_seconds
+        policy = self.services.settings.policy.delivery
         while not self._stop.is_set():
             self._wake.clear()  # a wake() during the pass below triggers the next one at once
             try:
                 deliver_pending(self.services)
             except Exception as exc:  # the store or a bug: log it and try again next round
                 log.error("delivery pass failed: %s", redact(f"{type(exc).__name__}: {exc}"), exc_info=True)
-            self._wake.wait(poll)
+            if self._wake.wait(policy.poll_seconds):
+                # Woken by a new lead: let the burst it belongs to arrive, so that a pass sends
+                # full batches rather than one addPhones request per lead.
+                self._stop.wait(policy.linger_seconds)

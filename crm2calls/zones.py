@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime, time, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, time, timedelta, timezone, tzinfo
 from functools import lru_cache
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, available_timezones
@@ -83,8 +83,12 @@ def format_offset(offset: timedelta) -> str:
     return f"{sign}{hours:02d}:{minutes:02d}" + (f":{secs:02d}" if secs else "")
 
 
+@lru_cache(maxsize=1024)
 def zone_tzinfo(zone: str) -> tzinfo:
-    """A tzinfo for an IANA id or an offset form; ValueError for anything else."""
+    """A tzinfo for an IANA id or an offset form; ValueError for anything else.
+
+    Cached: ZoneInfo keeps only a few zones warm, and a Russian mobile alone spans sixteen.
+    """
     if is_iana_zone(zone):
         return ZoneInfo(zone)
     offset = parse_offset(zone)
@@ -181,7 +185,22 @@ def _configured(zone: str, window: CallWindow, reason: str) -> WindowPlan:
 
 def plan_window(zones: list[str], window: CallWindow, now: datetime, fallback: str) -> WindowPlan:
     """The window allowed in every candidate zone this week, in one of them; the fallback when none is common."""
-    zones = list(dict.fromkeys(zones)) or [fallback]
+    hours = tuple(sorted(window.hours.items()))
+    # Offsets change only at DST transitions, on the hour: one plan per zone set, window and hour.
+    hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return _plan(tuple(dict.fromkeys(zones)), window.days, hours, hour, fallback)
+
+
+@lru_cache(maxsize=4096)
+def _plan(
+    zones: tuple[str, ...],
+    days: tuple[str, ...],
+    hours: tuple[tuple[str, tuple[Interval, ...]], ...],
+    now: datetime,
+    fallback: str,
+) -> WindowPlan:
+    window = CallWindow(days, dict(hours), 0, 0, 1)  # only days and hours matter for the plan
+    zones = list(zones) or [fallback]
     if len(zones) == 1:
         return _configured(zones[0], window, "one zone")
     local = _local_mask(window)

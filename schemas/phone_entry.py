@@ -136,7 +136,9 @@ class PhoneEntrySchema(Schema):
         return {key: value for key, value in data.items() if value is not None}
 
 
+_SCHEMA = PhoneEntrySchema()  # load/dump keep no state between calls, so one instance serves every thread
+
+
 def validate_entry(entry: dict) -> dict:
     """Load and dump an entry: the wire dict, or ValidationError with messages per field."""
-    schema = PhoneEntrySchema()
-    return schema.dump(schema.load(entry))
+    return _SCHEMA.dump(_SCHEMA.load(entry))

@@ -169,6 +169,7 @@ class DeliverySchema(Schema):
     backoff_cap_seconds = fields.Float(validate=validate.Range(min=1))
     lease_seconds = fields.Integer(strict=True, validate=validate.Range(min=10))
     poll_seconds = fields.Float(validate=validate.Range(min=0.05))
+    linger_seconds = fields.Float(validate=validate.Range(min=0, max=10))
     enrich_max_attempts = fields.Integer(strict=True, validate=validate.Range(min=1))
 
     @post_load

@@ -78,6 +78,30 @@ def test_each_bad_variable_is_named(clean_env, name, value, expected):
     assert any(p.startswith(expected) for p in exc.value.problems), exc.value.problems
 
 
+@pytest.mark.parametrize(
+    ("url", "synchronous"), [("sqlite:///x.db", "NORMAL"), ("sqlite:///x.db?synchronous=full", "FULL")]
+)
+def test_sqlite_durability_is_a_choice(clean_env, tmp_path, url, synchronous):
+    from crm2calls.store import open_store
+
+    clean_env.setenv("WEBHOOK_SECRET", "s")
+    clean_env.setenv("LEADS_STORE", url)
+    assert load_settings().leads_store == url
+    store = open_store(url.replace("x.db", str(tmp_path / "x.db")))
+    store.migrate()
+    assert store.synchronous == synchronous
+    level = store._conn().execute("PRAGMA synchronous").fetchone()[0]
+    assert level == {"NORMAL": 1, "FULL": 2}[synchronous]
+
+
+def test_an_unknown_sqlite_option_is_named(clean_env):
+    clean_env.setenv("WEBHOOK_SECRET", "s")
+    clean_env.setenv("LEADS_STORE", "sqlite:///x.db?journal=off")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert exc.value.problems == ["LEADS_STORE: the only SQLite option is ?synchronous=full (or normal, the default)"]
+
+
 def test_every_problem_is_reported_at_once(clean_env):
     clean_env.setenv("PORT", "x")
     clean_env.setenv("LEADS_STORE", "redis://x")

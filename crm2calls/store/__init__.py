@@ -12,7 +12,9 @@ def open_store(url: str) -> LeadStore:
     if url.startswith("sqlite:///"):
         from crm2calls.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url[len("sqlite:///") :])
+        path, _, query = url[len("sqlite:///") :].partition("?")
+        options = dict(part.partition("=")[::2] for part in query.split("&") if part)
+        return SQLiteStore(path, synchronous=options.get("synchronous", "normal").upper())
     if url.startswith("dynamodb://"):
         from crm2calls.store.dynamodb import DynamoDBStore
 

@@ -14,6 +14,7 @@ Where the docs are silent the emulator picks a behaviour and says so:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -59,6 +60,9 @@ def valid_offset(text: str) -> bool:
     return hours < 18 or (hours == 18 and minutes == 0 and seconds == 0)
 
 
+_IANA_ZONES = functools.cache(zoneinfo.available_timezones)  # it reads the whole tz database each call
+
+
 def valid_zone(value: Any) -> bool:
     """gmtZone as documented: Z, an offset, UTC/GMT/UT with or without an offset, or an IANA id."""
     if not isinstance(value, str) or not value:
@@ -71,7 +75,7 @@ def valid_zone(value: Any) -> bool:
         rest = value[len(prefix):]
         if value.startswith(prefix) and rest[:1] in ("+", "-"):
             return valid_offset(rest)
-    return "/" in value and value in zoneinfo.available_timezones()
+    return "/" in value and value in _IANA_ZONES()
 
 
 def _non_negative_int(value: Any) -> bool:
