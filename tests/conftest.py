@@ -11,6 +11,8 @@ import pytest
 
 from crm2calls.config import Settings, load_policy
 
+pytest_plugins = ["tests.canaries"]  # scans every log record of the session for canary secrets
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SECRET = "test-shared-secret-0123456789"
