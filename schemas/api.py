@@ -8,6 +8,7 @@ from crm2calls.model import Status
 from schemas.phone_entry import PhoneEntrySchema
 
 STATUSES = [status.value for status in Status]
+OUTCOMES = ["accepted", "duplicate", "rejected"]  # IntakeResult.outcome: internal states stay internal
 
 
 class ErrorSchema(Schema):
@@ -28,8 +29,9 @@ class LeadSummarySchema(Schema):
     ref = fields.String(required=True, metadata={"description": "The CRM's id of the lead or contact, or -."})
     status = fields.String(
         required=True,
-        validate=validate.OneOf(STATUSES),
-        metadata={"description": "rejected: well-formed but unusable (no or invalid phone): stored, never called."},
+        validate=validate.OneOf(OUTCOMES),
+        metadata={"description": "accepted: it will be called; duplicate: the person was called recently; "
+                  "rejected: well-formed but unusable (no or invalid phone): stored, never called."},
     )
     lead_id = fields.String(metadata={"description": "Our id of the stored lead."})
     reason = fields.String(metadata={"description": "Why it was rejected, is a duplicate, or was already received."})
