@@ -99,7 +99,10 @@ def pick_phone(
     """The first valid number in preference order, normalised, with its parsed form."""
     if not [c for c in candidates if c.value and c.value.strip()]:
         raise UnusableLeadError("phone", "no phone number")
-    ordered = _ordered(candidates, region, preference)
+    # One number and "any" in the preference: no ordering to do, so no second parse to learn its type.
+    ordered = (
+        list(candidates) if len(candidates) == 1 and "any" in preference else _ordered(candidates, region, preference)
+    )
     if not ordered:
         raise UnusableLeadError("phone", f"no number of the kinds {', '.join(preference)}")
     problems = []
