@@ -9,7 +9,7 @@ PACKAGE_SOURCES := app.py leads.toml zappa_settings.json requirements.txt requir
 .PHONY: package check-package
 
 $(PACKAGE): $(PACKAGE_SOURCES)
-	scripts/build_package.sh $(STAGE)
+	PYTHON=$(PYTHON) scripts/build_package.sh $(STAGE)
 
 package: $(PACKAGE)
 
