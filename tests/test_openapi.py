@@ -120,5 +120,29 @@ def test_the_app_keeps_to_its_description(case):
     case.call_and_validate()
 
 
+MALFORMED = {
+    "application/json": [b'{"phone": ', b'"a top-level string"', b"42", b"null", b"[1]", b"\xff\xfe"],
+    "application/x-www-form-urlencoded": [b"\xff=\xfe"],
+    "text/xml": [b"<a>", b"not xml"],
+}
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_malformed_requests_are_refused_as_described(api_schema, client, services, spec, source):
+    """Unparseable, wrong top-level shape, wrong content type: a 4xx the description documents, nothing stored."""
+    operation = api_schema["/webhooks/{source}"]["POST"]
+    documented = spec["paths"][WEBHOOK]["post"]["responses"]
+    url = f"/webhooks/{source}?key={SECRET}"
+    sent = []
+    for content_type in sorted(services.source(source).content_types):
+        sent += [(body, content_type, 400) for body in MALFORMED.get(content_type, [])]
+    sent.append((b"{}", "text/plain", 415))
+    for body, content_type, status in sent:
+        response = client.post(url, data=body, content_type=content_type)
+        assert response.status_code == status and str(status) in documented, (body, content_type)
+        operation.validate_response(response)
+    assert services.store.list() == []
+
+
 def test_the_description_round_trips_as_json(spec):
     assert json.loads(json.dumps(spec)) == spec
