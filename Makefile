@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint install-dev clean
+.PHONY: run test lint audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ run: $(VENV)/.runtime
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 
-test: lint
+# A dependency audit where its database can be reached; a network failure is not a finding.
+audit: $(VENV)/.dev
+	scripts/audit.sh
+
+test: lint audit
 	$(BIN)/pytest
 
 clean:

@@ -166,10 +166,7 @@ def _admission_stage(services: Services, owner: str, report: PassReport) -> int:
             _count(report, Status.REJECTED)
         _save(services, record, owner)
     if holding is not None:
-        services.store.put_meta(
-            guards.GUARD_META, {"holding": True, "reason": holding.reason, "until": holding.retry_at.isoformat()}
-        )
-        log.warning("spend guard: %s; leads are held, not dropped", holding.reason)
+        guards.report_holding(services, holding)
     elif records and services.store.get_meta(guards.GUARD_META):
         services.store.put_meta(guards.GUARD_META, None)
     return len(records)

@@ -66,13 +66,6 @@ class UnsupportedMediaTypeError(RequestError):
     code = "unsupported_media_type"
 
 
-class PayloadTooLargeError(RequestError):
-    """The body is over MAX_BODY_BYTES."""
-
-    status = 413
-    code = "payload_too_large"
-
-
 class ServiceUnavailableError(Crm2CallsError):
     """We cannot take the request now (store down, configuration broken): the CRM should retry."""
 

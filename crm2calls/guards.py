@@ -8,6 +8,7 @@ CRM hears at once about a per-number cap; a lead over the rate cap is HELD until
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -17,6 +18,8 @@ from crm2calls.policy import GuardPolicy
 
 if TYPE_CHECKING:
     from crm2calls.services import Services
+
+log = logging.getLogger("crm2calls.guards")
 
 GUARD_META = "guard"  # {"holding", "reason", "until"} while the rate cap holds leads
 
@@ -52,6 +55,17 @@ def unblock(services: Services, key: str) -> bool:
         return False
     services.store.put_meta(_dnc_name(key), None)
     return True
+
+
+def report_holding(services: Services, verdict: Verdict) -> None:
+    """Tell /healthz (and the log) that the rate cap holds leads; written once per cap window."""
+    current = services.store.get_meta(GUARD_META)
+    if current and current.get("until") == verdict.retry_at.isoformat():
+        return
+    services.store.put_meta(
+        GUARD_META, {"holding": True, "reason": verdict.reason, "until": verdict.retry_at.isoformat()}
+    )
+    log.warning("spend guard: %s; leads are held until %s, not dropped", verdict.reason, verdict.retry_at.isoformat())
 
 
 def active(guards: GuardPolicy) -> bool:

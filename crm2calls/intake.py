@@ -77,6 +77,7 @@ def settle(services: Services, record: LeadRecord, lead: Lead, now: datetime) ->
     elif verdict.status is Status.HELD:
         record.last_error, record.next_attempt_at = verdict.reason, verdict.retry_at
         transition(record, Status.HELD, now, f"{zone}; {verdict.reason}; held until {verdict.retry_at:%H:%M} UTC")
+        guards.report_holding(services, verdict)
     else:
         transition(record, Status.PENDING, now, zone)
     return None

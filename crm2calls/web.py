@@ -70,19 +70,23 @@ def render(ack: Ack) -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response | tuple[Response, int]:
-    """Ready, and what an operator must know: dry run, paused delivery, counts per status."""
+    """Ready, and what an operator must know: dry run, paused delivery, held leads; ?counts=1 adds counts.
+
+    Counting scans the whole table on DynamoDB, so a monitor polling every minute should not ask for it.
+    """
     svc = services()
     body: dict[str, Any] = {"status": "ok", "dry_run": svc.settings.dry_run}
     try:
         store = svc.store
-        body["leads"] = store.count_by_status()
         campaign = store.get_meta("campaign")
         body["delivery"] = {"paused": bool(campaign and campaign.get("paused"))}
         if campaign and campaign.get("paused"):
             body["delivery"]["reason"] = campaign.get("reason")
-        if body["leads"].get("held"):
-            guard = store.get_meta("guard") or {}
-            body["guard"] = {"holding": True, "held": body["leads"]["held"], "reason": guard.get("reason")}
+        guard = store.get_meta("guard")
+        if guard and guard.get("holding"):
+            body["guard"] = {"holding": True, "reason": guard.get("reason"), "until": guard.get("until")}
+        if request.args.get("counts") in ("1", "true", "yes"):
+            body["leads"] = store.count_by_status()
     except Exception:
         log.exception("health check: the lead store is unavailable")
         return jsonify({"status": "unavailable", "reason": "the lead store is unavailable"}), 503

@@ -83,9 +83,9 @@ def test_health_says_the_guard_is_holding_leads(guarded, clock):
     deliver_pending(services)
     clock.advance(minutes=1)
     deliver_pending(services)  # the worker re-admits one held lead and holds the other again
-    body = client.get("/healthz").get_json()
+    body = client.get("/healthz?counts=1").get_json()
     assert body["guard"]["holding"] is True and "1 new calls a minute" in body["guard"]["reason"]
-    assert body["guard"]["held"] == body["leads"]["held"] == 1
+    assert body["leads"]["held"] == 1
     clock.advance(minutes=1)
     deliver_pending(services)
     assert "guard" not in client.get("/healthz").get_json()

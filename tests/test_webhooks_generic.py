@@ -247,7 +247,13 @@ def test_healthz(client):
     response = client.get("/healthz")
     assert response.status_code == 200
     body = response.get_json()
-    assert body["status"] == "ok" and body["dry_run"] is True and body["delivery"] == {"paused": False}
+    assert body == {"status": "ok", "dry_run": True, "delivery": {"paused": False}}
+
+
+def test_healthz_counts_on_request(client):
+    post(client, "mixed.json")
+    counts = client.get("/healthz?counts=1").get_json()["leads"]
+    assert (counts["pending"], counts["rejected"]) == (1, 2)
 
 
 def test_healthz_says_when_delivery_is_paused(client, services):
