@@ -3,7 +3,7 @@
 Behind `flask --app app aws create-table` and `flask --app app aws policy`. boto3 finds the
 credentials, the region and any endpoint (AWS_ENDPOINT_URL) the usual way. zappa_settings.json
 has Zappa use an existing role (manage_roles false): its own default grants s3:*, dynamodb:* and
-more on every resource; docs/lambda.md creates the role from trust_policy() and lambda_policy().
+more on every resource; README, "Deploy on AWS Lambda" creates the role from trust_policy() and lambda_policy().
 """
 
 from __future__ import annotations
