@@ -10,13 +10,12 @@ import itertools
 import json
 import logging
 import threading
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from crm2calls.clock import Clock, utcnow
 from crm2calls.errors import AuthError, RejectedError, UnavailableError
+from crm2calls.http import parse_retry_after
 from crm2calls.logs import RedactingFilter, redact
 
 if TYPE_CHECKING:
@@ -43,22 +42,6 @@ def _scrub_urllib3_logs() -> None:
             logger = logging.getLogger(name)
             if not any(isinstance(f, RedactingFilter) for f in logger.filters):
                 logger.addFilter(RedactingFilter())
-
-
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Retry-After as seconds from `now`: delta-seconds or an HTTP-date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # HTTP-dates are GMT; a naive result means the zone was "-0000"
-        when = when.replace(tzinfo=now.tzinfo)
-    return max(0.0, (when - now).total_seconds())
 
 
 class AimylogicClient:

@@ -7,6 +7,7 @@ a URL (tokens live in some paths and query strings).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from crm2calls.errors import AuthError, EnrichmentError, UnavailableError
@@ -14,8 +15,8 @@ from crm2calls.errors import AuthError, EnrichmentError, UnavailableError
 DEFAULT_TIMEOUT = (3.05, 15.0)
 
 
-def parse_retry_after(value: str | None, now_epoch: float) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP-date."""
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Retry-After as seconds from `now`: delta-seconds or an HTTP-date; None when absent or unreadable."""
     if not value:
         return None
     value = value.strip()
@@ -27,7 +28,9 @@ def parse_retry_after(value: str | None, now_epoch: float) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - now_epoch)
+    if when.tzinfo is None:  # HTTP-dates are GMT; a naive result means the zone was "-0000"
+        when = when.replace(tzinfo=now.tzinfo)
+    return max(0.0, (when - now).total_seconds())
 
 
 class CrmHttpClient:
@@ -90,8 +93,6 @@ class CrmHttpClient:
         data: a form body (OAuth token requests keep secrets out of URLs); headers: per-request
         headers on top of the session's (a refreshed access token).
         """
-        import time
-
         import requests
 
         url = f"{self.base_url}/{path.lstrip('/')}"
@@ -116,7 +117,7 @@ class CrmHttpClient:
         if status == 404:
             raise EnrichmentError(f"{self.service}: not found (HTTP 404)", retryable=False)
         if status == 429 or status >= 500:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
             raise UnavailableError(f"{self.service} API answered HTTP {status}", retry_after)
         if 300 <= status < 400:
             raise UnavailableError(f"{self.service} API redirected (HTTP {status}); redirects are not followed")

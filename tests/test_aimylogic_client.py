@@ -15,9 +15,10 @@ from email.utils import format_datetime
 import pytest
 from werkzeug.wrappers import Request, Response
 
-from crm2calls.aimylogic import AimylogicClient, DryRunDialer, make_dialer, parse_retry_after
+from crm2calls.aimylogic import AimylogicClient, DryRunDialer, make_dialer
 from crm2calls.config import Settings
 from crm2calls.errors import AuthError, RejectedError, UnavailableError
+from crm2calls.http import parse_retry_after
 from tests.conftest import FIXTURES, TOKEN
 from tests.emulators.aimylogic import AimylogicEmulator
 from tests.emulators.base import LocalServer
