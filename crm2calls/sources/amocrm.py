@@ -9,7 +9,6 @@ called: a company's number is a switchboard; the person is its contact.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from typing import Any
 
@@ -109,11 +108,6 @@ class AmoCrmSource(Source):
     name = "amocrm"
     content_types = frozenset({FORM})
     timeout: tuple[float, float] = DEFAULT_TIMEOUT  # (connect, read) seconds of each API call
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._client: CrmHttpClient | None = None
-        self._lock = threading.Lock()
 
     # webhook
 
@@ -226,16 +220,13 @@ class AmoCrmSource(Source):
                 f"amoCRM leads need its API to fetch their phone: set {' and '.join(missing)} "
                 "(https://<subdomain>.amocrm.ru and a long-lived token of a private integration)"
             )
-        with self._lock:
-            if self._client is None:
-                self._client = CrmHttpClient(
-                    crm.amocrm_base_url,
-                    service="amoCRM",
-                    secret_hint="AMOCRM_TOKEN",  # noqa: S106 - the variable's name, not its value
-                    headers={"Authorization": f"Bearer {crm.amocrm_token}", "Accept": "application/hal+json"},
-                    timeout=self.timeout,
-                )
-            return self._client
+        return self.api_client(lambda: CrmHttpClient(
+            crm.amocrm_base_url,
+            service="amoCRM",
+            secret_hint="AMOCRM_TOKEN",  # noqa: S106 - the variable's name, not its value
+            headers={"Authorization": f"Bearer {crm.amocrm_token}", "Accept": "application/hal+json"},
+            timeout=self.timeout,
+        ))
 
     def _get(self, client: CrmHttpClient, what: str, path: str, **params: Any) -> dict[str, Any]:
         body = client.get(path, **params)

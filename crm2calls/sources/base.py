@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from crm2calls.config import Settings
 from crm2calls.errors import EnrichmentError, UnauthorizedError, UnsupportedMediaTypeError
 from crm2calls.model import Lead, LeadEvent, Status
 from crm2calls.policy import SourcePolicy
+
+if TYPE_CHECKING:
+    from crm2calls.http import CrmHttpClient
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -93,6 +97,15 @@ class Source:
     def __init__(self, settings: Settings, policy: SourcePolicy):
         self.settings = settings
         self.policy = policy
+        self._api_lock = threading.Lock()
+        self._api_clients: dict[str, CrmHttpClient] = {}
+
+    def api_client(self, build: Callable[[], CrmHttpClient], name: str = "api") -> CrmHttpClient:
+        """The API client called `name`, built once on first use (under a lock: requests share its session)."""
+        with self._api_lock:
+            if name not in self._api_clients:
+                self._api_clients[name] = build()
+            return self._api_clients[name]
 
     def check_content_type(self, request: InboundRequest) -> None:
         """415 unless the source takes this content type."""

@@ -8,7 +8,6 @@ out lets reconciliation, which cannot learn member_id through an inbound webhook
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from typing import Any
 
@@ -76,11 +75,6 @@ class Bitrix24Source(Source):
     content_types = frozenset({FORM})
     timeout: tuple[float, float] = DEFAULT_TIMEOUT  # (connect, read) seconds of each API call
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._client: CrmHttpClient | None = None
-        self._lock = threading.Lock()
-
     # webhook
 
     def authenticate(self, request: InboundRequest) -> None:
@@ -133,12 +127,9 @@ class Bitrix24Source(Source):
                 "Bitrix24 leads need its REST API to fetch their phone: set BITRIX24_WEBHOOK_URL to an inbound "
                 "webhook URL with the crm scope (https://<portal>/rest/<user>/<code>/)"
             )
-        with self._lock:
-            if self._client is None:
-                self._client = CrmHttpClient(
-                    url, service="Bitrix24", secret_hint="BITRIX24_WEBHOOK_URL", timeout=self.timeout  # noqa: S106
-                )
-            return self._client
+        return self.api_client(lambda: CrmHttpClient(
+            url, service="Bitrix24", secret_hint="BITRIX24_WEBHOOK_URL", timeout=self.timeout  # noqa: S106
+        ))
 
     def _get(self, client: CrmHttpClient, entity: str, entity_id: str) -> dict[str, Any]:
         """crm.{entity}.get: the record, or EnrichmentError saying what was missing."""

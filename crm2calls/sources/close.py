@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -80,8 +79,6 @@ class CloseSource(Source):
         super().__init__(settings, policy)
         self.now: Clock = utcnow  # tests pass their own clock to check the timestamp window
         self.timeout = DEFAULT_TIMEOUT  # (connect, read) seconds for the leads API
-        self._lock = threading.Lock()
-        self._http: CrmHttpClient | None = None
 
     def authenticate(self, request: InboundRequest) -> None:
         """The signature when CLOSE_SIGNATURE_KEY is set, otherwise the shared key."""
@@ -111,18 +108,15 @@ class CloseSource(Source):
         api_key = self.settings.crm.close_api_key
         if not api_key:
             raise AuthError("Close: set CLOSE_API_KEY (Settings → Developer → API keys) to fetch a lead's contacts")
-        with self._lock:
-            if self._http is None:
-                from crm2calls.http import CrmHttpClient
+        from crm2calls.http import CrmHttpClient
 
-                self._http = CrmHttpClient(
-                    self.settings.crm.close_base_url,
-                    service="Close",
-                    secret_hint="CLOSE_API_KEY",  # noqa: S106 - the variable's name, not a secret
-                    auth=(api_key, ""),
-                    timeout=self.timeout,
-                )
-            return self._http
+        return self.api_client(lambda: CrmHttpClient(
+            self.settings.crm.close_base_url,
+            service="Close",
+            secret_hint="CLOSE_API_KEY",  # noqa: S106 - the variable's name, not a secret
+            auth=(api_key, ""),
+            timeout=self.timeout,
+        ))
 
     def enrich(self, event: LeadEvent, now: datetime) -> Lead:
         """GET the lead with its contacts; a lead whose contacts have no phone yet is worth a retry."""

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import hmac
 import re
-import threading
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -120,8 +119,6 @@ class HubSpotSource(Source):
         super().__init__(settings, policy)
         self.now: Clock = utcnow  # tests pass their own clock to check the timestamp window
         self.timeout = DEFAULT_TIMEOUT  # (connect, read) seconds for the contacts API
-        self._lock = threading.Lock()
-        self._http: CrmHttpClient | None = None
 
     def authenticate(self, request: InboundRequest) -> None:
         """The v3 signature when HUBSPOT_CLIENT_SECRET is set, otherwise the shared key."""
@@ -221,18 +218,15 @@ class HubSpotSource(Source):
         token = self.settings.crm.hubspot_token
         if not token:
             raise AuthError("HubSpot: set HUBSPOT_TOKEN to a private app token with crm.objects.contacts.read")
-        with self._lock:
-            if self._http is None:
-                from crm2calls.http import CrmHttpClient
+        from crm2calls.http import CrmHttpClient
 
-                self._http = CrmHttpClient(
-                    self.settings.crm.hubspot_base_url,
-                    service="HubSpot",
-                    secret_hint="HUBSPOT_TOKEN",  # noqa: S106 - the variable's name, not a secret
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=self.timeout,
-                )
-            return self._http
+        return self.api_client(lambda: CrmHttpClient(
+            self.settings.crm.hubspot_base_url,
+            service="HubSpot",
+            secret_hint="HUBSPOT_TOKEN",  # noqa: S106 - the variable's name, not a secret
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=self.timeout,
+        ))
 
     def enrich(self, event: LeadEvent, now: datetime) -> Lead:
         """GET the contact with its phone properties; no phone yet is worth a retry (forms set it a moment later)."""

@@ -11,7 +11,6 @@ import base64
 import binascii
 import hmac
 import logging
-import threading
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -80,8 +79,6 @@ class PipedriveSource(Source):
     def __init__(self, settings: Settings, policy: SourcePolicy):
         super().__init__(settings, policy)
         self.timeout = DEFAULT_TIMEOUT  # (connect, read) seconds for the persons API
-        self._lock = threading.Lock()
-        self._http: CrmHttpClient | None = None
 
     def authenticate(self, request: InboundRequest) -> None:
         """HTTP Basic auth when PIPEDRIVE_WEBHOOK_PASSWORD is set (user and password both checked), else the key."""
@@ -168,23 +165,24 @@ class PipedriveSource(Source):
         token = self.settings.crm.pipedrive_api_token
         if not token:
             raise AuthError("Pipedrive: set PIPEDRIVE_API_TOKEN (Personal preferences → API) to fetch a lead's person")
-        with self._lock:
-            if self._http is None:
-                from crm2calls.http import CrmHttpClient
-                from crm2calls.logs import RedactingFilter
 
-                for name in _URLLIB3_LOGGERS:
-                    logger = logging.getLogger(name)
-                    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-                        logger.addFilter(RedactingFilter())
-                self._http = CrmHttpClient(
-                    self.settings.crm.pipedrive_base_url,
-                    service="Pipedrive",
-                    secret_hint="PIPEDRIVE_API_TOKEN",  # noqa: S106 - the variable's name, not a secret
-                    params={"api_token": token},
-                    timeout=self.timeout,
-                )
-            return self._http
+        def build() -> CrmHttpClient:
+            from crm2calls.http import CrmHttpClient
+            from crm2calls.logs import RedactingFilter
+
+            for name in _URLLIB3_LOGGERS:
+                logger = logging.getLogger(name)
+                if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+                    logger.addFilter(RedactingFilter())
+            return CrmHttpClient(
+                self.settings.crm.pipedrive_base_url,
+                service="Pipedrive",
+                secret_hint="PIPEDRIVE_API_TOKEN",  # noqa: S106 - the variable's name, not a secret
+                params={"api_token": token},
+                timeout=self.timeout,
+            )
+
+        return self.api_client(build)
 
     def enrich(self, event: LeadEvent, now: datetime) -> Lead:
         """GET the lead's person (v1 persons API); a person without a phone yet is worth a retry."""

@@ -78,9 +78,7 @@ class ZohoSource(Source):
     def __init__(self, settings: Settings, policy: SourcePolicy):
         super().__init__(settings, policy)
         self.timeout = DEFAULT_TIMEOUT  # (connect, read) seconds for Zoho's APIs
-        self._lock = threading.Lock()
         self._token_lock = threading.Lock()  # one refresh at a time; the others reuse its token
-        self._clients: dict[str, CrmHttpClient] = {}
         self._token: tuple[str, datetime] | None = None  # (access token, valid until)
 
     # Requests
@@ -144,14 +142,11 @@ class ZohoSource(Source):
     # Zoho's APIs
 
     def _client(self, base_url: str, service: str) -> CrmHttpClient:
-        with self._lock:
-            if service not in self._clients:
-                from crm2calls.http import CrmHttpClient
+        from crm2calls.http import CrmHttpClient
 
-                self._clients[service] = CrmHttpClient(
-                    base_url, service=service, secret_hint=_CREDENTIALS, timeout=self.timeout
-                )
-            return self._clients[service]
+        return self.api_client(
+            lambda: CrmHttpClient(base_url, service=service, secret_hint=_CREDENTIALS, timeout=self.timeout), service
+        )
 
     def _access_token(self, now: datetime, refused: str | None = None) -> str:
         """A valid access token: the cached one, unless expired or `refused`; else a fresh one."""
