@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
-import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from tests.emulators.base import LocalServer
+from tests.emulators.crm_api import StandIn, retry_after_header
 
 HAL = "application/hal+json"
 
@@ -34,45 +31,22 @@ class Hit:
     status: int | None = None
 
 
-@dataclass
-class _Scripted:
-    status: int
-    body: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 def _problem(status: int, title: str, detail: str) -> Response:
     body = {"title": title, "type": f"https://httpstatus.es/{status}", "status": status, "detail": detail}
     return Response(json.dumps(body), status, content_type="application/problem+json")
 
 
-class AmoCrmEmulator:
+class AmoCrmEmulator(StandIn):
     """amoCRM's API v4 for one account; use it as a context manager and give `.url` as AMOCRM_BASE_URL."""
 
     def __init__(self, token: str = "amo-long-lived-token-0123456789"):
+        super().__init__()
         self.token = token
-        self.delay = 0.0  # seconds every answer waits
         self.page_size = 250  # the most leads one list page holds (the API's own maximum)
-        self.hits: list[Hit] = []
         self._leads: dict[str, dict[str, Any]] = {}
         self._contacts: dict[str, dict[str, Any]] = {}
         self._links: dict[str, list[dict[str, Any]]] = {}
         self._unlinked_reads: dict[str, int] = {}
-        self._script: deque[_Scripted] = deque()
-        self._lock = threading.Lock()
-        self._server = LocalServer(self._app)
-
-    def __enter__(self) -> AmoCrmEmulator:
-        self._server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.stop()
-
-    @property
-    def url(self) -> str:
-        """The API base, as AMOCRM_BASE_URL takes it."""
-        return self._server.url
 
     # data
 
@@ -96,30 +70,19 @@ class AmoCrmEmulator:
 
     def fail_next(self, status: int, *, times: int = 1, retry_after: int | None = None, body: str = "") -> None:
         """Answer the next `times` requests with `status` (and Retry-After) instead of handling them."""
-        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-        with self._lock:
-            self._script.extend(_Scripted(status, body or f"scripted {status}", headers) for _ in range(times))
+        headers = retry_after_header(retry_after)
+        self.script_next(lambda: Response(body or f"scripted {status}", status, headers=headers), times)
 
     # HTTP
 
-    @Request.application
-    def _app(self, request: Request) -> Response:
-        hit = Hit(request.method, request.path, dict(request.args), request.headers.get("Authorization"))
-        with self._lock:
-            self.hits.append(hit)
-            scripted = self._script.popleft() if self._script else None
-        if self.delay:
-            time.sleep(self.delay)
-        if scripted is not None:
-            response = Response(scripted.body, scripted.status, headers=scripted.headers)
-        elif request.headers.get("Authorization") != f"Bearer {self.token}":
-            response = _problem(401, "Unauthorized", "Authorization header is missing or the token is not valid")
-        else:
-            response = self._route(request)
-        hit.status = response.status_code
-        return response
+    def hit(self, request: Request) -> Hit:
+        """The method, path, query and Authorization header of a request."""
+        return Hit(request.method, request.path, dict(request.args), request.headers.get("Authorization"))
 
-    def _route(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Response:
+        """The token first, then leads (one or a list) and contacts."""
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return _problem(401, "Unauthorized", "Authorization header is missing or the token is not valid")
         parts = request.path.strip("/").split("/")
         if request.method != "GET" or parts[:2] != ["api", "v4"]:
             return _problem(404, "Not Found", "no such method")

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from tests.emulators.base import LocalServer
+from tests.emulators.crm_api import StandIn, retry_after_header
 
 ENTITIES = {"crm.lead": "lead", "crm.contact": "contact", "crm.deal": "deal"}
 
@@ -37,14 +35,6 @@ class Hit:
     status: int | None = None
 
 
-@dataclass
-class _Scripted:
-    status: int
-    error: str
-    description: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 def _error(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> Response:
     body = json.dumps({"error": error, "error_description": description})
     return Response(body, status, headers=headers or {}, content_type="application/json")
@@ -56,31 +46,25 @@ def _ok(body: dict[str, Any]) -> Response:
     return Response(json.dumps(body, ensure_ascii=False), 200, content_type="application/json")
 
 
-class Bitrix24Emulator:
+def _method_and_params(request: Request) -> tuple[str, dict[str, Any]]:
+    """The method the path names (without .json) and its parameters: query, form and JSON body together."""
+    parts = request.path.strip("/").split("/")
+    method = parts[3].removesuffix(".json") if len(parts) == 4 else ""
+    params: dict[str, Any] = {**request.args.to_dict(flat=True), **request.form.to_dict(flat=True)}
+    if request.is_json:
+        params.update(request.get_json(silent=True) or {})
+    return method, params
+
+
+class Bitrix24Emulator(StandIn):
     """One portal's REST API; give `.webhook_url` as BITRIX24_WEBHOOK_URL."""
 
     def __init__(self, user_id: int = 1, code: str = "k2x9m4webhookcode77"):
+        super().__init__()
         self.user_id = user_id
         self.code = code
-        self.delay = 0.0
         self.page_size = 50
-        self.hits: list[Hit] = []
         self.records: dict[str, dict[str, dict[str, Any]]] = {"lead": {}, "contact": {}, "deal": {}}
-        self._script: deque[_Scripted] = deque()
-        self._lock = threading.Lock()
-        self._server = LocalServer(self._app)
-
-    def __enter__(self) -> Bitrix24Emulator:
-        self._server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.stop()
-
-    @property
-    def url(self) -> str:
-        """The portal's address."""
-        return self._server.url
 
     @property
     def webhook_url(self) -> str:
@@ -96,33 +80,21 @@ class Bitrix24Emulator:
         self, status: int, error: str, description: str = "", *, times: int = 1, retry_after: int | None = None
     ) -> None:
         """Answer the next `times` calls with a Bitrix24 error instead of handling them."""
-        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-        with self._lock:
-            self._script.extend(_Scripted(status, error, description, headers) for _ in range(times))
+        headers = retry_after_header(retry_after)
+        self.script_next(lambda: _error(status, error, description, headers), times)
 
     # HTTP
 
-    @Request.application
-    def _app(self, request: Request) -> Response:
+    def hit(self, request: Request) -> Hit:
+        """The REST method called and its parameters."""
+        return Hit(request.method, request.path, *_method_and_params(request))
+
+    def handle(self, request: Request) -> Response:
+        """The user and code of the webhook URL first, then the method."""
         parts = request.path.strip("/").split("/")
-        method = parts[3].removesuffix(".json") if len(parts) == 4 else ""
-        params: dict[str, Any] = {**request.args.to_dict(flat=True), **request.form.to_dict(flat=True)}
-        if request.is_json:
-            params.update(request.get_json(silent=True) or {})
-        hit = Hit(request.method, request.path, method, params)
-        with self._lock:
-            self.hits.append(hit)
-            scripted = self._script.popleft() if self._script else None
-        if self.delay:
-            time.sleep(self.delay)
-        if scripted is not None:
-            response = _error(scripted.status, scripted.error, scripted.description, scripted.headers)
-        elif len(parts) != 4 or parts[:3] != ["rest", str(self.user_id), self.code]:
-            response = _error(401, "INVALID_CREDENTIALS", "Invalid request credentials")
-        else:
-            response = self._call(method, params)
-        hit.status = response.status_code
-        return response
+        if len(parts) != 4 or parts[:3] != ["rest", str(self.user_id), self.code]:
+            return _error(401, "INVALID_CREDENTIALS", "Invalid request credentials")
+        return self._call(*_method_and_params(request))
 
     def _call(self, method: str, params: dict[str, Any]) -> Response:
         prefix, _, action = method.rpartition(".")

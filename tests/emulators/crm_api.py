@@ -6,8 +6,9 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from werkzeug.wrappers import Request, Response
 
@@ -23,6 +24,7 @@ class Hit:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    status: int | None = None
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -31,17 +33,22 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
                     content_type="application/json; charset=utf-8")
 
 
+def retry_after_header(seconds: int | None) -> dict[str, str]:
+    """{"Retry-After": seconds}, or no header for None."""
+    return {"Retry-After": str(seconds)} if seconds is not None else {}
+
+
 class StandIn:
-    """A CRM API on 127.0.0.1; subclasses implement handle(). Use it as a context manager."""
+    """A CRM API on 127.0.0.1; subclasses implement handle() and may log their own kind of hit. A context manager."""
 
     def __init__(self) -> None:
-        self.hits: list[Hit] = []
+        self.hits: list[Any] = []  # what hit() returns, one per request
         self.delay = 0.0  # seconds every answer waits (a slow CRM)
-        self._script: deque[tuple[int, dict[str, str]]] = deque()
+        self._script: deque[Callable[[], Response]] = deque()
         self._lock = threading.Lock()
         self._server = LocalServer(self._app)
 
-    def __enter__(self) -> StandIn:
+    def __enter__(self) -> Self:
         self._server.start()
         return self
 
@@ -55,27 +62,34 @@ class StandIn:
 
     def fail_next(self, status: int, *, times: int = 1, retry_after: int | None = None) -> None:
         """Answer the next `times` requests with `status` (and Retry-After) before looking at them."""
-        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        headers = retry_after_header(retry_after)
+        self.script_next(lambda: json_response({"error": f"scripted {status}"}, status, headers), times)
+
+    def script_next(self, answer: Callable[[], Response], times: int = 1) -> None:
+        """Answer the next `times` requests with answer() before looking at them."""
         with self._lock:
-            self._script.extend([(status, headers)] * times)
+            self._script.extend([answer] * times)
 
     def paths(self) -> list[str]:
         """The paths hit so far, in order."""
         return [hit.path for hit in self.hits]
 
+    def hit(self, request: Request) -> Any:
+        """What hits records of a request; it needs a `status` attribute, set once answered."""
+        return Hit(request.method, request.path, request.args.to_dict(flat=False), dict(request.headers),
+                   request.get_data())
+
     @Request.application
     def _app(self, request: Request) -> Response:
-        hit = Hit(request.method, request.path, request.args.to_dict(flat=False), dict(request.headers),
-                  request.get_data())
+        hit = self.hit(request)
         with self._lock:
             self.hits.append(hit)
             scripted = self._script.popleft() if self._script else None
         if self.delay:
             time.sleep(self.delay)
-        if scripted is not None:
-            status, headers = scripted
-            return json_response({"error": f"scripted {status}"}, status, headers)
-        return self.handle(request)
+        response = scripted() if scripted is not None else self.handle(request)
+        hit.status = response.status_code
+        return response
 
     def handle(self, request: Request) -> Response:
         """Answer one request."""
