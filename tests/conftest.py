@@ -1,15 +1,15 @@
-"""Shared fixtures: settings from the shipped leads.toml, a SQLite store, the app and its client."""
+"""Shared fixtures: settings from the shipped leads.toml, a SQLite store, the app, the Aimylogic emulator."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from crm2calls.config import Settings, load_policy
+from crm2calls.config import CrmSettings, Settings, load_policy
 
 pytest_plugins = ["tests.canaries"]  # scans every log record of the session for canary secrets
 
@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SECRET = "test-shared-secret-0123456789"
 TOKEN = "8231.7056.1b131df1"
+CRM_FIELDS = frozenset(field.name for field in fields(CrmSettings))
 
 
 def pytest_configure(config):
@@ -86,3 +87,35 @@ def app(services):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def aimylogic_server():
+    """One Aimylogic emulator per test module, campaign token TOKEN; tests take `aimylogic`."""
+    from tests.emulators.aimylogic import AimylogicEmulator
+
+    with AimylogicEmulator(TOKEN) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def aimylogic(aimylogic_server, clock):
+    """The module's Aimylogic emulator with nothing recorded, its duplicate guard on the test's clock."""
+    aimylogic_server.reset()
+    aimylogic_server.clock = clock
+    yield aimylogic_server
+    aimylogic_server.recover()  # release requests a test left hanging: nothing waits into the next test
+
+
+@pytest.fixture
+def make_app(make_services, aimylogic):
+    """(services, test client) delivering to `aimylogic`: CrmSettings fields set crm, the rest override Settings."""
+    from app import create_app
+
+    def make(**values):
+        crm = CrmSettings(**{name: value for name, value in values.items() if name in CRM_FIELDS})
+        others = {name: value for name, value in values.items() if name not in CRM_FIELDS}
+        services = make_services(crm=crm, aimylogic_url=aimylogic.url, aimylogic_token=TOKEN, **others)
+        return services, create_app(services=services).test_client()
+
+    return make

@@ -37,22 +37,9 @@ def entry(**changes) -> dict:
     return value
 
 
-@pytest.fixture(scope="module")
-def emulator_server():
-    with AimylogicEmulator(TOKEN) as emu:
-        yield emu
-
-
 @pytest.fixture
-def emulator(emulator_server, clock):
-    emulator_server.reset()
-    emulator_server.clock = clock
-    return emulator_server
-
-
-@pytest.fixture
-def client(emulator, clock):
-    return AimylogicClient(emulator.url, TOKEN, timeout=(1.0, 2.0), clock=clock)
+def client(aimylogic, clock):
+    return AimylogicClient(aimylogic.url, TOKEN, timeout=(1.0, 2.0), clock=clock)
 
 
 @contextmanager
@@ -99,24 +86,24 @@ def free_port_url() -> str:
 # Success
 
 
-def test_add_phones_returns_job_ids_as_strings_in_request_order(client, emulator):
+def test_add_phones_returns_job_ids_as_strings_in_request_order(client, aimylogic):
     entries = [entry(phone="79123456701"), entry(phone="79123456702"), entry(phone="79123456703")]
 
     ids = client.add_phones(entries)
 
     assert len(ids) == 3 and all(isinstance(i, str) and i.isdigit() for i in ids)
-    assert [emulator.calls[i]["phone"] for i in ids] == ["79123456701", "79123456702", "79123456703"]
-    assert emulator.requests[0].json() == entries
-    assert emulator.requests[0].method == "POST"
+    assert [aimylogic.calls[i]["phone"] for i in ids] == ["79123456701", "79123456702", "79123456703"]
+    assert aimylogic.requests[0].json() == entries
+    assert aimylogic.requests[0].method == "POST"
 
 
-def test_numeric_job_ids_become_strings(client, emulator):
-    emulator.fail_next(200, body="[5665334669, 5665334671]")  # scripted success: ids as JSON numbers
+def test_numeric_job_ids_become_strings(client, aimylogic):
+    aimylogic.fail_next(200, body="[5665334669, 5665334671]")  # scripted success: ids as JSON numbers
 
     assert client.add_phones([entry(phone="79123456701"), entry(phone="79123456702")]) == ["5665334669", "5665334671"]
 
 
-def test_duplicate_entries_within_24_hours_get_the_first_job_id(client, emulator, clock):
+def test_duplicate_entries_within_24_hours_get_the_first_job_id(client, aimylogic, clock):
     first = client.add_phones([entry()])
     again = client.add_phones([entry()])
     other_payload = client.add_phones([entry(payload={"name": "Bob"})])
@@ -125,22 +112,22 @@ def test_duplicate_entries_within_24_hours_get_the_first_job_id(client, emulator
 
     assert again == first
     assert other_payload != first and next_day != first
-    assert emulator.duplicates_ignored == 1
-    assert len(emulator.calls) == 3 and len(emulator.entries) == 4
+    assert aimylogic.duplicates_ignored == 1
+    assert len(aimylogic.calls) == 3 and len(aimylogic.entries) == 4
 
 
-def test_test_call_places_a_call_each_time_and_passes_the_payload(client, emulator):
+def test_test_call_places_a_call_each_time_and_passes_the_payload(client, aimylogic):
     first = client.test_call("79123456789", {"name": "Alex"})
     second = client.test_call("79123456789", {"name": "Alex"})
 
     assert first.isdigit() and second.isdigit() and first != second  # no duplicate guard on test/addPhone
-    assert emulator.test_calls[first] == {"phone": "79123456789", "name": "Alex"}
-    assert emulator.requests[0].method == "GET"
+    assert aimylogic.test_calls[first] == {"phone": "79123456789", "name": "Alex"}
+    assert aimylogic.requests[0].method == "GET"
 
 
-def test_campaign_status_is_the_bare_string(client, emulator):
+def test_campaign_status_is_the_bare_string(client, aimylogic):
     assert client.campaign_status() == "inProcess"
-    emulator.pause()
+    aimylogic.pause()
     assert client.campaign_status() == "paused"
 
 
@@ -173,20 +160,20 @@ BAD_ENTRIES = [
 
 
 @pytest.mark.parametrize(("field", "changes"), BAD_ENTRIES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_ENTRIES)])
-def test_a_bad_entry_is_rejected_with_its_index_and_field(client, emulator, field, changes):
+def test_a_bad_entry_is_rejected_with_its_index_and_field(client, aimylogic, field, changes):
     with pytest.raises(RejectedError) as caught:
         client.add_phones([entry(phone="79123456701"), entry(**changes)])
 
     assert f"element 1: {field}" in caught.value.message
     assert "HTTP 400" in caught.value.message
-    assert emulator.entries == [] and emulator.calls == {}
+    assert aimylogic.entries == [] and aimylogic.calls == {}
 
 
 @pytest.mark.parametrize(
     "zone", ["Z", "UTC", "GMT", "UT", "+3", "-03", "+0330", "+03:30", "-03:30:15", "+033015", "UTC+3", "GMT-05:00",
              "UT+18", "-18:00", "Europe/Moscow", "America/Argentina/Buenos_Aires"],
 )
-def test_every_documented_gmt_zone_form_is_accepted(client, emulator, zone):
+def test_every_documented_gmt_zone_form_is_accepted(client, aimylogic, zone):
     assert len(client.add_phones([entry(gmtZone=zone)])) == 1
 
 
@@ -199,8 +186,8 @@ def test_a_body_that_is_not_an_array_is_rejected(client):
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_refused_token_is_an_auth_error_naming_the_fix(client, emulator, status):
-    emulator.fail_next(status)
+def test_refused_token_is_an_auth_error_naming_the_fix(client, aimylogic, status):
+    aimylogic.fail_next(status)
 
     with pytest.raises(AuthError) as caught:
         client.add_phones([entry()])
@@ -209,16 +196,16 @@ def test_refused_token_is_an_auth_error_naming_the_fix(client, emulator, status)
     assert "AIMYLOGIC_TOKEN" in caught.value.message and "Integration" in caught.value.message
 
 
-def test_wrong_token_is_404_auth_error(emulator, clock):
-    client = AimylogicClient(emulator.url, "1.2.stale", clock=clock)
+def test_wrong_token_is_404_auth_error(aimylogic, clock):
+    client = AimylogicClient(aimylogic.url, "1.2.stale", clock=clock)
 
     with pytest.raises(AuthError, match="HTTP 404"):
         client.add_phones([entry()])
-    assert emulator.calls == {}
+    assert aimylogic.calls == {}
 
 
-def test_429_retry_after_seconds(client, emulator):
-    emulator.fail_next(429, retry_after=120)
+def test_429_retry_after_seconds(client, aimylogic):
+    aimylogic.fail_next(429, retry_after=120)
 
     with pytest.raises(UnavailableError) as caught:
         client.add_phones([entry()])
@@ -227,8 +214,8 @@ def test_429_retry_after_seconds(client, emulator):
     assert "HTTP 429" in caught.value.message
 
 
-def test_429_retry_after_http_date_is_relative_to_the_clock(client, emulator, clock):
-    emulator.fail_next(429, retry_after=format_datetime(clock() + timedelta(minutes=5), usegmt=True))
+def test_429_retry_after_http_date_is_relative_to_the_clock(client, aimylogic, clock):
+    aimylogic.fail_next(429, retry_after=format_datetime(clock() + timedelta(minutes=5), usegmt=True))
 
     with pytest.raises(UnavailableError) as caught:
         client.add_phones([entry()])
@@ -237,29 +224,29 @@ def test_429_retry_after_http_date_is_relative_to_the_clock(client, emulator, cl
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_server_errors_are_unavailable(client, emulator, status):
-    emulator.fail_next(status)
+def test_server_errors_are_unavailable(client, aimylogic, status):
+    aimylogic.fail_next(status)
 
     with pytest.raises(UnavailableError, match=f"HTTP {status}") as caught:
         client.add_phones([entry()])
     assert caught.value.retry_after is None
 
 
-def test_paused_campaign_is_unavailable(client, emulator):
-    emulator.pause()
+def test_paused_campaign_is_unavailable(client, aimylogic):
+    aimylogic.pause()
 
     with pytest.raises(UnavailableError, match="paused"):
         client.add_phones([entry()])
-    assert emulator.calls == {}
+    assert aimylogic.calls == {}
 
 
-def test_read_timeout_is_unavailable(emulator, clock):
-    client = AimylogicClient(emulator.url, TOKEN, timeout=(1.0, 0.3), clock=clock)
-    emulator.hang(10)
+def test_read_timeout_is_unavailable(aimylogic, clock):
+    client = AimylogicClient(aimylogic.url, TOKEN, timeout=(1.0, 0.3), clock=clock)
+    aimylogic.hang(10)
 
     with pytest.raises(UnavailableError, match=r"within 0.3 s \(read timeout\)"):
         client.add_phones([entry()])
-    emulator.recover()
+    aimylogic.recover()
 
 
 def test_connection_refused_is_unavailable(clock):
@@ -279,9 +266,9 @@ def test_a_post_that_reached_the_server_is_not_retried(clock):
 
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
-def test_redirects_are_not_followed(client, emulator, status):
+def test_redirects_are_not_followed(client, aimylogic, status):
     with trap_server() as (trap, hits):
-        emulator.fail_next(status, headers={"Location": f"{trap.url}/api/calls/campaign/{TOKEN}/addPhones"})
+        aimylogic.fail_next(status, headers={"Location": f"{trap.url}/api/calls/campaign/{TOKEN}/addPhones"})
 
         with pytest.raises(AuthError) as caught:
             client.add_phones([entry()])
@@ -317,18 +304,18 @@ SCENARIOS = {
 
 
 @pytest.mark.parametrize("kind", [*SCENARIOS, "404", "refused", "dropped"])
-def test_the_token_is_absent_from_errors_and_logs(emulator, clock, caplog, kind):
+def test_the_token_is_absent_from_errors_and_logs(aimylogic, clock, caplog, kind):
     caplog.set_level(logging.DEBUG)  # urllib3 logs request lines, with the path, at DEBUG
     with dropping_server() as (dropping_url, _):
-        url = {"refused": free_port_url(), "dropped": dropping_url}.get(kind, emulator.url)
+        url = {"refused": free_port_url(), "dropped": dropping_url}.get(kind, aimylogic.url)
         token = "9999.8888.0badc0de" if kind == "404" else TOKEN
         if kind in SCENARIOS:
-            SCENARIOS[kind](emulator)
+            SCENARIOS[kind](aimylogic)
         client = AimylogicClient(url, token, timeout=(1.0, 0.3), clock=clock)
 
         with pytest.raises((AuthError, RejectedError, UnavailableError)) as caught:
             client.add_phones([entry()])
-    emulator.recover()
+    aimylogic.recover()
 
     exc = caught.value
     for text in (str(exc), repr(exc), exc.message, repr(client)):

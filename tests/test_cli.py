@@ -99,31 +99,27 @@ def test_dialer_test_refuses_in_dry_run(runner):
     assert result.exit_code == 2 and "AIMYLOGIC_TOKEN is not set" in result.output
 
 
-def test_dialer_test_places_one_call_through_the_test_method(make_services, tmp_path):
+def test_dialer_test_places_one_call_through_the_test_method(make_services, aimylogic, tmp_path):
     from app import create_app
-    from tests.emulators.aimylogic import AimylogicEmulator
 
-    with AimylogicEmulator() as emulator:
-        services = make_services(aimylogic_url=emulator.url, aimylogic_token=emulator.token)
-        runner = create_app(services=services).test_cli_runner()
-        result = runner.invoke(args=["dialer", "test", "8 912 345-67-89", "--payload", '{"name": "Alex"}'])
-        assert result.exit_code == 0, result.output
-        assert "Test call to 7912*****89 queued" in result.output
-        [request] = emulator.requests
-        assert request.path.endswith("/test/addPhone")
-        assert request.query["phone"] == "79123456789" and request.query["name"] == "Alex"
-        assert emulator.token not in result.output
+    services = make_services(aimylogic_url=aimylogic.url, aimylogic_token=aimylogic.token)
+    runner = create_app(services=services).test_cli_runner()
+    result = runner.invoke(args=["dialer", "test", "8 912 345-67-89", "--payload", '{"name": "Alex"}'])
+    assert result.exit_code == 0, result.output
+    assert "Test call to 7912*****89 queued" in result.output
+    [request] = aimylogic.requests
+    assert request.path.endswith("/test/addPhone")
+    assert request.query["phone"] == "79123456789" and request.query["name"] == "Alex"
+    assert aimylogic.token not in result.output
 
 
-def test_dialer_test_says_when_the_token_is_refused(make_services):
+def test_dialer_test_says_when_the_token_is_refused(make_services, aimylogic):
     from app import create_app
-    from tests.emulators.aimylogic import AimylogicEmulator
 
-    with AimylogicEmulator() as emulator:
-        services = make_services(aimylogic_url=emulator.url, aimylogic_token="0000.0000.wrong")
-        result = create_app(services=services).test_cli_runner().invoke(args=["dialer", "test", "+79123456789"])
-        assert result.exit_code == 1
-        assert "refused the campaign token" in result.output and "0000.0000.wrong" not in result.output
+    services = make_services(aimylogic_url=aimylogic.url, aimylogic_token="0000.0000.wrong")
+    result = create_app(services=services).test_cli_runner().invoke(args=["dialer", "test", "+79123456789"])
+    assert result.exit_code == 1
+    assert "refused the campaign token" in result.output and "0000.0000.wrong" not in result.output
 
 
 def test_payload_must_be_json(make_services):

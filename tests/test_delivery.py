@@ -23,35 +23,20 @@ from crm2calls.sources.base import Source
 from crm2calls.store import open_store
 from crm2calls.worker import DeliveryWorker
 from tests.conftest import FIXTURES, TOKEN
-from tests.emulators.aimylogic import AimylogicEmulator
 
 ENTRY = json.loads((FIXTURES / "aimylogic" / "entry.json").read_text())
 CAP = 300  # backoff_cap_seconds in the tests' policy
 
 
-@pytest.fixture(scope="module")
-def emulator_server():
-    with AimylogicEmulator(TOKEN) as emu:
-        yield emu
-
-
 @pytest.fixture
-def emulator(emulator_server, clock):
-    emulator_server.reset()
-    emulator_server.clock = clock
-    yield emulator_server
-    emulator_server.recover()
-
-
-@pytest.fixture
-def make(make_services, shipped_policy, emulator):
+def make(make_services, shipped_policy, aimylogic):
     """Services delivering to the emulator, with delivery policy fields overridden."""
 
     def build(**delivery):
         policy = replace(
             shipped_policy, delivery=replace(shipped_policy.delivery, backoff_cap_seconds=CAP, **delivery)
         )
-        return make_services(policy=policy, aimylogic_token=TOKEN, aimylogic_url=emulator.url)
+        return make_services(policy=policy, aimylogic_token=TOKEN, aimylogic_url=aimylogic.url)
 
     return build
 
@@ -99,22 +84,22 @@ def slot_is_free(services, record: LeadRecord) -> bool:
 # Sending
 
 
-def test_entries_go_out_as_frozen_and_job_ids_map_back(make, emulator):
+def test_entries_go_out_as_frozen_and_job_ids_map_back(make, aimylogic):
     services = make()
     leads = add_leads(services, 3)
 
     report = deliver_pending(services)
 
     assert (report.sent, report.requests) == (3, 1)
-    assert emulator.requests[0].json() == [json.loads(lead.entry) for lead in leads]
+    assert aimylogic.requests[0].json() == [json.loads(lead.entry) for lead in leads]
     for lead in leads:
         stored = services.store.get(lead.id)
         assert stored.status is Status.SENT and stored.attempts == 1
-        assert emulator.calls[stored.job_id]["phone"] == json.loads(lead.entry)["phone"]
+        assert aimylogic.calls[stored.job_id]["phone"] == json.loads(lead.entry)["phone"]
         assert stored.lease_owner is None and stored.lease_until is None
 
 
-def test_ten_duplicate_inserts_reach_aimylogic_once(make, emulator):
+def test_ten_duplicate_inserts_reach_aimylogic_once(make, aimylogic):
     services = make()
     for _ in range(10):
         add_lead(services, 7)  # a CRM retrying the same event: same key, new id each time
@@ -122,14 +107,14 @@ def test_ten_duplicate_inserts_reach_aimylogic_once(make, emulator):
     deliver_pending(services)
     deliver_pending(services)
 
-    assert len(emulator.entries) == 1 and len(emulator.calls) == 1
+    assert len(aimylogic.entries) == 1 and len(aimylogic.calls) == 1
     assert statuses(services) == {"sent": 1}
 
 
-def test_concurrent_passes_send_each_lead_once(make, emulator):
+def test_concurrent_passes_send_each_lead_once(make, aimylogic):
     services = make(batch_size=10, concurrency=2)
     add_leads(services, 200)
-    emulator.delay = 0.02  # keep requests in flight so the passes overlap
+    aimylogic.delay = 0.02  # keep requests in flight so the passes overlap
 
     passes = [threading.Thread(target=deliver_pending, args=(services,)) for _ in range(3)]
     for thread in passes:
@@ -137,27 +122,27 @@ def test_concurrent_passes_send_each_lead_once(make, emulator):
     for thread in passes:
         thread.join()
 
-    assert len(emulator.entries) == 200 and emulator.duplicates_ignored == 0
+    assert len(aimylogic.entries) == 200 and aimylogic.duplicates_ignored == 0
     assert statuses(services) == {"sent": 200}
 
 
 @pytest.mark.slow  # ~3,000 fsynced SQLite commits
-def test_batches_of_batch_size(make, emulator):
+def test_batches_of_batch_size(make, aimylogic):
     services = make(batch_size=100, concurrency=4)
     add_leads(services, 1000)
 
     report = deliver_pending(services)
 
     assert report.requests == 10 and report.sent == 1000
-    assert sorted(len(r.json()) for r in emulator.requests) == [100] * 10
-    assert len(emulator.calls) == 1000
-    assert set(emulator.calls_per_phone().values()) == {1}
+    assert sorted(len(r.json()) for r in aimylogic.requests) == [100] * 10
+    assert len(aimylogic.calls) == 1000
+    assert set(aimylogic.calls_per_phone().values()) == {1}
 
 
-def test_job_id_count_mismatch_keeps_every_id_on_every_lead(make, emulator, caplog):
+def test_job_id_count_mismatch_keeps_every_id_on_every_lead(make, aimylogic, caplog):
     services = make()
     leads = add_leads(services, 3)
-    emulator.fail_next(200, body='["101", "102"]')  # scripted: two ids for three entries
+    aimylogic.fail_next(200, body='["101", "102"]')  # scripted: two ids for three entries
 
     deliver_pending(services)
 
@@ -175,10 +160,10 @@ def test_dry_run_marks_leads_sent_with_dry_run_ids(make_services):
     assert services.store.get(lead.id).job_id == "dry-run-1"
 
 
-def test_time_budget_stops_between_rounds(make, emulator):
+def test_time_budget_stops_between_rounds(make, aimylogic):
     services = make(batch_size=1, concurrency=1)
     add_leads(services, 5)
-    emulator.delay = 0.2
+    aimylogic.delay = 0.2
 
     report = deliver_pending(services, time_budget=0.3)
 
@@ -190,17 +175,17 @@ def test_time_budget_stops_between_rounds(make, emulator):
 
 
 @pytest.mark.slow  # 500 leads retried for 30 emulated minutes: thousands of fsynced commits
-def test_a_30_minute_outage_loses_nothing_and_sends_each_lead_once(make, emulator, clock):
+def test_a_30_minute_outage_loses_nothing_and_sends_each_lead_once(make, aimylogic, clock):
     services = make()
     add_leads(services, 500)
-    emulator.fail_next(503, times=10**6)
+    aimylogic.fail_next(503, times=10**6)
 
     for _ in range(30):
         report = deliver_pending(services)
         assert report.sent == 0 and report.failed == 0
         clock.advance(minutes=1)
-    outage_requests = len(emulator.requests)
-    emulator.recover()
+    outage_requests = len(aimylogic.requests)
+    aimylogic.recover()
 
     passes = 0
     while statuses(services) != {"sent": 500} and passes < 2:
@@ -209,15 +194,15 @@ def test_a_30_minute_outage_loses_nothing_and_sends_each_lead_once(make, emulato
         passes += 1
 
     assert statuses(services) == {"sent": 500}
-    assert outage_requests > 30 and emulator.calls and emulator.duplicates_ignored == 0
-    assert len(emulator.calls) == 500 and set(emulator.calls_per_phone().values()) == {1}
+    assert outage_requests > 30 and aimylogic.calls and aimylogic.duplicates_ignored == 0
+    assert len(aimylogic.calls) == 500 and set(aimylogic.calls_per_phone().values()) == {1}
     assert all(1 < lead.attempts <= 15 for lead in all_leads(services))
 
 
-def test_retry_after_is_respected(make, emulator, clock):
+def test_retry_after_is_respected(make, aimylogic, clock):
     services = make()
     lead = add_lead(services, 1)
-    emulator.fail_next(429, retry_after=900)
+    aimylogic.fail_next(429, retry_after=900)
     start = clock()
 
     report = deliver_pending(services)
@@ -233,10 +218,10 @@ def test_retry_after_is_respected(make, emulator, clock):
     assert deliver_pending(services).sent == 1
 
 
-def test_backoff_grows_and_stays_under_the_cap(make, emulator, clock):
+def test_backoff_grows_and_stays_under_the_cap(make, aimylogic, clock):
     services = make(backoff_base_seconds=5)
     lead = add_lead(services, 1)
-    emulator.fail_next(503, times=100)
+    aimylogic.fail_next(503, times=100)
     delays = []
     for _ in range(10):
         now = clock()
@@ -249,10 +234,10 @@ def test_backoff_grows_and_stays_under_the_cap(make, emulator, clock):
     assert all(CAP / 2 <= d <= CAP for d in delays[-3:])
 
 
-def test_max_attempts_fails_the_lead_and_frees_its_phone(make, emulator, clock):
+def test_max_attempts_fails_the_lead_and_frees_its_phone(make, aimylogic, clock):
     services = make(max_attempts=3)
     lead = add_lead(services, 1)
-    emulator.fail_next(503, times=100)
+    aimylogic.fail_next(503, times=100)
 
     reports = []
     for _ in range(4):
@@ -266,10 +251,10 @@ def test_max_attempts_fails_the_lead_and_frees_its_phone(make, emulator, clock):
     assert slot_is_free(services, stored)
 
 
-def test_max_age_fails_the_lead(make, emulator, clock):
+def test_max_age_fails_the_lead(make, aimylogic, clock):
     services = make(max_age_hours=72)
     lead = add_lead(services, 1, created_at=clock() - timedelta(hours=72))
-    emulator.fail_next(503)
+    aimylogic.fail_next(503)
 
     report = deliver_pending(services)
 
@@ -279,7 +264,7 @@ def test_max_age_fails_the_lead(make, emulator, clock):
 # Rejections
 
 
-def test_one_invalid_entry_is_isolated_and_the_rest_delivered(make, emulator):
+def test_one_invalid_entry_is_isolated_and_the_rest_delivered(make, aimylogic):
     services = make(batch_size=10)
     leads = [add_lead(services, n) for n in range(10)]
     bad = add_lead(services, 99, gmtZone="+25:00")  # hand-broken: our schemas would never render this
@@ -290,18 +275,18 @@ def test_one_invalid_entry_is_isolated_and_the_rest_delivered(make, emulator):
     assert rejected.status is Status.REJECTED
     assert "gmtZone" in rejected.last_error and "HTTP 400" in rejected.last_error
     assert all(services.store.get(lead.id).status is Status.SENT for lead in leads)
-    assert len(emulator.calls) == 10 and "7912" + "0000099" not in emulator.calls_per_phone()
-    assert report.rejected == 1 and report.sent == 10 and report.requests == len(emulator.requests)
+    assert len(aimylogic.calls) == 10 and "7912" + "0000099" not in aimylogic.calls_per_phone()
+    assert report.rejected == 1 and report.sent == 10 and report.requests == len(aimylogic.requests)
     assert slot_is_free(services, rejected)
 
 
 # A refused token
 
 
-def test_auth_error_pauses_delivery_until_the_token_works(make, emulator, clock, caplog):
+def test_auth_error_pauses_delivery_until_the_token_works(make, aimylogic, clock, caplog):
     services = make(batch_size=2, concurrency=4)
     leads = add_leads(services, 5)
-    emulator.fail_next(401, times=4)
+    aimylogic.fail_next(401, times=4)
     start = clock()
 
     first = deliver_pending(services)
@@ -333,7 +318,7 @@ def test_auth_error_pauses_delivery_until_the_token_works(make, emulator, clock,
 # Leases
 
 
-def test_a_lost_lease_is_skipped(make, emulator):
+def test_a_lost_lease_is_skipped(make, aimylogic):
     services = make()
     leads = add_leads(services, 2)
     real = services.dialer
@@ -398,7 +383,7 @@ def enrichment(make):
     return services, source, receive
 
 
-def test_enriched_lead_is_rendered_and_sent_in_the_same_pass(enrichment, emulator):
+def test_enriched_lead_is_rendered_and_sent_in_the_same_pass(enrichment, aimylogic):
     services, _, receive = enrichment
     lead = receive("a1", "+7 912 345-67-89")
 
@@ -407,7 +392,7 @@ def test_enriched_lead_is_rendered_and_sent_in_the_same_pass(enrichment, emulato
 
     assert (report.enriched, report.sent) == (1, 1)
     assert stored.status is Status.SENT and stored.raw is None
-    sent = emulator.calls[stored.job_id]
+    sent = aimylogic.calls[stored.job_id]
     assert sent["phone"] == "79123456789" and sent["payload"] == {"crm_id": "a1"}
     assert stored.phone_masked == "7912*****89"
 

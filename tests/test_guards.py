@@ -8,32 +8,19 @@ from crm2calls.delivery import deliver_pending
 from crm2calls.model import Status
 from crm2calls.policy import GuardPolicy
 from tests.conftest import SECRET
-from tests.emulators.aimylogic import AimylogicEmulator
 
 URL = f"/webhooks/generic?key={SECRET}"
 
 
-@pytest.fixture(scope="module")
-def emulator_server():
-    with AimylogicEmulator() as emulator:
-        yield emulator
-
-
 @pytest.fixture
-def emulator(emulator_server):
-    emulator_server.reset()
-    return emulator_server
-
-
-@pytest.fixture
-def guarded(make_services, emulator):
+def guarded(make_services, aimylogic):
     """An app whose guards are set per test: (services, client)."""
     from dataclasses import replace
 
     from app import create_app
 
     def make(duplicate_window_hours: int = 24, **caps):
-        services = make_services(aimylogic_url=emulator.url, aimylogic_token=emulator.token)
+        services = make_services(aimylogic_url=aimylogic.url, aimylogic_token=aimylogic.token)
         policy = replace(services.settings.policy, guards=GuardPolicy(**caps))
         policy = replace(policy, duplicate_window_hours=duplicate_window_hours)
         services.settings = replace(services.settings, policy=policy)
@@ -52,19 +39,19 @@ def post(client, *leads):
     return response.get_json()["leads"]
 
 
-def test_a_flood_cannot_place_more_than_the_caps(guarded, emulator, clock):
+def test_a_flood_cannot_place_more_than_the_caps(guarded, aimylogic, clock):
     services, client = guarded(calls_per_minute=10, calls_per_day=25)
     for chunk in range(6):  # 300 fake leads from a leaked URL
         post(client, *({"id": f"f{chunk}-{i}", "phone": phone(chunk * 100 + i)} for i in range(50)))
     for _ in range(120):  # two simulated hours of passes, one a minute
         deliver_pending(services)
         clock.advance(minutes=1)
-    assert len(emulator.entries) == 25
+    assert len(aimylogic.entries) == 25
     counts = services.store.count_by_status()
     assert counts["sent"] == 25 and counts["held"] == 275  # held, not dropped
 
 
-def test_held_leads_go_out_when_the_window_moves(guarded, emulator, clock):
+def test_held_leads_go_out_when_the_window_moves(guarded, aimylogic, clock):
     services, client = guarded(calls_per_minute=5)
     post(client, *({"id": str(i), "phone": phone(i)} for i in range(12)))
     counts = services.store.count_by_status()
@@ -74,7 +61,7 @@ def test_held_leads_go_out_when_the_window_moves(guarded, emulator, clock):
     assert deliver_pending(services).sent == 5
     clock.advance(minutes=1)
     assert deliver_pending(services).sent == 2
-    assert len(emulator.entries) == 12
+    assert len(aimylogic.entries) == 12
 
 
 def test_health_says_the_guard_is_holding_leads(guarded, clock):
@@ -91,7 +78,7 @@ def test_health_says_the_guard_is_holding_leads(guarded, clock):
     assert "guard" not in client.get("/healthz").get_json()
 
 
-def test_per_number_cap_across_sources_and_days(guarded, emulator, clock):
+def test_per_number_cap_across_sources_and_days(guarded, aimylogic, clock):
     services, client = guarded(duplicate_window_hours=0, per_number_per_day=1, per_number_per_week=2)
     statuses = []
     for day in range(3):  # Tuesday 2026-12-01 onwards: one ISO week
@@ -101,7 +88,7 @@ def test_per_number_cap_across_sources_and_days(guarded, emulator, clock):
     for record in services.store.list(limit=100):
         statuses.append((record.ref, record.status, record.last_error))
     sent = [s for s in statuses if s[1] is Status.SENT]
-    assert len(sent) == 2 and len(emulator.entries) == 2
+    assert len(sent) == 2 and len(aimylogic.entries) == 2
     reasons = {s[2] for s in statuses if s[1] is Status.REJECTED}
     assert reasons == {
         "per-number cap: 1 call(s) a day already placed",
@@ -109,7 +96,7 @@ def test_per_number_cap_across_sources_and_days(guarded, emulator, clock):
     }
 
 
-def test_blocked_numbers_are_never_sent(app, client, services, emulator):
+def test_blocked_numbers_are_never_sent(app, client, services, aimylogic):
     runner = app.test_cli_runner()
     assert "is on the do-not-call list" in runner.invoke(args=["leads", "block", "8 912 345-67-89"]).output
     [lead] = post(client, {"id": "1", "phone": "+79123456789"})
@@ -120,7 +107,7 @@ def test_blocked_numbers_are_never_sent(app, client, services, emulator):
     assert lead["status"] == "accepted"
 
 
-def test_a_number_blocked_after_acceptance_is_not_sent(guarded, emulator):
+def test_a_number_blocked_after_acceptance_is_not_sent(guarded, aimylogic):
     services, client = guarded()
     [lead] = post(client, {"id": "1", "phone": "+79123456789"})
     assert lead["status"] == "accepted"
@@ -128,7 +115,7 @@ def test_a_number_blocked_after_acceptance_is_not_sent(guarded, emulator):
 
     block(services, phone_key("79123456789"), services.clock())
     deliver_pending(services)
-    assert emulator.entries == []
+    assert aimylogic.entries == []
     assert services.store.get(lead["lead_id"]).status is Status.REJECTED
 
 

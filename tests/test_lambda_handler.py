@@ -27,7 +27,6 @@ from werkzeug.wrappers import Request, Response
 
 from crm2calls.model import Status
 from tests.conftest import FIXTURES, ROOT, SECRET, TOKEN
-from tests.emulators.aimylogic import AimylogicEmulator
 from tests.emulators.base import LocalServer
 from tests.servers import aws_env, moto_endpoint  # noqa: F401 - fixtures
 
@@ -228,18 +227,6 @@ def store(aws_env, module_store) -> Any:  # noqa: F811
         requests = [{"DeleteRequest": {"Key": {"pk": key}}} for key in keys[start : start + 25]]
         client.batch_write_item(RequestItems={TABLE: requests})
     return module_store
-
-
-@pytest.fixture(scope="module")
-def module_aimylogic() -> Iterator[AimylogicEmulator]:
-    with AimylogicEmulator(token=TOKEN) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def aimylogic(module_aimylogic) -> AimylogicEmulator:
-    module_aimylogic.reset()
-    return module_aimylogic
 
 
 @pytest.fixture(scope="module")

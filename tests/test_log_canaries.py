@@ -84,7 +84,7 @@ def canary_policy():
 
 
 @pytest.fixture
-def make_app(make_services, canary_policy):
+def canary_app(make_services, canary_policy):
     """An app whose shared key is CANARY_SECRET, its services, built with overrides."""
     from app import create_app
 
@@ -164,8 +164,8 @@ def test_library_records_are_redacted_when_created(app, seen):
 # Webhooks: accepted, refused, served over real HTTP
 
 
-def test_an_accepted_webhook_logs_the_masked_phone_only(make_app, seen):
-    app, _ = make_app()
+def test_an_accepted_webhook_logs_the_masked_phone_only(canary_app, seen):
+    app, _ = canary_app()
     response = app.test_client().post(f"/webhooks/generic?key={CANARY_SECRET}", data=lead_body(), content_type=JSON)
     assert response.status_code == 202
     [transition] = seen.texts("crm2calls.leads")
@@ -183,8 +183,8 @@ def test_an_accepted_webhook_logs_the_masked_phone_only(make_app, seen):
         (f"/webhooks/bitrix24?key={CANARY_SECRET}", "lead.json", FORM, 400),
     ],
 )
-def test_a_refused_webhook_logs_why_and_nothing_it_carried(make_app, seen, url, body, content_type, status):
-    app, _ = make_app()
+def test_a_refused_webhook_logs_why_and_nothing_it_carried(canary_app, seen, url, body, content_type, status):
+    app, _ = canary_app()
     response = app.test_client().post(url, data=(HERE / body).read_bytes(), content_type=content_type,
                                       headers={"X-Webhook-Secret": CANARY_TOKEN} if status == 401 else {})
     assert response.status_code == status
@@ -192,8 +192,8 @@ def test_a_refused_webhook_logs_why_and_nothing_it_carried(make_app, seen, url, 
     assert "refused POST /webhooks/" in refused and str(status) in refused
 
 
-def test_the_http_servers_request_line_hides_the_key(make_app, seen):
-    app, _ = make_app()
+def test_the_http_servers_request_line_hides_the_key(canary_app, seen):
+    app, _ = canary_app()
     with LocalServer(app) as server:
         answer = requests.post(f"{server.url}/webhooks/generic?key={CANARY_SECRET}", data=lead_body(),
                                headers={"Content-Type": JSON}, timeout=10)
@@ -206,8 +206,8 @@ def test_the_http_servers_request_line_hides_the_key(make_app, seen):
 # Delivery: dry run, success and Aimylogic's errors
 
 
-def test_the_dry_run_body_log_masks_phones_and_leaves_out_unmapped_fields(make_app, seen):
-    app, services = make_app()
+def test_the_dry_run_body_log_masks_phones_and_leaves_out_unmapped_fields(canary_app, seen):
+    app, services = canary_app()
     app.test_client().post(f"/webhooks/generic?key={CANARY_SECRET}", data=lead_body(), content_type=JSON)
     report = deliver_pending(services)
     assert report.sent == 1
@@ -217,14 +217,15 @@ def test_the_dry_run_body_log_masks_phones_and_leaves_out_unmapped_fields(make_a
     assert CANARY_PHONE_MASKED in entry["payload"]["comment"]  # the number typed into the comment, masked too
 
 
-@pytest.fixture
-def aimylogic(clock):
-    with AimylogicEmulator(CANARY_TOKEN, clock=clock) as emulator:
+@pytest.fixture(scope="module")
+def aimylogic_server():
+    """The shared `aimylogic` fixture's emulator, for the canary campaign token."""
+    with AimylogicEmulator(CANARY_TOKEN) as emulator:
         yield emulator
 
 
-def test_delivery_to_aimylogic_logs_no_token_even_at_debug(make_app, seen, aimylogic):
-    app, services = make_app(aimylogic_token=CANARY_TOKEN, aimylogic_url=aimylogic.url)
+def test_delivery_to_aimylogic_logs_no_token_even_at_debug(canary_app, seen, aimylogic):
+    app, services = canary_app(aimylogic_token=CANARY_TOKEN, aimylogic_url=aimylogic.url)
     app.test_client().post(f"/webhooks/generic?key={CANARY_SECRET}", data=lead_body(), content_type=JSON)
     assert deliver_pending(services).sent == 1
     assert aimylogic.entries[0]["phone"] == CANARY_PHONE_DIGITS
@@ -240,8 +241,8 @@ def test_delivery_to_aimylogic_logs_no_token_even_at_debug(make_app, seen, aimyl
         (429, "slow down"),
     ],
 )
-def test_aimylogic_errors_are_logged_without_the_token_or_the_phone(make_app, seen, aimylogic, status, body):
-    app, services = make_app(aimylogic_token=CANARY_TOKEN, aimylogic_url=aimylogic.url)
+def test_aimylogic_errors_are_logged_without_the_token_or_the_phone(canary_app, seen, aimylogic, status, body):
+    app, services = canary_app(aimylogic_token=CANARY_TOKEN, aimylogic_url=aimylogic.url)
     app.test_client().post(f"/webhooks/generic?key={CANARY_SECRET}", data=lead_body(), content_type=JSON)
     aimylogic.fail_next(status, body=body)
     report = deliver_pending(services)
@@ -252,10 +253,10 @@ def test_aimylogic_errors_are_logged_without_the_token_or_the_phone(make_app, se
     assert not find_canaries(record.last_error or "")
 
 
-def test_aimylogic_unreachable_is_logged_without_the_token(make_app, seen):
+def test_aimylogic_unreachable_is_logged_without_the_token(canary_app, seen):
     with AimylogicEmulator(CANARY_TOKEN) as gone:
         url = gone.url  # a port nobody listens on once the block ends
-    app, services = make_app(aimylogic_token=CANARY_TOKEN, aimylogic_url=url)
+    app, services = canary_app(aimylogic_token=CANARY_TOKEN, aimylogic_url=url)
     app.test_client().post(f"/webhooks/generic?key={CANARY_SECRET}", data=lead_body(), content_type=JSON)
     assert deliver_pending(services).sent == 0
     assert any("cannot connect" in text for text in seen.texts("crm2calls"))
@@ -271,12 +272,12 @@ def bitrix_lead() -> dict:
 
 
 @pytest.mark.parametrize("fail", [None, 500, 401, 503])
-def test_bitrix24_enrichment_never_logs_the_webhook_code(make_app, seen, fail):
+def test_bitrix24_enrichment_never_logs_the_webhook_code(canary_app, seen, fail):
     with Bitrix24Emulator(code=CANARY_CRM_TOKEN) as bitrix:
         bitrix.add("lead", bitrix_lead())
         if fail:
             bitrix.fail_next(fail, "ERROR", f"failed for {CANARY_PHONE}", times=5)
-        app, services = make_app(crm=CrmSettings(bitrix24_webhook_url=bitrix.webhook_url))
+        app, services = canary_app(crm=CrmSettings(bitrix24_webhook_url=bitrix.webhook_url))
         body = (FIXTURES / "bitrix24" / "lead_add.form").read_bytes()
         response = app.test_client().post(f"/webhooks/bitrix24?key={CANARY_SECRET}", data=body, content_type=FORM)
         assert response.status_code == 200
@@ -289,13 +290,13 @@ def test_bitrix24_enrichment_never_logs_the_webhook_code(make_app, seen, fail):
 
 
 @pytest.mark.parametrize("fail", [None, 500, 401, 404])
-def test_pipedrive_enrichment_never_logs_the_api_token(make_app, seen, fail):
+def test_pipedrive_enrichment_never_logs_the_api_token(canary_app, seen, fail):
     with PipedriveStandIn(token=CANARY_CRM_TOKEN) as pipedrive:
         pipedrive.add_person("1025", "Ирина", [{"label": "mobile", "value": CANARY_PHONE, "primary": True}])
         if fail:
             pipedrive.fail_next(fail, times=5)
         crm = CrmSettings(pipedrive_api_token=CANARY_CRM_TOKEN, pipedrive_base_url=pipedrive.url)
-        app, services = make_app(crm=crm)
+        app, services = canary_app(crm=crm)
         body = (FIXTURES / "pipedrive" / "v2_create_lead.json").read_bytes()
         response = app.test_client().post(f"/webhooks/pipedrive?key={CANARY_SECRET}", data=body, content_type=JSON)
         assert response.status_code == 202
@@ -322,7 +323,7 @@ class BrokenStore:
         raise sqlite3.OperationalError("database or disk is full")
 
 
-def refusals(make_app, tmp_path):
+def refusals(canary_app, tmp_path):
     """(status, response) for each refusal, every credential position holding a canary."""
     signed = {"Authorization": f"Bearer {CANARY_CRM_TOKEN}", "X-HubSpot-Signature-v3": CANARY_SECRET,
               "X-HubSpot-Request-Timestamp": str(int(time.time() * 1000)), "close-sig-hash": CANARY_SECRET}
@@ -331,8 +332,8 @@ def refusals(make_app, tmp_path):
     key = f"key={CANARY_SECRET}"
     crm = CrmSettings(amocrm_account_id="1", bitrix24_application_tokens=(CANARY_SECRET,),
                       hubspot_client_secrets=(CANARY_SECRET,))
-    client = make_app(crm=crm, max_body_bytes=4096)[0].test_client()
-    broken = make_app(store_factory=lambda: BrokenStore(tmp_path / "broken.db"))[0].test_client()
+    client = canary_app(crm=crm, max_body_bytes=4096)[0].test_client()
+    broken = canary_app(store_factory=lambda: BrokenStore(tmp_path / "broken.db"))[0].test_client()
     bitrix_body = f"event=ONCRMLEADADD&data[FIELDS][ID]=1&auth[application_token]={CANARY_CRM_TOKEN}".encode()
     amocrm_body = b"account[id]=2&leads[add][0][id]=1"
     lead = lead_body()
@@ -350,8 +351,8 @@ def refusals(make_app, tmp_path):
     ]
 
 
-def test_refusals_never_echo_credentials_and_say_what_is_wrong(make_app, seen, tmp_path):
-    answers = refusals(make_app, tmp_path)
+def test_refusals_never_echo_credentials_and_say_what_is_wrong(canary_app, seen, tmp_path):
+    answers = refusals(canary_app, tmp_path)
     assert {status for status, _ in answers} == {400, 401, 403, 404, 405, 413, 415, 503}
     for status, response in answers:
         assert response.status_code == status, (status, response.get_data())
@@ -361,13 +362,13 @@ def test_refusals_never_echo_credentials_and_say_what_is_wrong(make_app, seen, t
         assert find_canaries(json.dumps(dict(response.headers))) == [], status
 
 
-def test_the_503_of_a_broken_store_is_logged_with_its_cause(make_app, seen, tmp_path):
-    broken, _ = make_app(store_factory=lambda: BrokenStore(tmp_path / "broken.db"))
+def test_the_503_of_a_broken_store_is_logged_with_its_cause(canary_app, seen, tmp_path):
+    broken, _ = canary_app(store_factory=lambda: BrokenStore(tmp_path / "broken.db"))
     response = broken.test_client().post(f"/webhooks/generic?key={CANARY_SECRET}", data=lead_body(), content_type=JSON)
     assert response.status_code == 503
     assert any("database or disk is full" in text for text in seen.texts("crm2calls.web"))
 
 
-def test_services_settings_never_show_secrets_in_repr(make_app):
-    _, services = make_app(aimylogic_token=CANARY_TOKEN, crm=CrmSettings(pipedrive_api_token=CANARY_CRM_TOKEN))
+def test_services_settings_never_show_secrets_in_repr(canary_app):
+    _, services = canary_app(aimylogic_token=CANARY_TOKEN, crm=CrmSettings(pipedrive_api_token=CANARY_CRM_TOKEN))
     assert find_canaries(repr(services)) == [] and find_canaries(repr(replace(services.settings))) == []

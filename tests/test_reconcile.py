@@ -13,7 +13,6 @@ from crm2calls.errors import AuthError, ConfigError
 from crm2calls.model import Status
 from crm2calls.reconcile import ReconcileReport, reconcile
 from tests.conftest import FIXTURES, SECRET, TOKEN
-from tests.emulators.aimylogic import AimylogicEmulator
 from tests.emulators.amocrm import AmoCrmEmulator
 from tests.emulators.bitrix24 import Bitrix24Emulator
 
@@ -27,12 +26,6 @@ TOO_OLD = (150, "+7 900 000-00-01")
 
 def fixture_json(path: str) -> dict:
     return json.loads((FIXTURES / path).read_text(encoding="utf-8"))
-
-
-@pytest.fixture
-def aimylogic():
-    with AimylogicEmulator(token=TOKEN) as emulator:
-        yield emulator
 
 
 @pytest.fixture

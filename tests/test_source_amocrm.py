@@ -9,11 +9,10 @@ from urllib.parse import quote_plus
 
 import pytest
 
-from crm2calls.config import CrmSettings, load_policy
+from crm2calls.config import load_policy
 from crm2calls.delivery import deliver_pending
 from crm2calls.model import Status
-from tests.conftest import FIXTURES, SECRET, TOKEN
-from tests.emulators.aimylogic import AimylogicEmulator
+from tests.conftest import FIXTURES, SECRET
 from tests.emulators.amocrm import AmoCrmEmulator
 
 FORM = "application/x-www-form-urlencoded"
@@ -54,32 +53,18 @@ def amo():
 
 
 @pytest.fixture
-def aimylogic():
-    with AimylogicEmulator(token=TOKEN) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def make_app(make_services, amo, aimylogic):
+def make(make_app, amo):
     """(services, test client) for an app whose amoCRM settings default to the stand-in."""
-    from app import create_app
 
-    def make(policy=None, secrets=None, **crm):
-        values = {"amocrm_base_url": amo.url, "amocrm_token": amo.token, **crm}
-        overrides = {"crm": CrmSettings(**values), "aimylogic_url": aimylogic.url, "aimylogic_token": TOKEN}
-        if policy is not None:
-            overrides["policy"] = policy
-        if secrets is not None:
-            overrides["webhook_secrets"] = secrets
-        services = make_services(**overrides)
-        return services, create_app(services=services).test_client()
+    def build(**values):
+        return make_app(**{"amocrm_base_url": amo.url, "amocrm_token": amo.token, **values})
 
-    return make
+    return build
 
 
 @pytest.fixture
-def app_client(make_app):
-    return make_app()
+def app_client(make):
+    return make()
 
 
 def toml_policy(tmp_path, text: str):
@@ -178,9 +163,9 @@ def test_a_retried_webhook_adds_nothing(app_client):
         (["76789231"], "unsorted_add.form", set()),
     ],
 )
-def test_stage_triggers(make_app, tmp_path, status_ids, fixture, keys):
+def test_stage_triggers(make, tmp_path, status_ids, fixture, keys):
     policy = toml_policy(tmp_path, f"[sources.amocrm]\nstatus_ids = {json.dumps(status_ids)}\n")
-    services, client = make_app(policy=policy)
+    services, client = make(policy=policy)
     response = post(client, wire(fixture))
     assert response.status_code == 200
     assert {r.key for r in records(services)} == keys
@@ -236,15 +221,15 @@ def _nothing_happened(services, amo, aimylogic):
         (f"/webhooks/amocrm?key={SECRET}x", {}),
     ],
 )
-def test_a_missing_or_wrong_key_is_401_and_nothing_happens(make_app, amo, aimylogic, url, headers):
-    services, client = make_app(amocrm_account_id="32427762")
+def test_a_missing_or_wrong_key_is_401_and_nothing_happens(make, amo, aimylogic, url, headers):
+    services, client = make(amocrm_account_id="32427762")
     response = post(client, wire("leads_add.form"), url=url, headers=headers)
     assert response.status_code == 401 and response.get_json()["error"] == "unauthorized"
     _nothing_happened(services, amo, aimylogic)
 
 
-def test_an_unauthenticated_garbage_body_is_401_not_400(make_app, amo, aimylogic):
-    services, client = make_app(amocrm_account_id="32427762")
+def test_an_unauthenticated_garbage_body_is_401_not_400(make, amo, aimylogic):
+    services, client = make(amocrm_account_id="32427762")
     response = post(client, b"leads%5Badd%5D%5B0%5D%5Bid%5D=%zz", url="/webhooks/amocrm")
     assert response.status_code == 401
     _nothing_happened(services, amo, aimylogic)
@@ -256,8 +241,8 @@ def test_the_key_in_a_header_is_accepted(app_client):
     assert response.status_code == 200 and len(records(services)) == 1
 
 
-def test_the_previous_key_is_accepted_while_rotating(make_app):
-    services, client = make_app(secrets=("new-secret-value-0123456789", SECRET))
+def test_the_previous_key_is_accepted_while_rotating(make):
+    services, client = make(webhook_secrets=("new-secret-value-0123456789", SECRET))
     assert post(client, wire("lead_add.form")).status_code == 200
     new_key_url = "/webhooks/amocrm?key=new-secret-value-0123456789"
     assert post(client, wire("lead_add.form"), url=new_key_url).status_code == 200
@@ -272,23 +257,23 @@ def test_the_previous_key_is_accepted_while_rotating(make_app):
         {"amocrm_account_id": "32427762", "amocrm_subdomain": "another.amocrm.ru"},
     ],
 )
-def test_valid_key_from_another_account_is_403_and_nothing_happens(make_app, amo, aimylogic, crm):
-    services, client = make_app(**crm)
+def test_valid_key_from_another_account_is_403_and_nothing_happens(make, amo, aimylogic, crm):
+    services, client = make(**crm)
     response = post(client, wire("leads_add.form"))
     assert response.status_code == 403 and response.get_json()["error"] == "forbidden"
     _nothing_happened(services, amo, aimylogic)
 
 
-def test_a_body_without_an_account_is_403_when_the_account_is_configured(make_app, amo, aimylogic):
-    services, client = make_app(amocrm_account_id="32427762")
+def test_a_body_without_an_account_is_403_when_the_account_is_configured(make, amo, aimylogic):
+    services, client = make(amocrm_account_id="32427762")
     response = post(client, b"leads%5Badd%5D%5B0%5D%5Bid%5D=32966269")
     assert response.status_code == 403
     _nothing_happened(services, amo, aimylogic)
 
 
 @pytest.mark.parametrize("subdomain", ["etesttask", "ETestTask", "etesttask.amocrm.ru"])
-def test_the_right_account_is_accepted(make_app, subdomain):
-    services, client = make_app(amocrm_account_id="32427762", amocrm_subdomain=subdomain)
+def test_the_right_account_is_accepted(make, subdomain):
+    services, client = make(amocrm_account_id="32427762", amocrm_subdomain=subdomain)
     assert post(client, wire("leads_add.form")).status_code == 200
     assert len(records(services)) == 2
 
@@ -313,8 +298,8 @@ def test_a_body_naming_another_api_host_sends_nothing_there(app_client, amo, aim
     assert len(amo.hits) == 2 and len(aimylogic.entries) == 1
 
 
-def test_without_api_settings_the_lead_is_kept_naming_them_and_the_body_host_is_not_used(make_app, aimylogic):
-    services, client = make_app(amocrm_base_url=None, amocrm_token=None)
+def test_without_api_settings_the_lead_is_kept_naming_them_and_the_body_host_is_not_used(make, aimylogic):
+    services, client = make(amocrm_base_url=None, amocrm_token=None)
     with AmoCrmEmulator() as trap:
         post(client, _pointing_at(wire("lead_add.form"), trap.url))
         deliver_pending(services)
@@ -393,8 +378,8 @@ def test_a_deleted_lead_is_rejected_at_once(app_client, amo, aimylogic):
     assert record.attempts == 1
 
 
-def test_a_refused_token_keeps_the_lead_and_names_the_variable_not_the_token(make_app, amo, aimylogic):
-    services, client = make_app(amocrm_token="revoked-token-abcdef")
+def test_a_refused_token_keeps_the_lead_and_names_the_variable_not_the_token(make, amo, aimylogic):
+    services, client = make(amocrm_token="revoked-token-abcdef")
     post(client, wire("lead_add.form"))
     deliver_pending(services)
     [record] = records(services)
@@ -474,13 +459,13 @@ def test_a_lead_and_its_contact_as_two_events_make_one_call(app_client, amo, aim
     assert sorted(statuses.values()) == sorted([Status.SENT, Status.DUPLICATE])
 
 
-def test_the_payload_can_be_mapped_from_the_fetched_lead_and_contact(make_app, tmp_path, aimylogic):
+def test_the_payload_can_be_mapped_from_the_fetched_lead_and_contact(make, tmp_path, aimylogic):
     policy = toml_policy(
         tmp_path,
         '[sources.amocrm.payload]\nclient = "contact.first_name"\ndeal = "lead.name"\n'
         'utm = "lead.fields.UTM_SOURCE"\nposition = "contact.fields.POSITION"\nmissing = "lead.nothing"\n',
     )
-    services, client = make_app(policy=policy)
+    services, client = make(policy=policy)
     post(client, wire("lead_add.form"))
     deliver_pending(services)
     [entry] = aimylogic.entries

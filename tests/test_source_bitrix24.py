@@ -8,11 +8,10 @@ import logging
 
 import pytest
 
-from crm2calls.config import CrmSettings, load_policy
+from crm2calls.config import load_policy
 from crm2calls.delivery import deliver_pending
 from crm2calls.model import Status
-from tests.conftest import FIXTURES, SECRET, TOKEN
-from tests.emulators.aimylogic import AimylogicEmulator
+from tests.conftest import FIXTURES, SECRET
 from tests.emulators.bitrix24 import Bitrix24Emulator
 
 FORM = "application/x-www-form-urlencoded"
@@ -42,30 +41,18 @@ def b24():
 
 
 @pytest.fixture
-def aimylogic():
-    with AimylogicEmulator(token=TOKEN) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def make_app(make_services, b24, aimylogic):
+def make(make_app, b24):
     """(services, test client); the application token is required unless tokens=() is given."""
-    from app import create_app
 
-    def make(policy=None, tokens=(APP_TOKEN,), **crm):
-        values = {"bitrix24_webhook_url": b24.webhook_url, "bitrix24_application_tokens": tokens, **crm}
-        overrides = {"crm": CrmSettings(**values), "aimylogic_url": aimylogic.url, "aimylogic_token": TOKEN}
-        if policy is not None:
-            overrides["policy"] = policy
-        services = make_services(**overrides)
-        return services, create_app(services=services).test_client()
+    def build(tokens=(APP_TOKEN,), **values):
+        return make_app(**{"bitrix24_webhook_url": b24.webhook_url, "bitrix24_application_tokens": tokens, **values})
 
-    return make
+    return build
 
 
 @pytest.fixture
-def app_client(make_app):
-    return make_app()
+def app_client(make):
+    return make()
 
 
 def post(client, body: bytes, url: str = URL, content_type: str = FORM, **kwargs):
@@ -125,8 +112,8 @@ def test_the_same_event_twice_is_one_lead(app_client):
         (b"ts=1739049397", b"ts=%G1"),
     ],
 )
-def test_malformed_events_get_400_json_and_store_nothing(make_app, b24, replace):
-    services, client = make_app(tokens=())  # with an application token, an unreadable body is a 401
+def test_malformed_events_get_400_json_and_store_nothing(make, b24, replace):
+    services, client = make(tokens=())  # with an application token, an unreadable body is a 401
     body = wire("lead_add.form").replace(*replace)
     assert body != wire("lead_add.form")
     response = post(client, body, url=f"{URL}?key={SECRET}")
@@ -158,22 +145,22 @@ def test_a_missing_or_wrong_application_token_is_401_and_nothing_happens(app_cli
     _nothing_happened(services, b24, aimylogic)
 
 
-def test_the_previous_application_token_is_accepted_while_rotating(make_app):
-    services, client = make_app(tokens=("new-token-after-rotation-0123456", APP_TOKEN))
+def test_the_previous_application_token_is_accepted_while_rotating(make):
+    services, client = make(tokens=("new-token-after-rotation-0123456", APP_TOKEN))
     assert post(client, wire("lead_add.form")).status_code == 200
     assert len(records(services)) == 1
 
 
 @pytest.mark.parametrize("url", [URL, f"{URL}?key=wrong-key"])
-def test_without_an_application_token_the_shared_key_is_required(make_app, b24, aimylogic, url):
-    services, client = make_app(tokens=())
+def test_without_an_application_token_the_shared_key_is_required(make, b24, aimylogic, url):
+    services, client = make(tokens=())
     response = post(client, wire("lead_add.form"), url=url)
     assert response.status_code == 401
     _nothing_happened(services, b24, aimylogic)
 
 
-def test_without_an_application_token_the_shared_key_passes(make_app):
-    services, client = make_app(tokens=())
+def test_without_an_application_token_the_shared_key_passes(make):
+    services, client = make(tokens=())
     assert post(client, wire("lead_add.form"), url=f"{URL}?key={SECRET}").status_code == 200
     assert len(records(services)) == 1
 
@@ -295,8 +282,8 @@ def test_refused_credentials_keep_the_lead_and_never_show_the_url_secret(app_cli
     assert aimylogic.requests == []
 
 
-def test_a_wrong_webhook_url_secret_is_an_auth_error(make_app, b24, aimylogic):
-    services, client = make_app(bitrix24_webhook_url=b24.webhook_url.replace(b24.code, "revoked-code-42"))
+def test_a_wrong_webhook_url_secret_is_an_auth_error(make, b24, aimylogic):
+    services, client = make(bitrix24_webhook_url=b24.webhook_url.replace(b24.code, "revoked-code-42"))
     post(client, wire("lead_add.form"))
     deliver_pending(services)
     [record] = records(services)
@@ -342,8 +329,8 @@ def test_a_slow_portal_is_retried(app_client, b24, aimylogic, clock):
     assert len(aimylogic.entries) == 1
 
 
-def test_without_a_webhook_url_the_lead_is_kept_naming_the_variable(make_app, b24, aimylogic):
-    services, client = make_app(bitrix24_webhook_url=None)
+def test_without_a_webhook_url_the_lead_is_kept_naming_the_variable(make, b24, aimylogic):
+    services, client = make(bitrix24_webhook_url=None)
     post(client, wire("lead_add.form"))
     deliver_pending(services)
     [record] = records(services)
@@ -365,14 +352,14 @@ def test_the_url_secret_never_reaches_the_logs(app_client, b24, aimylogic, caplo
     assert b24.code not in caplog.text  # ...with the code in the path redacted
 
 
-def test_the_payload_can_be_mapped_from_the_fetched_records(make_app, tmp_path, b24, aimylogic):
+def test_the_payload_can_be_mapped_from_the_fetched_records(make, tmp_path, b24, aimylogic):
     path = tmp_path / "policy.toml"
     path.write_text(
         '[sources.bitrix24.payload]\ntitle = "lead.TITLE"\ntariff = "lead.UF_CRM_1704817278"\n'
         'comment = "lead.COMMENTS"\nnone = "deal.TITLE"\n',
         encoding="utf-8",
     )
-    services, client = make_app(policy=load_policy(path, "RU"))
+    services, client = make(policy=load_policy(path, "RU"))
     post(client, wire("lead_add.form"))
     entry = _one_entry(services, aimylogic)
     lead = result("crm.lead.get.json")

@@ -14,8 +14,7 @@ from crm2calls.config import CrmSettings
 from crm2calls.delivery import deliver_pending
 from crm2calls.errors import AuthError, EnrichmentError, UnavailableError
 from crm2calls.model import LeadEvent, Status
-from tests.conftest import FIXTURES, SECRET, TOKEN
-from tests.emulators.aimylogic import AimylogicEmulator
+from tests.conftest import FIXTURES, SECRET
 from tests.emulators.close import CloseStandIn
 
 KEY = "5f1c0a9e3b7d2f4a6c8e0b1d3f5a7c9e2b4d6f8a0c1e3b5d7f9a1c3e5b7d9f0a"
@@ -45,20 +44,12 @@ def close_api():
 
 
 @pytest.fixture
-def dialer(clock):
-    with AimylogicEmulator(TOKEN, clock=clock) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def make(make_services, close_api, dialer, clock):
-    from app import create_app
-
+def make(make_app, close_api, clock):
     def build(keys: tuple[str, ...] = (KEY, PREVIOUS_KEY)):
-        crm = CrmSettings(close_signature_keys=keys, close_api_key=close_api.api_key, close_base_url=close_api.url)
-        services = make_services(crm=crm, aimylogic_url=dialer.url, aimylogic_token=TOKEN)
+        services, client = make_app(close_signature_keys=keys, close_api_key=close_api.api_key,
+                                    close_base_url=close_api.url)
         services.source("close").now = clock
-        return services, create_app(services=services).test_client()
+        return services, client
 
     return build
 
@@ -93,14 +84,14 @@ def add_bluebird(close_api, **fields):
 # Authentication
 
 
-def test_a_signed_lead_created_is_stored_for_enrichment(cl, clock, close_api, dialer):
+def test_a_signed_lead_created_is_stored_for_enrichment(cl, clock, close_api, aimylogic):
     services, client = cl
     response = post(client, fixture("lead_created.json"), clock)
     assert response.status_code == 202
     [record] = records(services)
     assert record.status is Status.RECEIVED and record.key == "close:event:ev_5e3JqBGFMD9Z4DTgZsoUBG"
     assert record.ref == LEAD_ID and json.loads(record.raw) == {"lead_id": LEAD_ID}
-    assert close_api.hits == [] and dialer.requests == []
+    assert close_api.hits == [] and aimylogic.requests == []
 
 
 @pytest.mark.parametrize(
@@ -115,13 +106,13 @@ def test_a_signed_lead_created_is_stored_for_enrichment(cl, clock, close_api, di
         ("truncated signature", lambda body, ts: (body, ts, sign(body, ts)[:-2])),
     ],
 )
-def test_a_bad_signature_is_401_and_nothing_happens(cl, clock, close_api, dialer, case, make_request):
+def test_a_bad_signature_is_401_and_nothing_happens(cl, clock, close_api, aimylogic, case, make_request):
     services, client = cl
     body, timestamp, signature = make_request(fixture("lead_created.json"), seconds(clock()))
     response = post(client, body, clock, timestamp=timestamp, signature=signature)
     assert response.status_code == 401, case
     deliver_pending(services)
-    assert records(services) == [] and close_api.hits == [] and dialer.requests == []
+    assert records(services) == [] and close_api.hits == [] and aimylogic.requests == []
 
 
 @pytest.mark.parametrize(
@@ -133,14 +124,14 @@ def test_a_bad_signature_is_401_and_nothing_happens(cl, clock, close_api, dialer
         (-timedelta(minutes=5, seconds=1), False),
     ],
 )
-def test_the_timestamp_window_is_five_minutes_both_ways(cl, clock, close_api, dialer, shift, accepted):
+def test_the_timestamp_window_is_five_minutes_both_ways(cl, clock, close_api, aimylogic, shift, accepted):
     services, client = cl
     body = fixture("lead_created.json")
     timestamp = seconds(clock() - shift)
     response = post(client, body, clock, timestamp=timestamp, signature=sign(body, timestamp))
     assert response.status_code == (202 if accepted else 401)
     assert len(records(services)) == (1 if accepted else 0)
-    assert close_api.hits == [] and dialer.requests == []
+    assert close_api.hits == [] and aimylogic.requests == []
 
 
 @pytest.mark.parametrize("form", ["{s}.0", "+{s}", " {s}", "0{s}", "1.7e9", "{s}000", "99999999999999999999"])
@@ -262,17 +253,17 @@ def test_without_an_api_key_enrichment_waits_for_it(make_services, clock):
 # End to end
 
 
-def test_end_to_end_the_mobile_contact_number_is_called(cl, close_api, dialer, clock):
+def test_end_to_end_the_mobile_contact_number_is_called(cl, close_api, aimylogic, clock):
     services, client = cl
     add_bluebird(close_api)
     close_api.contacts_hidden_for[LEAD_ID] = 1
     assert post(client, fixture("lead_created.json"), clock).status_code == 202
     deliver_pending(services)
-    assert records(services)[0].status is Status.RECEIVED and dialer.entries == []
+    assert records(services)[0].status is Status.RECEIVED and aimylogic.entries == []
     clock.advance(minutes=5)
     deliver_pending(services)
     assert records(services)[0].status is Status.SENT
-    [entry] = dialer.entries
+    [entry] = aimylogic.entries
     assert entry["phone"] == "17205550199"  # the mobile type before the office one; the fax never
     assert entry["gmtZone"] == "America/Denver"
     assert entry["payload"]["name"] == "Dana Whitfield" and entry["payload"]["crm_lead_id"] == LEAD_ID

@@ -17,8 +17,7 @@ from crm2calls.delivery import deliver_pending
 from crm2calls.errors import AuthError, EnrichmentError, UnauthorizedError, UnavailableError
 from crm2calls.model import LeadEvent, Status
 from crm2calls.sources.hubspot import verify_v3
-from tests.conftest import FIXTURES, SECRET, TOKEN
-from tests.emulators.aimylogic import AimylogicEmulator
+from tests.conftest import FIXTURES, SECRET
 from tests.emulators.hubspot import HubSpotStandIn
 
 CLIENT_SECRET = "c0ffee00-1111-4222-8333-444455556666"
@@ -50,21 +49,14 @@ def hubspot():
 
 
 @pytest.fixture
-def dialer(clock):
-    with AimylogicEmulator(TOKEN, clock=clock) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def make(make_services, hubspot, dialer, clock):
+def make(make_app, hubspot, clock):
     """Services and a test client for a HubSpot configuration (client secrets unless given)."""
-    from app import create_app
 
     def build(secrets: tuple[str, ...] = (CLIENT_SECRET, PREVIOUS_SECRET)):
-        crm = CrmSettings(hubspot_client_secrets=secrets, hubspot_token=hubspot.token, hubspot_base_url=hubspot.url)
-        services = make_services(crm=crm, aimylogic_url=dialer.url, aimylogic_token=TOKEN, public_base_url=PUBLIC)
+        services, client = make_app(hubspot_client_secrets=secrets, hubspot_token=hubspot.token,
+                                    hubspot_base_url=hubspot.url, public_base_url=PUBLIC)
         services.source("hubspot").now = clock
-        return services, create_app(services=services).test_client()
+        return services, client
 
     return build
 
@@ -101,7 +93,7 @@ def test_the_published_hubspot_vector_verifies_and_one_changed_byte_does_not():
         verify_v3((secret,), "POST", uri, tampered, timestamp, signature, now)
 
 
-def test_a_signed_batch_is_stored_one_record_per_contact_event(hs, clock, hubspot, dialer):
+def test_a_signed_batch_is_stored_one_record_per_contact_event(hs, clock, hubspot, aimylogic):
     services, client = hs
     response = post(client, fixture("events_batch.json"), clock)
     assert response.status_code == 200
@@ -117,7 +109,7 @@ def test_a_signed_batch_is_stored_one_record_per_contact_event(hs, clock, hubspo
     assert by_ref["151000000101"].key == "hubspot:event:1840012001"
     assert json.loads(by_ref["151000000101"].raw) == {"contact_id": "151000000101"}
     assert json.loads(by_ref["151000000103"].entry)["phone"] == "15125550199"  # national, read in region US
-    assert hubspot.hits == [] and dialer.requests == []  # nothing leaves the request path
+    assert hubspot.hits == [] and aimylogic.requests == []  # nothing leaves the request path
 
 
 def test_a_retried_event_maps_to_the_same_record(hs, clock):
@@ -147,14 +139,14 @@ def _tampered(body: bytes) -> bytes:
         ("hex instead of base64", lambda body, ts: (body, ts, base64.b64decode(sign(body, ts)).hex())),
     ],
 )
-def test_a_bad_signature_is_refused_and_nothing_happens(hs, clock, hubspot, dialer, case, make_request):
+def test_a_bad_signature_is_refused_and_nothing_happens(hs, clock, hubspot, aimylogic, case, make_request):
     services, client = hs
     body, timestamp, signature = make_request(fixture("events_batch.json"), millis(clock()))
     response = post(client, body, clock, timestamp=timestamp, signature=signature)
     assert response.status_code == 401, case
     assert response.get_json()["error"] == "unauthorized"
     deliver_pending(services)
-    assert records(services) == [] and hubspot.hits == [] and dialer.requests == []
+    assert records(services) == [] and hubspot.hits == [] and aimylogic.requests == []
 
 
 @pytest.mark.parametrize(
@@ -167,14 +159,14 @@ def test_a_bad_signature_is_refused_and_nothing_happens(hs, clock, hubspot, dial
         (timedelta(hours=3), False),  # a replay
     ],
 )
-def test_the_timestamp_window_is_five_minutes_both_ways(hs, clock, hubspot, dialer, shift, accepted):
+def test_the_timestamp_window_is_five_minutes_both_ways(hs, clock, hubspot, aimylogic, shift, accepted):
     services, client = hs
     body = fixture("events_batch.json")
     timestamp = millis(clock() - shift)
     response = post(client, body, clock, timestamp=timestamp, signature=sign(body, timestamp))
     assert response.status_code == (200 if accepted else 401)
     assert len(records(services)) == (4 if accepted else 0)
-    assert hubspot.hits == [] and dialer.requests == []
+    assert hubspot.hits == [] and aimylogic.requests == []
 
 
 @pytest.mark.parametrize(
@@ -371,7 +363,7 @@ def test_without_a_token_enrichment_is_an_auth_error_naming_the_variable(make_se
 # End to end
 
 
-def test_end_to_end_a_form_contact_whose_phone_arrives_a_moment_later(hs, hubspot, dialer, clock, caplog):
+def test_end_to_end_a_form_contact_whose_phone_arrives_a_moment_later(hs, hubspot, aimylogic, clock, caplog):
     services, client = hs
     hubspot.add_contact(
         "151000000102", firstname="Sam", lastname="Lee", phone="512-867-5309", hs_timezone="america_slash_chicago",
@@ -385,13 +377,13 @@ def test_end_to_end_a_form_contact_whose_phone_arrives_a_moment_later(hs, hubspo
     caplog.set_level(logging.DEBUG)
     deliver_pending(services)  # the form has not set the phone yet
     [record] = records(services)
-    assert record.status is Status.RECEIVED and "no phone yet" in record.last_error and dialer.entries == []
+    assert record.status is Status.RECEIVED and "no phone yet" in record.last_error and aimylogic.entries == []
 
     clock.advance(minutes=10)
     deliver_pending(services)
     [record] = records(services)
     assert record.status is Status.SENT
-    [entry] = dialer.entries
+    [entry] = aimylogic.entries
     assert entry["phone"] == "15128675309" and entry["gmtZone"] == "America/Chicago"
     assert entry["payload"] == {"name": "Sam Lee", "crm": "hubspot", "crm_contact_id": "151000000102",
                                 "city": "Austin"}

@@ -9,12 +9,10 @@ import logging
 
 import pytest
 
-from crm2calls.config import CrmSettings
 from crm2calls.delivery import deliver_pending
 from crm2calls.errors import AuthError, EnrichmentError, UnavailableError
 from crm2calls.model import LeadEvent, Status
-from tests.conftest import FIXTURES, SECRET, TOKEN
-from tests.emulators.aimylogic import AimylogicEmulator
+from tests.conftest import FIXTURES, SECRET
 from tests.emulators.pipedrive import PipedriveStandIn
 
 USER = "crm2calls"
@@ -42,20 +40,10 @@ def pipedrive():
 
 
 @pytest.fixture
-def dialer(clock):
-    with AimylogicEmulator(TOKEN, clock=clock) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def make(make_services, pipedrive, dialer):
-    from app import create_app
-
+def make(make_app, pipedrive):
     def build(user: str | None = USER, passwords: tuple[str, ...] = (PASSWORD, PREVIOUS_PASSWORD)):
-        crm = CrmSettings(pipedrive_webhook_user=user, pipedrive_webhook_passwords=passwords,
-                          pipedrive_api_token=pipedrive.token, pipedrive_base_url=pipedrive.url)
-        services = make_services(crm=crm, aimylogic_url=dialer.url, aimylogic_token=TOKEN)
-        return services, create_app(services=services).test_client()
+        return make_app(pipedrive_webhook_user=user, pipedrive_webhook_passwords=passwords,
+                        pipedrive_api_token=pipedrive.token, pipedrive_base_url=pipedrive.url)
 
     return build
 
@@ -89,12 +77,12 @@ def records(services):
         ("no colon", {"Authorization": "Basic " + base64.b64encode(PASSWORD.encode()).decode()}),
     ],
 )
-def test_wrong_basic_auth_is_401_and_nothing_happens(pd, pipedrive, dialer, case, headers):
+def test_wrong_basic_auth_is_401_and_nothing_happens(pd, pipedrive, aimylogic, case, headers):
     services, client = pd
     response = post(client, "v2_create_lead.json", headers)
     assert response.status_code == 401, case
     deliver_pending(services)
-    assert records(services) == [] and pipedrive.hits == [] and dialer.requests == []
+    assert records(services) == [] and pipedrive.hits == [] and aimylogic.requests == []
 
 
 def test_the_previous_password_still_passes_during_rotation(pd):
@@ -272,7 +260,7 @@ def test_a_slow_api_is_unavailable_not_a_hang(pd, pipedrive, clock):
 # End to end
 
 
-def test_end_to_end_a_v2_lead_is_fetched_and_called(pd, pipedrive, dialer, clock, caplog):
+def test_end_to_end_a_v2_lead_is_fetched_and_called(pd, pipedrive, aimylogic, clock, caplog):
     services, client = pd
     caplog.set_level(logging.DEBUG)
     pipedrive.add_person("1025", "Ольга Смирнова", [
@@ -282,12 +270,12 @@ def test_end_to_end_a_v2_lead_is_fetched_and_called(pd, pipedrive, dialer, clock
     pipedrive.phone_hidden_for["1025"] = 1
     assert post(client, "v2_create_lead.json").status_code == 202
     deliver_pending(services)
-    assert records(services)[0].status is Status.RECEIVED and dialer.entries == []
+    assert records(services)[0].status is Status.RECEIVED and aimylogic.entries == []
     clock.advance(minutes=5)
     deliver_pending(services)
     [record] = records(services)
     assert record.status is Status.SENT
-    [entry] = dialer.entries
+    [entry] = aimylogic.entries
     assert entry["phone"] == "79167654321" and entry["gmtZone"] == "Europe/Moscow"
     assert entry["payload"] == {"name": "Ольга Смирнова", "crm": "pipedrive", "crm_person_id": "1025",
                                 "crm_lead_id": "adf21080-0e10-11eb-879b-05d71fb426ec",

@@ -9,11 +9,9 @@ from xml.etree.ElementTree import fromstring
 
 import pytest
 
-from crm2calls.config import CrmSettings
 from crm2calls.delivery import deliver_pending
 from crm2calls.model import Status
-from tests.conftest import FIXTURES, SECRET, TOKEN
-from tests.emulators.aimylogic import AimylogicEmulator
+from tests.conftest import FIXTURES, SECRET
 
 ORG_ID = "00D5g000004Hs9bEAC"
 URL = f"/webhooks/salesforce?key={SECRET}"
@@ -26,19 +24,9 @@ def fixture(name: str) -> bytes:
 
 
 @pytest.fixture
-def dialer(clock):
-    with AimylogicEmulator(TOKEN, clock=clock) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def make(make_services, dialer):
-    from app import create_app
-
+def make(make_app):
     def build(organization_id: str | None = ORG_ID):
-        crm = CrmSettings(salesforce_organization_id=organization_id)
-        services = make_services(crm=crm, aimylogic_url=dialer.url, aimylogic_token=TOKEN)
-        return services, create_app(services=services).test_client()
+        return make_app(salesforce_organization_id=organization_id)
 
     return build
 
@@ -62,7 +50,7 @@ def acknowledged(response) -> bool:
     return fromstring(response.data).findtext(ACK_PATH) == "true"  # noqa: S314 - our own answer
 
 
-def test_two_notifications_are_two_leads_and_one_ack(sf, dialer):
+def test_two_notifications_are_two_leads_and_one_ack(sf, aimylogic):
     services, client = sf
     response = post(client, fixture("leads_two_notifications.xml"))
     assert acknowledged(response)
@@ -78,7 +66,7 @@ def test_two_notifications_are_two_leads_and_one_ack(sf, dialer):
     assert entry["phone"] == "79165550148"  # MobilePhone before Phone
     assert entry["gmtZone"] == "Europe/Moscow"  # City mapped by [zones.cities]
     assert entry["payload"]["name"] == "Дмитрий Иванов"
-    assert dialer.requests == []
+    assert aimylogic.requests == []
 
 
 def test_a_resent_message_is_acknowledged_and_changes_nothing(sf):
@@ -113,22 +101,22 @@ def test_the_organization_id_matches_as_18_characters_or_their_15_character_pref
 
 
 @pytest.mark.parametrize("configured", ["00D5g000004Hs9cEAC", "00D5g000004Hs9c", ORG_ID[:15].lower(), ORG_ID[:14]])
-def test_another_organization_is_403_never_acknowledged(make, dialer, configured):
+def test_another_organization_is_403_never_acknowledged(make, aimylogic, configured):
     services, client = make(configured)
     response = post(client, fixture("leads_two_notifications.xml"))
     assert response.status_code == 403 and not acknowledged(response)
     assert response.get_json()["field"] == "OrganizationId"
     deliver_pending(services)
-    assert records(services) == [] and dialer.requests == []
+    assert records(services) == [] and aimylogic.requests == []
 
 
 @pytest.mark.parametrize("url", ["/webhooks/salesforce", "/webhooks/salesforce?key=wrong"])
-def test_without_the_shared_key_it_is_401(sf, dialer, url):
+def test_without_the_shared_key_it_is_401(sf, aimylogic, url):
     services, client = sf
     response = post(client, fixture("leads_two_notifications.xml"), url=url)
     assert response.status_code == 401 and not acknowledged(response)
     deliver_pending(services)
-    assert records(services) == [] and dialer.requests == []
+    assert records(services) == [] and aimylogic.requests == []
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "application/soap+xml", "application/xml"])
@@ -176,12 +164,12 @@ def test_a_body_that_is_not_an_outbound_message_is_400_without_ack(make, body, r
     assert records(services) == []
 
 
-def test_end_to_end_both_leads_reach_the_dialer(sf, dialer):
+def test_end_to_end_both_leads_reach_the_dialer(sf, aimylogic):
     services, client = sf
     assert acknowledged(post(client, fixture("leads_two_notifications.xml")))
     deliver_pending(services)
     assert {r.status for r in records(services)} == {Status.SENT}
-    by_phone = {entry["phone"]: entry for entry in dialer.entries}
+    by_phone = {entry["phone"]: entry for entry in aimylogic.entries}
     assert set(by_phone) == {"13035550148", "79165550148"}
     assert by_phone["13035550148"]["gmtZone"] == "America/Denver"  # from the 303 number
     assert by_phone["79165550148"]["payload"]["crm_record_id"] == "00Q5g00000XyZaCEAV"

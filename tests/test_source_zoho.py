@@ -13,8 +13,7 @@ from crm2calls.delivery import deliver_pending
 from crm2calls.errors import AuthError, ConfigError, EnrichmentError, RejectedError
 from crm2calls.model import LeadEvent, Status
 from crm2calls.sources.zoho import renew_watch
-from tests.conftest import FIXTURES, SECRET, TOKEN
-from tests.emulators.aimylogic import AimylogicEmulator
+from tests.conftest import FIXTURES, SECRET
 from tests.emulators.zoho import ZohoStandIn
 
 NOTIFY_TOKEN = "zN7q-notify-2026-current"  # as in the fixtures
@@ -37,23 +36,14 @@ def zoho(clock):
 
 
 @pytest.fixture
-def dialer(clock):
-    with AimylogicEmulator(TOKEN, clock=clock) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def make(make_services, zoho, dialer):
-    from app import create_app
-
+def make(make_app, zoho):
     def build(tokens: tuple[str, ...] = (NOTIFY_TOKEN, PREVIOUS_NOTIFY_TOKEN), **overrides):
-        crm = CrmSettings(**{
+        return make_app(**{
             "zoho_notify_tokens": tokens, "zoho_api_domain": zoho.url, "zoho_accounts_url": zoho.url,
             "zoho_client_id": zoho.client_id, "zoho_client_secret": zoho.client_secret,
-            "zoho_refresh_token": zoho.refresh_token, "zoho_channel_id": CHANNEL, **overrides,
+            "zoho_refresh_token": zoho.refresh_token, "zoho_channel_id": CHANNEL, "public_base_url": PUBLIC,
+            **overrides,
         })
-        services = make_services(crm=crm, aimylogic_url=dialer.url, aimylogic_token=TOKEN, public_base_url=PUBLIC)
-        return services, create_app(services=services).test_client()
 
     return build
 
@@ -83,7 +73,7 @@ def records(services):
 # Notifications
 
 
-def test_a_notification_fans_out_one_event_per_id(zh, zoho, dialer):
+def test_a_notification_fans_out_one_event_per_id(zh, zoho, aimylogic):
     services, client = zh
     response = post(client, fixture("notification_insert_leads.json"))
     assert response.status_code == 202
@@ -91,7 +81,7 @@ def test_a_notification_fans_out_one_event_per_id(zh, zoho, dialer):
     assert [r.ref for r in stored] == LEAD_IDS and {r.status for r in stored} == {Status.RECEIVED}
     assert stored[0].key == f"zoho:notification:{CHANNEL}:{LEAD_IDS[0]}:insert"
     assert json.loads(stored[0].raw) == {"module": "Leads", "id": LEAD_IDS[0]}
-    assert zoho.hits == [] and dialer.requests == []
+    assert zoho.hits == [] and aimylogic.requests == []
 
 
 def test_a_repeated_notification_changes_nothing(zh):
@@ -102,11 +92,11 @@ def test_a_repeated_notification_changes_nothing(zh):
 
 
 @pytest.mark.parametrize("token", ["zN7q-notify-2026-wrong", "", None, "zN7q-notify-2026-current "])
-def test_a_wrong_or_missing_token_is_401_and_nothing_happens(zh, zoho, dialer, token):
+def test_a_wrong_or_missing_token_is_401_and_nothing_happens(zh, zoho, aimylogic, token):
     services, client = zh
     assert post(client, with_token(token)).status_code == 401
     deliver_pending(services)
-    assert records(services) == [] and zoho.hits == [] and dialer.requests == []
+    assert records(services) == [] and zoho.hits == [] and aimylogic.requests == []
 
 
 def test_a_token_that_is_not_a_string_is_401(zh):
@@ -316,7 +306,7 @@ def test_a_refused_subscription_is_a_rejected_error(zh, zoho, clock):
 # End to end
 
 
-def test_end_to_end_three_new_leads_are_fetched_and_called(zh, zoho, dialer, clock):
+def test_end_to_end_three_new_leads_are_fetched_and_called(zh, zoho, aimylogic, clock):
     services, client = zh
     add_lead(zoho, LEAD_IDS[0])
     zoho.add_record("Leads", LEAD_IDS[1], Full_Name="Ольга Ким", Mobile="8 914 555-01-03", City="Владивосток")
@@ -328,7 +318,7 @@ def test_end_to_end_three_new_leads_are_fetched_and_called(zh, zoho, dialer, clo
     clock.advance(minutes=5)
     deliver_pending(services)
     assert {r.status for r in records(services)} == {Status.SENT}
-    by_phone = {entry["phone"]: entry for entry in dialer.entries}
+    by_phone = {entry["phone"]: entry for entry in aimylogic.entries}
     assert set(by_phone) == {"79225550102", "79145550103", "73835550104"}
     assert by_phone["79225550102"]["gmtZone"] == "Asia/Yekaterinburg"
     assert by_phone["79145550103"]["gmtZone"] == "Asia/Vladivostok"
@@ -337,13 +327,13 @@ def test_end_to_end_three_new_leads_are_fetched_and_called(zh, zoho, dialer, clo
     assert zoho.token_requests == 1  # one access token served every fetch
 
 
-def test_end_to_end_a_new_contact_uses_the_contacts_module(zh, zoho, dialer, clock):
+def test_end_to_end_a_new_contact_uses_the_contacts_module(zh, zoho, aimylogic, clock):
     services, client = zh
     zoho.add_record("Contacts", "5725767000004000011", First_Name="Nadia", Last_Name="Olsen", Mobile="+1 720 555 0199",
                     Account_Name={"name": "Olsen Dental", "id": "5725767000002000001"}, Mailing_City="Boulder")
     assert post(client, fixture("notification_insert_contact.json")).status_code == 202
     deliver_pending(services)
-    [entry] = dialer.entries
+    [entry] = aimylogic.entries
     assert zoho.api_hits() == ["/crm/v8/Contacts/5725767000004000011"]
     assert entry["phone"] == "17205550199" and entry["gmtZone"] == "America/Denver"
     assert entry["payload"] == {"name": "Nadia Olsen", "crm": "zoho", "crm_module": "Contacts",

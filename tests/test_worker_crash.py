@@ -18,7 +18,6 @@ import pytest
 from crm2calls.delivery import deliver_pending
 from crm2calls.model import Status
 from tests.conftest import ROOT, TOKEN
-from tests.emulators.aimylogic import AimylogicEmulator
 from tests.test_delivery import add_leads, all_leads, statuses
 
 pytestmark = pytest.mark.slow
@@ -47,16 +46,10 @@ print(deliver_pending(Services(settings, clock=lambda: fixed)))
 
 
 @pytest.fixture
-def emulator(clock):
-    with AimylogicEmulator(TOKEN, clock=clock) as emu:
-        yield emu
-
-
-@pytest.fixture
-def services(make_services, shipped_policy, emulator):
+def services(make_services, shipped_policy, aimylogic):
     delivery = replace(shipped_policy.delivery, batch_size=10, concurrency=2, lease_seconds=LEASE)
     return make_services(
-        policy=replace(shipped_policy, delivery=delivery), aimylogic_token=TOKEN, aimylogic_url=emulator.url
+        policy=replace(shipped_policy, delivery=delivery), aimylogic_token=TOKEN, aimylogic_url=aimylogic.url
     )
 
 
@@ -86,40 +79,40 @@ def kill(child: subprocess.Popen) -> None:
     assert child.wait(timeout=10) == -signal.SIGKILL
 
 
-def test_killed_after_the_claim_before_the_send_arrived(services, emulator, clock, tmp_path):
+def test_killed_after_the_claim_before_the_send_arrived(services, aimylogic, clock, tmp_path):
     add_leads(services, 30)
-    emulator.hang(60, times=2)  # both batches stall before Aimylogic records anything
+    aimylogic.hang(60, times=2)  # both batches stall before Aimylogic records anything
 
     child = spawn_pass(services, tmp_path)
-    wait_for(lambda: emulator.hanging == 2, child, tmp_path)
+    wait_for(lambda: aimylogic.hanging == 2, child, tmp_path)
     kill(child)
-    emulator.recover()  # the stalled requests end with a 504 to a dead socket: nothing recorded
+    aimylogic.recover()  # the stalled requests end with a 504 to a dead socket: nothing recorded
 
     # The child's store write is done: 20 leads leased to a dead worker, 10 never claimed.
-    assert statuses(services) == {"sending": 20, "pending": 10} and emulator.calls == {}
+    assert statuses(services) == {"sending": 20, "pending": 10} and aimylogic.calls == {}
     # While the lease holds, a fresh pass leaves them alone and sends only the unclaimed ones.
     assert deliver_pending(services).sent == 10
     clock.advance(seconds=LEASE)
     assert deliver_pending(services).sent == 20
 
     assert statuses(services) == {"sent": 30}
-    assert len(emulator.calls) == 30 and set(emulator.calls_per_phone().values()) == {1}
-    assert emulator.duplicates_ignored == 0
+    assert len(aimylogic.calls) == 30 and set(aimylogic.calls_per_phone().values()) == {1}
+    assert aimylogic.duplicates_ignored == 0
 
 
-def test_killed_after_aimylogic_accepted_before_the_answer_was_recorded(services, emulator, clock, tmp_path):
+def test_killed_after_aimylogic_accepted_before_the_answer_was_recorded(services, aimylogic, clock, tmp_path):
     add_leads(services, 30)
-    emulator.record_then_hang(60)  # one batch: accepted (jobs created), answer never arrives
+    aimylogic.record_then_hang(60)  # one batch: accepted (jobs created), answer never arrives
 
     child = spawn_pass(services, tmp_path)
     # The other batch is answered at once and recorded SENT: batches are settled as they complete.
-    wait_for(lambda: emulator.hanging == 1 and statuses(services).get("sent") == 10, child, tmp_path)
+    wait_for(lambda: aimylogic.hanging == 1 and statuses(services).get("sent") == 10, child, tmp_path)
     kill(child)
-    emulator.recover()
+    aimylogic.recover()
 
     in_flight = [lead for lead in all_leads(services) if lead.status is Status.SENDING]
-    first_jobs = {entry["phone"]: job for job, entry in emulator.calls.items()}
-    assert len(in_flight) == 10 and len(emulator.calls) == 20
+    first_jobs = {entry["phone"]: job for job, entry in aimylogic.calls.items()}
+    assert len(in_flight) == 10 and len(aimylogic.calls) == 20
     clock.advance(seconds=LEASE)
     report = deliver_pending(services)
 
@@ -129,9 +122,9 @@ def test_killed_after_aimylogic_accepted_before_the_answer_was_recorded(services
     # batch the child recorded (10) and the leads it never claimed (10) were sent exactly once.
     # The duplicate guard ignored all 10 repeats and answered with the first job ids, so each
     # phone got one call: 20 + 10 + 10 = 40 entries received, 30 calls.
-    assert emulator.duplicates_ignored == 10
-    assert len(emulator.entries) == 40
-    assert len(emulator.calls) == 30 and set(emulator.calls_per_phone().values()) == {1}
+    assert aimylogic.duplicates_ignored == 10
+    assert len(aimylogic.entries) == 40
+    assert len(aimylogic.calls) == 30 and set(aimylogic.calls_per_phone().values()) == {1}
     for lead in in_flight:
         phone = json.loads(lead.entry)["phone"]
         assert services.store.get(lead.id).job_id == first_jobs[phone]
