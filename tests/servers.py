@@ -48,13 +48,18 @@ def moto_endpoint() -> Iterator[str]:
         yield url
 
 
+def point_boto3_at(patch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Set the environment so boto3 talks to `endpoint` with dummy credentials, whatever the machine's AWS setup."""
+    patch.setenv("AWS_ENDPOINT_URL", endpoint)
+    patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
+        patch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point boto3 at the moto server with dummy credentials; return the endpoint URL."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
-        monkeypatch.delenv(name, raising=False)
+    point_boto3_at(monkeypatch, moto_endpoint)
     return moto_endpoint

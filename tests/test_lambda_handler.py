@@ -28,7 +28,7 @@ from werkzeug.wrappers import Request, Response
 from crm2calls.model import Status
 from tests.conftest import FIXTURES, ROOT, SECRET, TOKEN
 from tests.emulators.base import LocalServer
-from tests.servers import aws_env, moto_endpoint  # noqa: F401 - fixtures
+from tests.servers import aws_env, moto_endpoint, point_boto3_at  # noqa: F401 - fixtures
 
 EVENTS = Path(__file__).resolve().parent / "events"
 STAGE = "dev"
@@ -189,12 +189,7 @@ def settings_dir(tmp_path_factory) -> Path:
 def aws_module(moto_endpoint) -> Iterator[None]:  # noqa: F811
     """aws_env for module-scoped fixtures: boto3 at the moto server with dummy credentials."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
-            patch.delenv(name, raising=False)
+        point_boto3_at(patch, moto_endpoint)
         yield
 
 
