@@ -25,7 +25,7 @@ def get_path(data: Any, path: str) -> Any:
     return data
 
 
-def _text(value: Any) -> str | None:
+def scalar_text(value: Any) -> str | None:
     """A scalar as stripped text; None for missing, empty or structured values."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
@@ -38,11 +38,11 @@ def _candidates(value: Any) -> list[PhoneCandidate]:
     found = []
     for item in items:
         if isinstance(item, dict):
-            text = _text(item.get("value"))
-            kind = _text(item.get("type")) or ""
+            text = scalar_text(item.get("value"))
+            kind = scalar_text(item.get("type")) or ""
             if text:
                 found.append(PhoneCandidate(text, kind.lower(), item.get("primary") is True))
-        elif text := _text(item):
+        elif text := scalar_text(item):
             found.append(PhoneCandidate(text))
     return found
 
@@ -58,12 +58,12 @@ def lead_from_fields(record: dict, policy: SourcePolicy) -> Lead:
         payload = {key: get_path(record, path) for key, path in policy.payload.items()}
         payload = {key: value for key, value in payload.items() if value is not None}
     return Lead(
-        external_id=_text(get_path(record, paths.id)) if paths.id else None,
+        external_id=scalar_text(get_path(record, paths.id)) if paths.id else None,
         phones=phones,
         fields=payload,
-        name=_text(get_path(record, paths.name)) if paths.name else None,
-        zone=_text(get_path(record, paths.zone)) if paths.zone else None,
-        city=_text(get_path(record, paths.city)) if paths.city else None,
+        name=scalar_text(get_path(record, paths.name)) if paths.name else None,
+        zone=scalar_text(get_path(record, paths.zone)) if paths.zone else None,
+        city=scalar_text(get_path(record, paths.city)) if paths.city else None,
     )
 
 

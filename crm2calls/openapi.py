@@ -127,7 +127,16 @@ def build_spec(sources: dict[str, Source]) -> dict[str, Any]:
         operations={
             "get": {
                 "operationId": "health",
-                "summary": "Ready, dry run, paused delivery, counts per status",
+                "summary": "Ready, dry run, paused delivery, held leads; counts per status on request",
+                "parameters": [
+                    {
+                        "name": "counts",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["1", "true", "yes"]},
+                        "description": "Add lead counts per status (scans the whole table on DynamoDB).",
+                    }
+                ],
                 "responses": {
                     "200": _json("Ready.", "Health"),
                     "503": _json("The lead store is unavailable.", "Unavailable"),

@@ -64,7 +64,11 @@ class HealthSchema(Schema):
 
     status = fields.String(required=True, validate=validate.OneOf(["ok"]))
     dry_run = fields.Boolean(required=True, metadata={"description": "No AIMYLOGIC_TOKEN: nothing is sent."})
-    leads = fields.Dict(keys=fields.String(validate=validate.OneOf(STATUSES)), values=fields.Integer(), required=True)
+    leads = fields.Dict(
+        keys=fields.String(validate=validate.OneOf(STATUSES)),
+        values=fields.Integer(),
+        metadata={"description": "Leads per status, only with ?counts=1 (a full table scan on DynamoDB)."},
+    )
     delivery = fields.Nested(DeliveryStateSchema, required=True)
     guard = fields.Dict(metadata={"description": "Present while a guard holds leads back."})
 

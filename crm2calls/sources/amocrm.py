@@ -15,6 +15,7 @@ from typing import Any
 from crm2calls.errors import AuthError, EnrichmentError, ForbiddenError, MalformedRequestError
 from crm2calls.formdata import parse_php_form, php_list
 from crm2calls.http import DEFAULT_TIMEOUT, CrmHttpClient
+from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.sources.base import FORM, Ack, InboundRequest, IntakeResult, Source, payload_for, require_shared_key
 
@@ -48,11 +49,6 @@ def _items(form: dict[str, Any], entity: str, action: str) -> list[dict[str, Any
             raise MalformedRequestError(f"{entity}[{action}][{index}] is not an object", field=f"{entity}[{action}]")
     return items
 
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
-    return str(value).strip() or None
 
 
 def _person_name(entity: dict[str, Any]) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 from crm2calls.errors import AuthError, EnrichmentError, MalformedRequestError, UnauthorizedError
 from crm2calls.formdata import parse_php_form
 from crm2calls.http import DEFAULT_TIMEOUT, CrmHttpClient
+from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.sources.base import (
     FORM,
@@ -46,11 +47,6 @@ def _linked_id(value: Any) -> str | None:
         return text
     return None
 
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
-    return str(value).strip() or None
 
 
 def phones_of(record: dict[str, Any]) -> list[PhoneCandidate]:

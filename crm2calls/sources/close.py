@@ -10,12 +10,13 @@ import hashlib
 import hmac
 import re
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
 from crm2calls.errors import AuthError, EnrichmentError, MalformedRequestError, UnauthorizedError
 from crm2calls.http import DEFAULT_TIMEOUT
+from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import JSON, InboundRequest, Source, payload_for, require_shared_key
@@ -61,12 +62,6 @@ def verify_close(keys: tuple[str, ...], body: bytes, timestamp: str | None, sign
     if not matched:
         raise UnauthorizedError("close-sig-hash does not match", field="close-sig-hash")
 
-
-def _text(value: Any) -> str | None:
-    """A scalar as stripped text; None for missing, empty or structured values."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
-    return str(value).strip() or None
 
 
 class CloseSource(Source):

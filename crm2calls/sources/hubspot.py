@@ -19,6 +19,7 @@ from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
 from crm2calls.errors import AuthError, EnrichmentError, MalformedRequestError, UnauthorizedError
 from crm2calls.http import DEFAULT_TIMEOUT
+from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import JSON, Ack, InboundRequest, IntakeResult, Source, payload_for, require_shared_key
@@ -76,12 +77,6 @@ def verify_v3(
     if not matched:
         raise UnauthorizedError("X-HubSpot-Signature-v3 does not match", field="X-HubSpot-Signature-v3")
 
-
-def _text(value: Any) -> str | None:
-    """A scalar as stripped text; None for missing, empty or structured values."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
-    return str(value).strip() or None
 
 
 @cache

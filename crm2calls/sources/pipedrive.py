@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from crm2calls.config import Settings
 from crm2calls.errors import AuthError, EnrichmentError, MalformedRequestError, UnauthorizedError
 from crm2calls.http import DEFAULT_TIMEOUT
+from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import JSON, InboundRequest, Source, payload_for, require_shared_key, secret_matches
@@ -28,12 +29,6 @@ if TYPE_CHECKING:
 # The API token rides in the query string; urllib3 logs request lines at DEBUG.
 _URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry")
 
-
-def _text(value: Any) -> str | None:
-    """A scalar as stripped text; None for missing, empty or structured values."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
-    return str(value).strip() or None
 
 
 def _numeric_id(value: Any) -> str | None:

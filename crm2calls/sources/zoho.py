@@ -23,6 +23,7 @@ from crm2calls.errors import (
     UnauthorizedError,
 )
 from crm2calls.http import DEFAULT_TIMEOUT
+from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import (
@@ -50,12 +51,6 @@ PHONE_FIELDS = (("Mobile", "mobile"), ("Phone", ""), ("Home_Phone", "home"), ("O
 _OAUTH_ERROR = re.compile(r"[a-z_]{1,40}")
 _CREDENTIALS = "ZOHO_CLIENT_ID, ZOHO_CLIENT_SECRET and ZOHO_REFRESH_TOKEN"
 
-
-def _text(value: Any) -> str | None:
-    """A scalar as stripped text; None for missing, empty or structured values."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
-    return str(value).strip() or None
 
 
 def _record_id(value: Any) -> str | None:
