@@ -133,8 +133,8 @@ def build_spec(sources: dict[str, Source]) -> dict[str, Any]:
                         "name": "counts",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string", "enum": ["1", "true", "yes"]},
-                        "description": "Add lead counts per status (scans the whole table on DynamoDB).",
+                        "schema": {"type": "string"},
+                        "description": "1, true or yes: add lead counts per status (a table scan on DynamoDB).",
                     }
                 ],
                 "responses": {
