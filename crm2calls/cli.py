@@ -265,8 +265,13 @@ def leads_deliver() -> None:
 @click.option("--older-than", "older_than", required=True, help="Age such as 30d.")
 def leads_purge(older_than: str) -> None:
     """Delete finished leads (sent, duplicate, rejected, failed) older than the age."""
+    from crm2calls.store import KEY_TTL
+
+    age = parse_age(older_than)
+    if age < KEY_TTL:  # a purged lead's key is gone: a CRM retry of it would be called again
+        raise click.BadParameter(f"keep at least {KEY_TTL.days}d: CRMs retry for days", param_hint="--older-than")
     svc = _services()
-    cutoff = svc.clock() - parse_age(older_than)
+    cutoff = svc.clock() - age
     count = svc.store.purge(cutoff)
     click.echo(
         f"purged {count} lead(s) created before {cutoff:%Y-%m-%d %H:%M} UTC ({', '.join(sorted(FINAL_STATUSES))})"

@@ -88,6 +88,11 @@ def test_purge_removes_only_old_finished_leads(client, runner, services, clock):
     assert services.store.get(new_rejected) and services.store.get(new_pending)
 
 
+def test_purge_keeps_idempotency_keys_long_enough(runner):
+    result = runner.invoke(args=["leads", "purge", "--older-than", "2d"])
+    assert result.exit_code == 2 and "keep at least 8d" in result.output
+
+
 @pytest.mark.parametrize("age", ["30", "d30", "30w", ""])
 def test_purge_refuses_an_unclear_age(runner, age):
     result = runner.invoke(args=["leads", "purge", "--older-than", age])
