@@ -129,6 +129,7 @@ def log_transition(record: LeadRecord, note: str = "", **fields: Any) -> None:
         "status": str(record.status),
         "attempt": record.attempts,
         "phone": record.phone_masked,
+        "age_s": round((record.updated_at - record.created_at).total_seconds(), 1),  # since it arrived
     }
     if record.job_id:
         line["job_id"] = record.job_id

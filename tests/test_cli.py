@@ -141,3 +141,17 @@ def test_entry_json_is_sorted_and_compact(client, services):
     [lead_id] = add_leads(client, {"id": "a", "phone": "+79123456789", "b": 1, "a": 2})
     entry = services.store.get(lead_id).entry
     assert entry == json.dumps(json.loads(entry), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def test_each_transition_is_one_structured_line(client, services, clock, caplog):
+    from crm2calls.delivery import deliver_pending
+
+    caplog.set_level("INFO", logger="crm2calls.leads")
+    [lead_id] = add_leads(client, {"id": "a", "phone": "+79123456789"})
+    clock.advance(seconds=90)
+    deliver_pending(services)
+    lines = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("lead_id") == lead_id]
+    assert [line["status"] for line in lines] == ["pending", "sent"]
+    sent = lines[-1]
+    assert sent["source"] == "generic" and sent["ref"] == "a" and sent["attempt"] == 1
+    assert sent["job_id"].startswith("dry-run-") and sent["phone"] == "7912*****89" and sent["age_s"] == 90.0
