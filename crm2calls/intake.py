@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm2calls.errors import StoreError, UnusableLeadError
+from crm2calls.errors import UnusableLeadError
 from crm2calls.logs import log_transition
 from crm2calls.model import Lead, LeadEvent, LeadRecord, Status
 from crm2calls.services import Services
@@ -85,17 +85,8 @@ def settle(services: Services, record: LeadRecord, lead: Lead, now: datetime) ->
 
 def accept(services: Services, source: Source, events: list[LeadEvent]) -> list[IntakeResult]:
     """Store each event once (idempotent by key) and say what became of it; StoreError -> 503."""
-    results = []
     now = services.clock()
-    try:
-        for event in events:
-            results.append(_accept_one(services, source, event, now))
-    except StoreError:
-        raise
-    except Exception as exc:  # a store backend failure of any kind must make the CRM retry
-        if _is_store_failure(exc):
-            raise StoreError("the lead store is unavailable; retry later") from exc
-        raise
+    results = [_accept_one(services, source, event, now) for event in events]  # stores raise StoreError
     if any(r.status in (Status.PENDING, Status.RECEIVED, Status.HELD) for r in results):
         services.notify()
     return results
@@ -139,8 +130,3 @@ def _result(event: LeadEvent, record: LeadRecord, reason: str | None = None, fie
 
 def _note(record: LeadRecord) -> str | None:
     return record.history[-1]["note"] if record.history else None
-
-
-def _is_store_failure(exc: Exception) -> bool:
-    module = type(exc).__module__
-    return module.startswith(("sqlite3", "botocore", "boto3")) or isinstance(exc, OSError)

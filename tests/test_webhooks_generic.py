@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import replace
 
 import pytest
@@ -203,28 +202,18 @@ def test_a_lead_without_id_is_keyed_by_its_content(client, services):
     assert len(stored(services)) == 1
 
 
-class FailingStore:
-    """A store whose disk is gone: every write fails the way sqlite3 does."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def insert(self, record):
-        raise sqlite3.OperationalError("disk I/O error")
-
-    def claim_phone(self, *args):
-        raise sqlite3.OperationalError("disk I/O error")
-
-
-def test_a_store_failure_is_503_so_the_crm_retries(make_services, tmp_path):
+@pytest.mark.parametrize("broken", ["parent_is_a_file", "not_a_database"])
+def test_a_store_failure_is_503_so_the_crm_retries(make_services, tmp_path, broken):
     from app import create_app
-    from crm2calls.store import open_store
 
-    services = make_services()
-    services.store_factory = lambda: FailingStore(open_store(f"sqlite:///{tmp_path / 'x.db'}"))
+    blocker = tmp_path / "blocker"
+    if broken == "parent_is_a_file":
+        blocker.write_text("a file where the store's folder should be")
+        path = blocker / "leads.db"
+    else:
+        path = tmp_path / "leads.db"
+        path.write_bytes(b"this is not an SQLite database" * 100)
+    services = make_services(leads_store=f"sqlite:///{path}")
     response = post(create_app(services=services).test_client(), "one_lead.json")
     assert response.status_code == 503
     assert response.get_json()["error"] == "unavailable"

@@ -76,13 +76,13 @@ _FINAL = tuple(status.value for status in FINAL_STATUSES)
 
 
 def _store_errors(method: Callable[P, T]) -> Callable[P, T]:
-    """Report a locked, missing or broken database as StoreError (the CRM retries; nothing was acknowledged)."""
+    """Report a locked, missing, unwritable or corrupt database as StoreError (the CRM retries)."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(*args, **kwargs)
-        except sqlite3.OperationalError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreError(f"sqlite store: {exc}") from exc
 
     return wrapper
@@ -95,15 +95,14 @@ class SQLiteStore:
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be NORMAL or FULL")
         self.path = path
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
         self._local = threading.local()
         self.synchronous = synchronous
 
     def _conn(self) -> sqlite3.Connection:
         # Keyed by pid too: a connection must never cross a fork (gunicorn preload).
         if getattr(self._local, "pid", None) != os.getpid():
+            if parent := os.path.dirname(self.path):
+                os.makedirs(parent, exist_ok=True)  # here, not in __init__: a failure is a StoreError
             # timeout= is SQLite's busy_timeout; isolation_level=None: we issue BEGIN/COMMIT ourselves.
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             conn.row_factory = sqlite3.Row
