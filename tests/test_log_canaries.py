@@ -18,6 +18,7 @@ import requests
 
 from crm2calls.config import CrmSettings, load_policy
 from crm2calls.delivery import deliver_pending
+from crm2calls.errors import StoreError
 from crm2calls.logs import redact
 from crm2calls.model import Status
 from crm2calls.store import open_store
@@ -311,7 +312,7 @@ def test_pipedrive_enrichment_never_logs_the_api_token(canary_app, seen, fail):
 
 
 class BrokenStore:
-    """A SQLite store whose writes fail as a full disk would."""
+    """A SQLite store whose writes fail as a full disk would, reported as the store does (StoreError)."""
 
     def __init__(self, path: Path):
         self.inner = open_store(f"sqlite:///{path}")
@@ -320,7 +321,8 @@ class BrokenStore:
         return getattr(self.inner, name)
 
     def insert(self, record):
-        raise sqlite3.OperationalError("database or disk is full")
+        cause = sqlite3.OperationalError("database or disk is full")
+        raise StoreError(f"sqlite store: {cause}") from cause
 
 
 def refusals(canary_app, tmp_path):
