@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from crm2calls.clock import Clock, utcnow
 from crm2calls.errors import AuthError, RejectedError, UnavailableError
 from crm2calls.http import parse_retry_after
-from crm2calls.logs import RedactingFilter, redact
+from crm2calls.logs import install_record_redaction, redact
 
 if TYPE_CHECKING:
     import requests
@@ -31,17 +31,6 @@ AUTH_MESSAGE = (
     "Outbound calls → Campaign from CRM system → Integration into AIMYLOGIC_TOKEN"
 )
 MAX_MESSAGE = 500  # characters of an error body kept in exceptions and last_error
-# urllib3 logs request lines ("POST /api/calls/campaign/<token>/addPhones") at DEBUG: scrub them at the source.
-_URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry", "urllib3.poolmanager")
-_scrub_lock = threading.Lock()
-
-
-def _scrub_urllib3_logs() -> None:
-    with _scrub_lock:
-        for name in _URLLIB3_LOGGERS:
-            logger = logging.getLogger(name)
-            if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-                logger.addFilter(RedactingFilter())
 
 
 class AimylogicClient:
@@ -73,7 +62,8 @@ class AimylogicClient:
         adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)  # delivery sends up to 32 batches at once
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
-        _scrub_urllib3_logs()
+        # urllib3 logs request lines ("POST /api/calls/campaign/<token>/addPhones") at DEBUG.
+        install_record_redaction()
 
     def __repr__(self) -> str:
         return f"AimylogicClient(base_url={self.base_url!r})"

@@ -52,6 +52,9 @@ class CrmHttpClient:
         from requests.adapters import HTTPAdapter
         from urllib3.util.retry import Retry
 
+        from crm2calls.logs import install_record_redaction
+
+        install_record_redaction()  # urllib3 logs request lines, and tokens ride in paths and queries
         self.base_url = base_url.rstrip("/")
         self.service = service
         self.secret_hint = secret_hint

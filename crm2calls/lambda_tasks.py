@@ -147,12 +147,11 @@ def attach(services: Services) -> None:
 
 
 def quiet_logging() -> None:
-    """Redact Zappa's request line (its query holds ?key=) and drop the runtime's unredacted root handler."""
-    from crm2calls.logs import RedactingFilter
+    """Drop the Lambda runtime's root handler: CloudWatch gets our JSON lines alone.
 
-    requests_log = logging.getLogger("zappa.wsgi")
-    if not any(isinstance(f, RedactingFilter) for f in requests_log.filters):
-        requests_log.addFilter(RedactingFilter())
+    Zappa's request line (its query holds ?key=) is redacted like every record, by the record
+    factory configure_logging installs.
+    """
     root = logging.getLogger()
     for handler in list(root.handlers):
         # awslambdaric's LambdaLoggerHandler[WithFrameType] prints every record as it is, and beside

@@ -73,17 +73,6 @@ def install_record_redaction() -> None:
     logging.setLogRecordFactory(factory)
 
 
-class RedactingFilter(logging.Filter):
-    """Applied to every handler: no record leaves with a token, a secret or a full phone."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message or record.args:
-            record.msg, record.args = cleaned, None
-        return True
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, fields from `extra={"fields": {...}}` merged in."""
 
@@ -112,7 +101,6 @@ def configure_logging(level: str = "INFO") -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler._crm2calls = True  # type: ignore[attr-defined]
         handler.setFormatter(JsonFormatter())
-        handler.addFilter(RedactingFilter())
         handler.setLevel(level)
         root.addHandler(handler)
     root.setLevel(min(root.level or logging.WARNING, logging.getLevelName(level)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +24,6 @@ from crm2calls.sources.generic import parse_json
 
 if TYPE_CHECKING:
     from crm2calls.http import CrmHttpClient
-
-# The API token rides in the query string; urllib3 logs request lines at DEBUG.
-_URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry")
 
 
 
@@ -163,12 +159,7 @@ class PipedriveSource(Source):
 
         def build() -> CrmHttpClient:
             from crm2calls.http import CrmHttpClient
-            from crm2calls.logs import RedactingFilter
 
-            for name in _URLLIB3_LOGGERS:
-                logger = logging.getLogger(name)
-                if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-                    logger.addFilter(RedactingFilter())
             return CrmHttpClient(
                 self.settings.crm.pipedrive_base_url,
                 service="Pipedrive",
