@@ -11,7 +11,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from crm2calls.config import Settings, is_loopback, load_settings
+from crm2calls.config import MISSING_SHARED_KEY, Settings, is_loopback, load_settings
 from crm2calls.errors import ConfigError, Crm2CallsError
 from crm2calls.model import FINAL_STATUSES, Status
 from crm2calls.services import Services
@@ -118,17 +118,15 @@ def serve(host: str | None, port: int | None, dev: bool) -> None:
     from crm2calls.worker import DeliveryWorker
 
     try:
-        settings = load_settings(serving=True, dev_mode=False)
+        settings = load_settings(serving=True, dev_mode=dev)
     except ConfigError as exc:
-        only_secret = all(p.startswith("WEBHOOK_SECRET") for p in exc.problems)
-        bind = host or _env_host()
-        if not (dev and only_secret and is_loopback(bind)):
-            if dev and only_secret:
-                click.secho("--dev serves without WEBHOOK_SECRET only on a loopback HOST.", fg="red", err=True)
-            _fail_config(exc)
-        settings = load_settings(serving=True, dev_mode=True)
-        click.secho("Development mode: no WEBHOOK_SECRET, webhooks accepted from this machine only.", fg="yellow")
+        _fail_config(exc)
     host, port = host or settings.host, port or settings.port
+    if not settings.webhook_secrets:  # only --dev gets this far without one
+        if not is_loopback(host):
+            click.secho("--dev serves without WEBHOOK_SECRET only on a loopback HOST.", fg="red", err=True)
+            _fail_config(ConfigError([MISSING_SHARED_KEY]))
+        click.secho("Development mode: no WEBHOOK_SECRET, webhooks accepted from this machine only.", fg="yellow")
 
     from app import create_app
 
@@ -151,13 +149,6 @@ def serve(host: str | None, port: int | None, dev: bool) -> None:
         run_simple(host, port, app, threaded=True, request_handler=QuietHandler)
     finally:
         worker.stop()
-
-
-def _env_host() -> str:
-    try:
-        return load_settings(serving=False).host
-    except ConfigError:
-        return "127.0.0.1"
 
 
 @dialer_cli.command("test")

@@ -80,6 +80,11 @@ class Settings:
         return not self.aimylogic_token
 
 
+MISSING_SHARED_KEY = (
+    "WEBHOOK_SECRET: required to serve webhooks; set it to a long random value "
+    '(python -c "import secrets; print(secrets.token_urlsafe(32))"); '
+    "only `make run` on a loopback HOST serves without it, for local development"
+)
 _HINTS = {
     "PORT": "(give a port number such as 5000)",
     "MAX_BODY_BYTES": "(give a size in bytes, at least 1024; the default is 1048576)",
@@ -234,11 +239,7 @@ def _check_values(values: dict, crm: dict, *, serving: bool, dev_mode: bool) -> 
     if values.get("log_level") not in (None, "DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append("LOG_LEVEL: use DEBUG, INFO, WARNING or ERROR")
     if serving and not dev_mode and not _secrets(values.get("webhook_secret")):
-        problems.append(
-            "WEBHOOK_SECRET: required to serve webhooks; set it to a long random value "
-            '(python -c "import secrets; print(secrets.token_urlsafe(32))"); '
-            "only `make run` on a loopback HOST serves without it, for local development"
-        )
+        problems.append(MISSING_SHARED_KEY)
     if crm.get("pipedrive_webhook_user") and not crm.get("pipedrive_webhook_passwords"):
         problems.append("PIPEDRIVE_WEBHOOK_PASSWORD: set it together with PIPEDRIVE_WEBHOOK_USER")
     return problems

@@ -209,3 +209,21 @@ def test_importing_the_app_without_a_secret_stops_start_up():
     )  # fmt: skip
     assert result.returncode != 0
     assert "WEBHOOK_SECRET: required" in result.stderr
+
+
+def test_dev_mode_serves_without_a_secret_only_on_loopback():
+    result = run_cli("serve", "--dev", "--host", "0.0.0.0", env={})  # noqa: S104 - refused, never bound
+    assert result.returncode == 2
+    assert "--dev serves without WEBHOOK_SECRET only on a loopback HOST." in result.stderr
+    assert "WEBHOOK_SECRET: required to serve webhooks" in result.stderr
+
+
+def test_serving_without_dev_needs_the_secret_even_on_loopback():
+    result = run_cli("serve", "--host", "127.0.0.1", env={})
+    assert result.returncode == 2 and "WEBHOOK_SECRET: required" in result.stderr
+
+
+def test_dev_mode_still_reports_every_other_problem():
+    result = run_cli("serve", "--dev", env={"PORT": "x"})
+    assert result.returncode == 2
+    assert "PORT: Not a valid integer" in result.stderr and "WEBHOOK_SECRET" not in result.stderr
