@@ -28,7 +28,7 @@ def services() -> Services:
     return state.services
 
 
-def inbound(source: Source) -> InboundRequest:
+def inbound() -> InboundRequest:
     """The request as the CRM sent it: raw body, raw path and query, the public URL it called."""
     settings = services().settings
     environ = request.environ
@@ -93,18 +93,23 @@ def healthz() -> Response | tuple[Response, int]:
     return jsonify(body)
 
 
+def verified(source_name: str) -> tuple[Services, Source, InboundRequest]:
+    """The source and its request, authenticated (401/403) and of a content type it takes (415)."""
+    svc = services()
+    source = svc.source(source_name)
+    req = inbound()
+    source.authenticate(req)
+    source.check_content_type(req)
+    return svc, source, req
+
+
 @bp.post("/webhooks/<source_name>")
 def receive(source_name: str) -> Response:
     """A CRM's webhook: authenticate, parse, store, acknowledge. Nothing is sent from here."""
     from crm2calls.intake import accept
 
-    svc = services()
-    source = svc.source(source_name)
-    req = inbound(source)
-    source.authenticate(req)
-    source.check_content_type(req)
-    events = source.parse(req)
-    results = accept(svc, source, events)
+    svc, source, req = verified(source_name)
+    results = accept(svc, source, source.parse(req))
     g.leads = len(results)
     return render(source.acknowledge(results))
 
@@ -114,11 +119,7 @@ def preview(source_name: str) -> Response:
     """The addPhones body a webhook would produce, without storing or sending anything."""
     from crm2calls.mapping import render_entry
 
-    svc = services()
-    source = svc.source(source_name)
-    req = inbound(source)
-    source.authenticate(req)
-    source.check_content_type(req)
+    svc, source, req = verified(source_name)
     now = svc.clock()
     policy = svc.settings.policy
     entries, leads = [], []
