@@ -221,7 +221,7 @@ def leads_show(lead_id: str, reveal: bool) -> None:
 @click.argument("lead_id", required=False)
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every failed lead.")
 def leads_retry(lead_id: str | None, all_failed: bool) -> None:
-    """Put a failed lead (or all of them) back to pending."""
+    """Queue a lead again: one by id (failed or rejected), or every failed lead with --failed."""
     from crm2calls.intake import transition
 
     svc = _services()
