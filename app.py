@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import click
@@ -19,6 +20,7 @@ class AppState:
 
     services: Services | None
     config_error: ConfigError | None = None
+    factory: Callable[..., Flask] | None = None  # create_app, for `serve` (commands never import this module)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
@@ -43,7 +45,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes if settings else 1024 * 1024
     app.json.sort_keys = False
-    app.extensions["crm2calls"] = AppState(services, config_error)
+    app.extensions["crm2calls"] = AppState(services, config_error, create_app)
     configure_logging(settings.log_level if settings else "INFO")
     if settings is not None and settings.on_lambda:
         from crm2calls.lambda_tasks import attach

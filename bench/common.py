@@ -33,7 +33,7 @@ MAPPING = """\
 days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 hours = {{ default = ["10:00-20:00"], sat = ["11:00-17:00"], sun = ["11:00-17:00"] }}
 retry_interval_minutes = 60
-max_attempts = 3
+max_call_attempts = 3
 call_within_hours = 72
 default_zone = "Europe/Moscow"
 phone_preference = ["mobile", "primary", "any"]

@@ -10,7 +10,7 @@ import itertools
 import json
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from crm2calls.clock import Clock, utcnow
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     import requests
 
     from crm2calls.config import Settings
-    from crm2calls.services import Dialer
 
 log = logging.getLogger("crm2calls.aimylogic")
 
@@ -31,6 +30,14 @@ AUTH_MESSAGE = (
     "Outbound calls → Campaign from CRM system → Integration into AIMYLOGIC_TOKEN"
 )
 MAX_MESSAGE = 500  # characters of an error body kept in exceptions and last_error
+
+
+
+class Dialer(Protocol):
+    """What delivery needs from Aimylogic (AimylogicClient, or DryRunDialer in a dry run)."""
+
+    def add_phones(self, entries: list[dict]) -> list[str]:
+        """Send entries; return the job ids Aimylogic created."""
 
 
 class AimylogicClient:
@@ -204,7 +211,12 @@ def _redact_values(value: Any) -> Any:
 
 
 def make_dialer(settings: Settings) -> Dialer:
-    """The dry-run dialer when AIMYLOGIC_TOKEN is unset, else a client for the campaign."""
-    if not settings.aimylogic_token:
+    """The dry-run dialer when a dry run was asked for, else a client for the campaign."""
+    from crm2calls.config import NO_CAMPAIGN_TOKEN
+    from crm2calls.errors import ConfigError
+
+    if settings.dry_run:
         return DryRunDialer()
+    if not settings.aimylogic_token:
+        raise ConfigError([NO_CAMPAIGN_TOKEN])
     return AimylogicClient(settings.aimylogic_url, settings.aimylogic_token)

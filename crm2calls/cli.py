@@ -13,7 +13,7 @@ from flask.cli import AppGroup
 
 from crm2calls.config import MISSING_SHARED_KEY, Settings, is_loopback, load_settings
 from crm2calls.errors import ConfigError, Crm2CallsError
-from crm2calls.model import FINAL_STATUSES, Status
+from crm2calls.model import Status
 from crm2calls.services import Services
 
 config_cli = AppGroup("config", help="Check the configuration.")
@@ -92,7 +92,7 @@ def describe(settings: Settings) -> str:
         f"Safe hours: {p.safe_hours}{' (overridden)' if p.allow_outside_safe_hours else ''}   "
         f"duplicate window: {p.duplicate_window_hours} h",
         f"Delivery: batch {p.delivery.batch_size}, concurrency {p.delivery.concurrency}, "
-        f"max attempts {p.delivery.max_attempts}, max age {p.delivery.max_age_hours} h",
+        f"max send attempts {p.delivery.max_send_attempts}, max age {p.delivery.max_age_hours} h",
         f"Guards: {p.guards}",
         "Sources:",
     ]
@@ -101,7 +101,7 @@ def describe(settings: Settings) -> str:
         hours = ", ".join(f"{day} {' '.join(map(str, ivs))}" for day, ivs in w.hours.items())
         lines.append(
             f"  {source.name}: region {source.region}; days {' '.join(w.days)}; hours {hours}; "
-            f"retry every {w.retry_interval_minutes} min, {w.max_attempts} attempts; "
+            f"retry every {w.retry_interval_minutes} min, {w.max_call_attempts} call attempts; "
             f"call within {w.call_within_hours} h; phones {' > '.join(source.phone_preference)}"
         )
     return "\n".join(lines)
@@ -128,12 +128,10 @@ def serve(host: str | None, port: int | None, dev: bool) -> None:
             _fail_config(ConfigError([MISSING_SHARED_KEY]))
         click.secho("Development mode: no WEBHOOK_SECRET, webhooks accepted from this machine only.", fg="yellow")
 
-    from app import create_app
-
     services = Services(settings)
     worker = DeliveryWorker(services)
     services.notify = worker.wake
-    app = create_app(services=services)
+    app = _state().factory(services=services)
     if settings.dry_run:
         click.secho("DRY RUN: AIMYLOGIC_TOKEN is not set; addPhones bodies are logged, not sent.", fg="yellow")
 
@@ -220,27 +218,33 @@ def leads_show(lead_id: str, reveal: bool) -> None:
 @leads_cli.command("retry")
 @click.argument("lead_id", required=False)
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every failed lead.")
-def leads_retry(lead_id: str | None, all_failed: bool) -> None:
-    """Queue a lead again: one by id (failed or rejected), or every failed lead with --failed."""
-    from crm2calls.intake import transition
+@click.option("--dry-run", "all_dry_run", is_flag=True, help="Send for real every lead a dry run logged.")
+def leads_retry(lead_id: str | None, all_failed: bool, all_dry_run: bool) -> None:
+    """Queue leads again with a fresh calling window: one by id (failed, rejected, expired, dry_run), or all failed."""
+    from crm2calls.lifecycle import RETRYABLE, requeue
 
     svc = _services()
-    if bool(lead_id) == all_failed:
-        raise click.UsageError("give a lead id or --failed")
-    records = svc.store.list(Status.FAILED, limit=1_000_000) if all_failed else [svc.store.get(lead_id)]
-    if records == [None]:
-        raise click.ClickException(f"no lead {lead_id}")
-    now = svc.clock()
+    if [bool(lead_id), all_failed, all_dry_run].count(True) != 1:
+        raise click.UsageError("give a lead id, --failed or --dry-run")
+    if all_failed or all_dry_run:
+        records = svc.store.list(Status.FAILED if all_failed else Status.DRY_RUN, limit=1_000_000)
+    else:
+        record = svc.store.get(lead_id)
+        if record is None:
+            raise click.ClickException(f"no lead {lead_id}")
+        if record.status not in RETRYABLE:
+            raise click.ClickException(
+                f"lead {lead_id} is {record.status}: only {', '.join(sorted(RETRYABLE))} leads can be retried"
+            )
+        records = [record]
+    outcomes: dict[str, int] = {}
     with click.progressbar(records, label="retrying", file=sys.stderr) as bar:
         for record in bar:
-            if record.status is not Status.FAILED and not (lead_id and record.status is Status.REJECTED):
-                continue
-            record.attempts, record.next_attempt_at, record.lease_owner, record.lease_until = 0, now, None, None
-            target = Status.RECEIVED if record.entry is None else Status.PENDING
-            transition(record, target, now, "retry requested by an operator")
-            svc.store.update(record, owner=None)
+            if requeue(svc, record, svc.clock()):
+                outcomes[record.status.value] = outcomes.get(record.status.value, 0) + 1
     svc.notify()
-    click.echo(f"{len(records)} lead(s) back in the queue")
+    summary = ", ".join(f"{status} {count}" for status, count in sorted(outcomes.items()))
+    click.echo(f"{sum(outcomes.values())} lead(s) queued again ({summary or 'none'})")
 
 
 @leads_cli.command("deliver")
@@ -255,7 +259,7 @@ def leads_deliver() -> None:
 @leads_cli.command("purge")
 @click.option("--older-than", "older_than", required=True, help="Age such as 30d.")
 def leads_purge(older_than: str) -> None:
-    """Delete finished leads (sent, duplicate, rejected, failed) older than the age."""
+    """Delete final leads (an end status and no follow-up work left) older than the age."""
     from crm2calls.store import KEY_TTL
 
     age = parse_age(older_than)
@@ -264,9 +268,7 @@ def leads_purge(older_than: str) -> None:
     svc = _services()
     cutoff = svc.clock() - age
     count = svc.store.purge(cutoff)
-    click.echo(
-        f"purged {count} lead(s) created before {cutoff:%Y-%m-%d %H:%M} UTC ({', '.join(sorted(FINAL_STATUSES))})"
-    )
+    click.echo(f"purged {count} final lead(s) created before {cutoff:%Y-%m-%d %H:%M} UTC")
 
 
 def _phone_key_of(phone: str) -> tuple[str, str]:

@@ -73,11 +73,8 @@ class Settings:
     dev_mode: bool = False  # serve webhooks without WEBHOOK_SECRET: only `make run` on loopback
     on_lambda: bool = False  # AWS_LAMBDA_FUNCTION_NAME is set: delivery is kicked as an async task
     crm: CrmSettings = field(default_factory=CrmSettings)
-
-    @property
-    def dry_run(self) -> bool:
-        """Without a campaign token nothing is sent; entries are logged instead."""
-        return not self.aimylogic_token
+    # Entries are logged, not sent: only when asked (DRY_RUN=1), or by `make run` without a token.
+    dry_run: bool = False
 
 
 MISSING_SHARED_KEY = (
@@ -85,8 +82,13 @@ MISSING_SHARED_KEY = (
     '(python -c "import secrets; print(secrets.token_urlsafe(32))"); '
     "only `make run` on a loopback HOST serves without it, for local development"
 )
+NO_CAMPAIGN_TOKEN = (
+    "AIMYLOGIC_TOKEN: required to send leads to Aimylogic; set the campaign's token, "  # noqa: S105 (a message)
+    "or DRY_RUN=1 to log each addPhones body instead of sending it"
+)
 _HINTS = {
     "PORT": "(give a port number such as 5000)",
+    "DRY_RUN": "(1 to log entries instead of sending them, 0 or unset to send)",
     "MAX_BODY_BYTES": "(give a size in bytes, at least 1024; the default is 1048576)",
 }
 
@@ -158,6 +160,7 @@ def load_settings(*, serving: bool = True, dev_mode: bool = False) -> Settings:
         "max_body_bytes": env.int("MAX_BODY_BYTES", MIB, validate=Range(min=1024)),
         "log_level": env.str("LOG_LEVEL", "INFO").upper(),
         "on_lambda": bool(env.str("AWS_LAMBDA_FUNCTION_NAME", "")),
+        "dry_run": env.bool("DRY_RUN", False),
     }
     crm = {
         "amocrm_base_url": env.str("AMOCRM_BASE_URL", "") or None,
@@ -240,6 +243,10 @@ def _check_values(values: dict, crm: dict, *, serving: bool, dev_mode: bool) -> 
         problems.append("LOG_LEVEL: use DEBUG, INFO, WARNING or ERROR")
     if serving and not dev_mode and not _secrets(values.get("webhook_secret")):
         problems.append(MISSING_SHARED_KEY)
+    if not values.get("aimylogic_token") and dev_mode:
+        values["dry_run"] = True  # `make run` on a fresh clone: try it before there is a campaign
+    elif serving and not values.get("aimylogic_token") and not values.get("dry_run"):
+        problems.append(NO_CAMPAIGN_TOKEN)
     if crm.get("pipedrive_webhook_user") and not crm.get("pipedrive_webhook_passwords"):
         problems.append("PIPEDRIVE_WEBHOOK_PASSWORD: set it together with PIPEDRIVE_WEBHOOK_USER")
     return problems

@@ -2,36 +2,37 @@
 
 One function, deliver_pending(), drains due work; the local worker thread, Lambda's async task
 and its scheduled sweep all call it. Leads are leased, so passes in several threads, processes or
-Lambdas never send the same lead at once; a pass that dies mid-send leaves its leads SENDING until
-the lease expires and the next pass sends them again (Aimylogic's 24-hour duplicate guard ignores
-the repeat, so the person is still called once).
+Lambdas never send the same lead at once: a send renews its leases before every request and drops
+any lead another worker has taken. A pass that dies mid-send leaves its leads SENDING until the
+lease expires and the next pass sends them again (Aimylogic's 24-hour duplicate guard ignores the
+repeat, so the person is still called once). Every status change goes through crm2calls/lifecycle.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
+import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from crm2calls import guards
-from crm2calls.errors import AuthError, EnrichmentError, RejectedError, UnavailableError
-from crm2calls.intake import settle, transition
+from crm2calls import guards, lifecycle
+from crm2calls.errors import AuthError, EnrichmentError, RejectedError, StoreError, UnavailableError
 from crm2calls.logs import redact
 from crm2calls.model import LeadEvent, LeadRecord, Status
 from crm2calls.policy import DeliveryPolicy
-from crm2calls.services import Dialer, Services
+from crm2calls.services import Services
 
 log = logging.getLogger("crm2calls.delivery")
 
 CAMPAIGN_META = "campaign"  # {"paused", "reason", "since", "retry_at"} while Aimylogic refuses us
-
-# One send's outcome for a group of leads: their job ids, or the error that stopped them.
-Outcome = tuple[list[LeadRecord], list[str] | Exception]
 
 
 @dataclass
@@ -42,14 +43,40 @@ class PassReport:
     admitted: int = 0
     held: int = 0
     sent: int = 0
+    dry_run: int = 0
     retried: int = 0
     rejected: int = 0
     failed: int = 0
+    expired: int = 0
     requests: int = 0  # addPhones calls
     paused: bool = False  # delivery is paused (Aimylogic refused the token) at the end of the pass
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, status: Status | None, requests: int = 0) -> None:
+        """Count one lead's new status (None: nothing was written), and addPhones requests made."""
+        name = _COUNTED.get(status) if status is not None else None
+        with self._lock:
+            self.requests += requests
+            if name:
+                setattr(self, name, getattr(self, name) + 1)
+
+    def figures(self) -> dict[str, int | bool]:
+        """The counts by name."""
+        return {name: value for name, value in asdict(self).items() if not name.startswith("_")}
 
     def __str__(self) -> str:
-        return ", ".join(f"{name} {value}" for name, value in asdict(self).items())
+        return ", ".join(f"{name} {value}" for name, value in self.figures().items())
+
+
+_COUNTED = {
+    Status.SENT: "sent",
+    Status.DRY_RUN: "dry_run",
+    Status.REJECTED: "rejected",
+    Status.FAILED: "failed",
+    Status.EXPIRED: "expired",
+    Status.PENDING: "retried",
+    Status.RECEIVED: "retried",
+}
 
 
 def backoff(policy: DeliveryPolicy, attempts: int) -> float:
@@ -58,20 +85,52 @@ def backoff(policy: DeliveryPolicy, attempts: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+def split_budget(size: int) -> int:
+    """addPhones requests a refused batch may spend on finding its bad entries in one pass.
+
+    Bisection isolates one bad entry with two requests a level; what is left after the budget waits
+    for the next pass, which isolates at least one more.
+    """
+    return 2 * math.ceil(math.log2(size)) + 2 if size > 1 else 1
+
+
 def deliver_pending(services: Services, *, time_budget: float | None = None) -> PassReport:
-    """Enrich and send every due lead, in rounds, until nothing is due or time_budget seconds are spent."""
+    """Enrich and send every due lead, in rounds, until nothing is due or time_budget seconds are spent.
+
+    The budget bounds claiming and each request a send starts: the caller's margin covers one
+    request and its save after it.
+    """
     owner = uuid.uuid4().hex
     report = PassReport()
     deadline = None if time_budget is None else time.monotonic() + time_budget
     while deadline is None or time.monotonic() < deadline:
         claimed = _enrich_stage(services, owner, report)
         claimed += _admission_stage(services, owner, report)
-        claimed += _delivery_stage(services, owner, report)
+        claimed += _delivery_stage(services, owner, report, deadline)
         if not claimed:
             break
-    if any(value for name, value in asdict(report).items() if name != "paused"):
-        log.info("delivery pass: %s", report, extra={"fields": {"event": "delivery_pass", **asdict(report)}})
+    figures = report.figures()
+    if any(value for name, value in figures.items() if name != "paused"):
+        log.info("delivery pass: %s", report, extra={"fields": {"event": "delivery_pass", **figures}})
     return report
+
+
+def _saved(
+    write: Callable[..., bool], services: Services, record: LeadRecord, *args: Any, **kwargs: Any
+) -> Status | None:
+    """Run one lifecycle write; the lead's new status, or None when the lease was lost or the store failed.
+
+    A store error on one lead must not lose the results of the others: the lead keeps its lease
+    until it expires, and is then taken up again.
+    """
+    try:
+        return record.status if write(services, record, *args, **kwargs) else None
+    except StoreError as exc:
+        log.error(
+            "could not save lead %s: %s; it is taken up again when its lease ends", record.id, exc,
+            extra={"fields": {"event": "save_failed", "lead_id": record.id}},
+        )
+        return None
 
 
 # Enrichment: RECEIVED leads whose phone must be fetched from the CRM's API.
@@ -85,17 +144,17 @@ def _enrich_stage(services: Services, owner: str, report: PassReport) -> int:
     # CRM API calls are slow (seconds each): enrich in parallel, like batches are sent.
     with ThreadPoolExecutor(max_workers=policy.concurrency) as pool:
         for enriched, status in pool.map(lambda record: _enrich_one(services, record, owner), records):
-            report.enriched += enriched
+            if enriched:
+                report.enriched += 1
             if not enriched or status is Status.REJECTED:  # a fresh PENDING lead is no retry
-                _count(report, status)
+                report.count(status)
     return len(records)
 
 
 def _enrich_one(services: Services, record: LeadRecord, owner: str) -> tuple[bool, Status | None]:
-    """Fetch, render and settle one lead: (did the CRM give us the lead?, new status or None if the lease was lost)."""
+    """Fetch, render and admit one lead: (did the CRM give us the lead?, new status or None if not saved)."""
     policy = services.settings.policy.delivery
     now = services.clock()
-    enriched = False
     try:
         source = services.source(record.source)
         event = LeadEvent(
@@ -105,41 +164,34 @@ def _enrich_one(services: Services, record: LeadRecord, owner: str) -> tuple[boo
     except EnrichmentError as exc:
         record.attempts += 1
         if not exc.retryable or record.attempts >= policy.enrich_max_attempts:
-            _reject(services, record, now, exc.message)
-        else:
-            _retry(record, now, policy, exc.message, exc.retry_after, Status.RECEIVED)
+            return False, _saved(lifecycle.reject, services, record, now, exc.message, owner=owner)
+        return False, _saved(_retry, services, record, now, exc.message, exc.retry_after, owner)
     except UnavailableError as exc:
         record.attempts += 1
         if _too_old(record, now, policy):
-            _fail(services, record, now, exc.message)
-        else:
-            _retry(record, now, policy, exc.message, exc.retry_after, Status.RECEIVED)
+            return False, _saved(lifecycle.fail, services, record, now, exc.message, owner=owner)
+        return False, _saved(_retry, services, record, now, exc.message, exc.retry_after, owner)
     except AuthError as exc:
         # Every lead of this source fails alike until a person fixes the credentials: keep the
         # lead as it is, attempts unchanged, and look again after the longest backoff; past the
         # age limit it becomes a dead letter, which `leads retry --failed` revives after the fix.
-        record.last_error = exc.message
-        record.next_attempt_at = now + timedelta(seconds=policy.backoff_cap_seconds)
-        if _too_old(record, now, policy):
-            _fail(services, record, now, exc.message)
         log.error(
             "%s refused our credentials while fetching lead %s: %s (fix the %s_* variables; the lead is kept)",
             record.source, record.id, exc.message, record.source.upper(),
             extra={"fields": {"event": "enrich_auth", "source": record.source, "lead_id": record.id}},
         )
+        if _too_old(record, now, policy):
+            return False, _saved(lifecycle.fail, services, record, now, exc.message, owner=owner)
+        until = now + timedelta(seconds=policy.backoff_cap_seconds)
+        return False, _saved(lifecycle.postpone, services, record, until, exc.message, owner=owner)
     except Exception as exc:  # a bug in one adapter must not stop the pass; the lead fails after its attempts
         record.attempts += 1
         message = redact(f"unexpected {type(exc).__name__}: {exc}")
         log.error("enriching lead %s failed: %s", record.id, message, exc_info=True)
         if record.attempts >= policy.enrich_max_attempts:
-            _fail(services, record, now, message)
-        else:
-            _retry(record, now, policy, message, None, Status.RECEIVED)
-    else:
-        enriched = True
-        settle(services, record, lead, now)
-    saved = _save(services, record, owner)
-    return enriched and saved, record.status if saved else None
+            return False, _saved(lifecycle.fail, services, record, now, message, owner=owner)
+        return False, _saved(_retry, services, record, now, message, None, owner)
+    return True, _saved(lifecycle.enriched, services, record, lead, now, owner)
 
 
 # Admission: HELD leads pass the spend guards once (crm2calls/guards.py) before they may be sent.
@@ -149,25 +201,17 @@ def _admission_stage(services: Services, owner: str, report: PassReport) -> int:
     policy = services.settings.policy.delivery
     now = services.clock()
     records = services.store.claim(Status.HELD, now, policy.lease_seconds, policy.batch_size, owner)
-    holding = None
+    holding = False
     for record in records:
-        verdict = guards.admit(services, record, now)
-        if verdict.status is Status.PENDING:
-            record.next_attempt_at, record.last_error = now, None
-            transition(record, Status.PENDING, now, "admitted by the spend guards")
+        status = _saved(lifecycle.admit_held, services, record, now, owner)
+        if status is Status.PENDING:
             report.admitted += 1
-        elif verdict.status is Status.HELD:
-            record.next_attempt_at, record.last_error = verdict.retry_at, verdict.reason
-            transition(record, Status.HELD, now, f"{verdict.reason}; held until {verdict.retry_at:%Y-%m-%d %H:%M} UTC")
-            holding = verdict
+        elif status is Status.HELD:
             report.held += 1
+            holding = True
         else:
-            _reject(services, record, now, verdict.reason)
-            _count(report, Status.REJECTED)
-        _save(services, record, owner)
-    if holding is not None:
-        guards.report_holding(services, holding)
-    elif records and services.store.get_meta(guards.GUARD_META):
+            report.count(status)
+    if records and not holding and services.store.get_meta(guards.GUARD_META):
         services.store.put_meta(guards.GUARD_META, None)
     return len(records)
 
@@ -175,7 +219,7 @@ def _admission_stage(services: Services, owner: str, report: PassReport) -> int:
 # Delivery: PENDING leads (and SENDING ones whose worker died) to addPhones, in batches.
 
 
-def _delivery_stage(services: Services, owner: str, report: PassReport) -> int:
+def _delivery_stage(services: Services, owner: str, report: PassReport, deadline: float | None) -> int:
     store, policy = services.store, services.settings.policy.delivery
     now = services.clock()
     pause = store.get_meta(CAMPAIGN_META)
@@ -185,91 +229,131 @@ def _delivery_stage(services: Services, owner: str, report: PassReport) -> int:
     # While paused, a single batch probes whether the token works again.
     limit = policy.batch_size if pause else policy.batch_size * policy.concurrency
     claimed = store.claim(Status.PENDING, now, policy.lease_seconds, limit, owner)
-    if not claimed:
-        return 0
-    records = []
-    for record in claimed:  # a number blocked after its lead was accepted is still never called
+    ready = []
+    for record in claimed:
         if record.phone_key and guards.is_blocked(services, record.phone_key):
-            _reject(services, record, now, "on the do-not-call list")
-            if _save(services, record, owner):
-                _count(report, Status.REJECTED)
+            # A number blocked after its lead was accepted is still never called.
+            blocked = "on the do-not-call list"
+            report.count(_saved(lifecycle.reject, services, record, now, blocked, owner=owner))
+        elif lifecycle.window_closed(record, now):
+            report.count(_saved(lifecycle.expire, services, record, now, owner=owner))
         else:
-            records.append(record)
-    if not records:
+            ready.append(record)
+    batches = [ready[i : i + policy.batch_size] for i in range(0, len(ready), policy.batch_size)]
+    if not batches:
         return len(claimed)
-    batches = [records[i : i + policy.batch_size] for i in range(0, len(records), policy.batch_size)]
-    dialer = services.dialer
     with ThreadPoolExecutor(max_workers=policy.concurrency) as pool:
-        futures = [pool.submit(_send, dialer, batch) for batch in batches]
-        # Each batch is recorded as soon as it is answered: a crash loses at most the batches in flight.
-        for future in as_completed(futures):
-            outcomes, requests = future.result()
-            report.requests += requests
-            for group, result in outcomes:
-                if isinstance(result, list) and pause:
-                    store.put_meta(CAMPAIGN_META, None)
-                    log.warning("Aimylogic accepts the campaign token again: delivery resumed")
-                    pause, report.paused = None, False
-                _settle_batch(services, group, result, owner, report, pause)
+        results = list(pool.map(lambda batch: _send_batch(services, batch, owner, report, deadline), batches))
+    if any(isinstance(result, AuthError) for result in results):
+        _pause(services, next(r for r in results if isinstance(r, AuthError)), services.clock(), pause)
+        report.paused = True
+    elif pause and any(result is True for result in results):
+        store.put_meta(CAMPAIGN_META, None)
+        log.warning("Aimylogic accepts the campaign token again: delivery resumed")
+        report.paused = False
     return len(claimed)
 
 
-def _send(dialer: Dialer, records: list[LeadRecord]) -> tuple[list[Outcome], int]:
-    """Send a batch as frozen; on a 400 split it in halves until each bad entry stands alone.
+def _send_batch(
+    services: Services, records: list[LeadRecord], owner: str, report: PassReport, deadline: float | None
+) -> bool | AuthError | None:
+    """Send a batch as frozen, recording each answer as it comes; split a refused batch to find its bad entries.
 
-    Returns the outcomes and how many requests it took. A 400 adds nothing, so the halves
-    that are resent hold only entries Aimylogic has not taken.
+    A 400 adds nothing, so the halves that are sent again hold only entries Aimylogic has not taken.
+    Returns True when Aimylogic accepted something, the AuthError that refused the token, or None.
     """
-    try:
-        return [(records, dialer.add_phones([json.loads(record.entry) for record in records]))], 1
-    except RejectedError as exc:
-        if len(records) == 1:
-            return [(records, exc)], 1
-        middle = len(records) // 2
-        left, left_requests = _send(dialer, records[:middle])
-        right, right_requests = _send(dialer, records[middle:])
-        return left + right, 1 + left_requests + right_requests
-    except Exception as exc:  # UnavailableError, AuthError, or a bug: settled per lead, never kills the pass
-        return [(records, exc)], 1
+    budget, requests, accepted = split_budget(len(records)), 0, False
+    queue = [records]
+    while queue:
+        group = queue.pop(0)
+        if requests:
+            # Each request may take up to a timeout: keep the leases alive, and past the budget or the
+            # time limit let the rest wait for the next pass.
+            if requests >= budget or (deadline is not None and time.monotonic() >= deadline):
+                _defer(services, [group, *queue], owner, report)
+                return accepted
+            group = _renewed(services, group, owner)
+            if not group:
+                continue
+        try:
+            ids = services.dialer.add_phones([json.loads(record.entry) for record in group])
+        except RejectedError as exc:
+            requests += 1
+            report.count(None, requests=1)
+            if len(group) > 1:
+                middle = len(group) // 2
+                queue[:0] = [group[:middle], group[middle:]]
+            else:
+                [record] = group
+                record.attempts += 1
+                now = services.clock()
+                report.count(_saved(lifecycle.reject, services, record, now, exc.message, owner=owner))
+            continue
+        except AuthError as exc:
+            report.count(None, requests=1)
+            _paused(services, [group, *queue], exc, owner)
+            return exc
+        except Exception as exc:  # UnavailableError, or a bug: the leads are retried, the pass goes on
+            report.count(None, requests=1)
+            if not isinstance(exc, UnavailableError):
+                log.error("sending a batch failed: %s", redact(repr(exc)), exc_info=exc)
+            _unavailable(services, [group, *queue], exc, owner, report)
+            return accepted
+        requests += 1
+        accepted = True
+        report.count(None, requests=1)
+        now = services.clock()
+        for record, job_id in zip(group, _job_ids(ids, len(group)), strict=True):
+            report.count(_saved(lifecycle.sent, services, record, job_id, now, owner))
+    return accepted
 
 
-def _settle_batch(
-    services: Services,
-    records: list[LeadRecord],
-    result: list[str] | Exception,
-    owner: str,
-    report: PassReport,
-    pause: dict | None,
+def _renewed(services: Services, group: list[LeadRecord], owner: str) -> list[LeadRecord]:
+    """The leads of a group this worker still holds, their leases renewed; a lead another worker took is not sent."""
+    policy = services.settings.policy.delivery
+    until = services.clock() + timedelta(seconds=policy.lease_seconds)
+    held = services.store.renew([record.id for record in group], owner, until)
+    for record in group:
+        if record.id not in held:
+            log.warning(
+                "lead %s: its lease ran out during a long send and another worker has it; not sending it here",
+                record.id, extra={"fields": {"event": "lease_lost", "lead_id": record.id}},
+            )
+    return [record for record in group if record.id in held]
+
+
+def _defer(services: Services, groups: list[list[LeadRecord]], owner: str, report: PassReport) -> None:
+    """Leads a split had no budget (or time) left for: pending for the next pass, no attempt spent."""
+    now = services.clock()
+    message = "its batch was refused and split; the rest waits for the next pass"
+    delay = services.settings.policy.delivery.backoff_base_seconds
+    for record in (record for group in groups for record in group):
+        report.count(_saved(lifecycle.retry_later, services, record, now, delay, message, owner=owner))
+
+
+def _paused(services: Services, groups: list[list[LeadRecord]], exc: AuthError, owner: str) -> None:
+    """The token was refused: every lead waits, attempts unchanged (the lead did nothing wrong)."""
+    now = services.clock()
+    message = "delivery paused: Aimylogic refused the campaign token"
+    for record in (record for group in groups for record in group):
+        record.last_error = exc.message
+        _saved(lifecycle.retry_later, services, record, now, 0, message, owner=owner)
+
+
+def _unavailable(
+    services: Services, groups: list[list[LeadRecord]], exc: Exception, owner: str, report: PassReport
 ) -> None:
+    """Aimylogic did not answer: try again after a backoff (never before Retry-After), or give up."""
     policy = services.settings.policy.delivery
     now = services.clock()
-    if isinstance(result, AuthError):
-        _pause(services, result, now, pause)
-        report.paused = True
-    elif isinstance(result, Exception) and not isinstance(result, (UnavailableError, RejectedError)):
-        log.error("sending a batch failed: %s", redact(repr(result)), exc_info=result)
-    ids = _job_ids(result, len(records)) if isinstance(result, list) else None
-    for index, record in enumerate(records):
-        if ids is not None:
-            record.attempts += 1
-            record.job_id, record.last_error = ids[index], None
-            transition(record, Status.SENT, now, f"job {ids[index]}", job_id=ids[index])
-        elif isinstance(result, AuthError):
-            record.last_error = result.message  # attempts unchanged: the lead did nothing wrong
-            record.next_attempt_at = now
-            transition(record, Status.PENDING, now, "delivery paused: Aimylogic refused the campaign token")
-        elif isinstance(result, RejectedError):
-            record.attempts += 1
-            _reject(services, record, now, result.message)
+    message = exc.message if isinstance(exc, UnavailableError) else f"unexpected {type(exc).__name__}"
+    for record in (record for group in groups for record in group):
+        record.attempts += 1
+        if record.attempts >= policy.max_send_attempts or _too_old(record, now, policy):
+            report.count(_saved(lifecycle.fail, services, record, now, message, owner=owner))
         else:
-            record.attempts += 1
-            message = result.message if isinstance(result, UnavailableError) else f"unexpected {type(result).__name__}"
-            if record.attempts >= policy.max_attempts or _too_old(record, now, policy):
-                _fail(services, record, now, message)
-            else:
-                _retry(record, now, policy, message, getattr(result, "retry_after", None), Status.PENDING)
-        if _save(services, record, owner):
-            _count(report, record.status)
+            retry_after = getattr(exc, "retry_after", None)
+            report.count(_saved(_retry, services, record, now, message, retry_after, owner))
 
 
 def _job_ids(ids: list[str], count: int) -> list[str | None]:
@@ -301,48 +385,12 @@ def _pause(services: Services, exc: AuthError, now: datetime, pause: dict | None
     )
 
 
-# Outcomes shared by both stages.
-
-
 def _retry(
-    record: LeadRecord, now: datetime, policy: DeliveryPolicy, message: str, retry_after: float | None, status: Status
-) -> None:
-    delay = max(backoff(policy, record.attempts), retry_after or 0.0)
-    record.last_error = message
-    record.next_attempt_at = now + timedelta(seconds=delay)
-    transition(record, status, now, f"retry in {delay:.0f} s: {message}")
-
-
-def _reject(services: Services, record: LeadRecord, now: datetime, message: str) -> None:
-    record.last_error = message
-    transition(record, Status.REJECTED, now, message)
-    if record.phone_key:
-        services.store.release_phone(guards.campaign_slot(services, record.phone_key), record.key)
-
-
-def _fail(services: Services, record: LeadRecord, now: datetime, message: str) -> None:
-    record.last_error = message
-    transition(record, Status.FAILED, now, f"gave up after {record.attempts} attempts: {message}")
-    if record.phone_key:
-        services.store.release_phone(guards.campaign_slot(services, record.phone_key), record.key)
+    services: Services, record: LeadRecord, now: datetime, message: str, retry_after: float | None, owner: str
+) -> bool:
+    delay = max(backoff(services.settings.policy.delivery, record.attempts), retry_after or 0.0)
+    return lifecycle.retry_later(services, record, now, delay, message, owner=owner)
 
 
 def _too_old(record: LeadRecord, now: datetime, policy: DeliveryPolicy) -> bool:
     return now - record.created_at >= timedelta(hours=policy.max_age_hours)
-
-
-def _save(services: Services, record: LeadRecord, owner: str) -> bool:
-    """Write the record and drop the lease; False when the lease was lost (another worker owns the lead)."""
-    record.lease_owner = record.lease_until = None
-    return services.store.update(record, owner)
-
-
-def _count(report: PassReport, status: Status | None) -> None:
-    if status is Status.SENT:
-        report.sent += 1
-    elif status is Status.REJECTED:
-        report.rejected += 1
-    elif status is Status.FAILED:
-        report.failed += 1
-    elif status in (Status.PENDING, Status.RECEIVED):
-        report.retried += 1

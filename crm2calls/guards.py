@@ -1,8 +1,8 @@
 """Spend and compliance guards: do-not-call list, per-number caps, and the rate cap on new calls.
 
-A lead passes admit() when its entry is rendered (on the request path, or after enrichment), so the
-CRM hears at once about a per-number cap; a lead over the rate cap is HELD until the next window
-(never dropped) and admitted then by the worker. Caps are counted once per lead, never per retry.
+The guards only plan: limits() names the counters a lead must be counted in, and what the lead
+becomes when one of them is full. crm2calls/lifecycle.py counts them in the same store transaction
+that writes the lead, so a lead is counted once, and never by a write that failed.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from crm2calls.model import LeadRecord, Status
+from crm2calls.model import Status
 from crm2calls.policy import GuardPolicy
+from crm2calls.store.base import Counter
 
 if TYPE_CHECKING:
     from crm2calls.services import Services
@@ -24,15 +25,21 @@ log = logging.getLogger("crm2calls.guards")
 GUARD_META = "guard"  # {"holding", "reason", "until"} while the rate cap holds leads
 
 
+DEFAULT_CAMPAIGN = "default"  # the campaign of AIMYLOGIC_TOKEN
+
+
 def phone_key(phone: str) -> str:
-    """A stable pseudonym of a normalised phone: the same across sources and campaigns (caps, do-not-call)."""
+    """The phone's pseudonym: an unkeyed SHA-256 of the normalised number, the same across sources and campaigns.
+
+    It keeps the number out of the store's keys and indexes; it is no secret (a guessed number can be
+    hashed and compared), so `leads forget` erases it with the lead.
+    """
     return hashlib.sha256(b"crm2calls phone:" + phone.encode()).hexdigest()
 
 
-def campaign_slot(services: Services, key: str) -> str:
-    """The one-person-one-call slot of a phone in the configured campaign."""
-    token = services.settings.aimylogic_token or "dry-run"
-    return hashlib.sha256(token.encode()).hexdigest()[:16] + ":" + key
+def slot_name(phone_key: str, campaign: str = DEFAULT_CAMPAIGN) -> str:
+    """The one-person-one-call slot of a phone in a campaign: named by the campaign, never by its token."""
+    return f"{campaign}:{phone_key}"
 
 
 def _dnc_name(key: str) -> str:
@@ -57,7 +64,7 @@ def unblock(services: Services, key: str) -> bool:
     return True
 
 
-def report_holding(services: Services, verdict: Verdict) -> None:
+def report_holding(services: Services, verdict: Limit) -> None:
     """Tell /healthz (and the log) that the rate cap holds leads; written once per cap window."""
     current = services.store.get_meta(GUARD_META)
     if current and current.get("until") == verdict.retry_at.isoformat():
@@ -68,26 +75,14 @@ def report_holding(services: Services, verdict: Verdict) -> None:
     log.warning("spend guard: %s; leads are held until %s, not dropped", verdict.reason, verdict.retry_at.isoformat())
 
 
-def active(guards: GuardPolicy) -> bool:
-    """Whether any cap is configured (without one, leads skip the HELD step)."""
-    return any(
-        (
-            guards.calls_per_minute,
-            guards.calls_per_day,
-            guards.per_number_per_day,
-            guards.per_number_per_week,
-            guards.per_number_per_month,
-        )
-    )
-
-
 @dataclass(frozen=True)
-class Verdict:
-    """What admit() decided for one lead."""
+class Limit:
+    """A counter a new call is counted in, and what its lead becomes when the counter is full."""
 
-    status: Status
-    reason: str = ""
-    retry_at: datetime | None = None
+    counter: Counter
+    status: Status  # HELD (rate caps: the next window) or REJECTED (per-number caps)
+    reason: str
+    retry_at: datetime | None = None  # for HELD
 
 
 def _next_minute(now: datetime) -> datetime:
@@ -98,32 +93,30 @@ def _next_day(now: datetime) -> datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
 
 
-def admit(services: Services, record: LeadRecord, now: datetime) -> Verdict:
-    """Decide whether a rendered lead may be sent now (PENDING), later (HELD) or never (REJECTED)."""
-    guards, store = services.settings.policy.guards, services.store
-    if record.phone_key and is_blocked(services, record.phone_key):
-        return Verdict(Status.REJECTED, "on the do-not-call list")
-    if not active(guards):
-        return Verdict(Status.PENDING)
-    # Rate caps before per-number caps, so a held lead has used no per-number allowance; the minute
-    # before the day, so a lead held for the minute does not count twice towards the day.
-    minute = f"rate:minute:{now:%Y%m%d%H%M}"
-    if guards.calls_per_minute and not store.take(minute, guards.calls_per_minute, _next_minute(now), now):
+def _next_month(now: datetime) -> datetime:
+    first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (first + timedelta(days=32)).replace(day=1)
+
+
+def limits(guards: GuardPolicy, key: str | None, now: datetime) -> tuple[Limit, ...]:
+    """The counters a call to this phone placed now counts in, rate caps first (a full one holds the lead)."""
+    found = []
+    if guards.calls_per_minute:
         until = _next_minute(now)
-        return Verdict(Status.HELD, f"rate cap: {guards.calls_per_minute} new calls a minute reached", until)
-    if guards.calls_per_day and not store.take(f"rate:day:{now:%Y%m%d}", guards.calls_per_day, _next_day(now), now):
-        return Verdict(Status.HELD, f"rate cap: {guards.calls_per_day} new calls a day reached", _next_day(now))
+        reason = f"rate cap: {guards.calls_per_minute} new calls a minute reached"
+        counter = Counter(f"rate:minute:{now:%Y%m%d%H%M}", guards.calls_per_minute, until)
+        found.append(Limit(counter, Status.HELD, reason, until))
+    if guards.calls_per_day:
+        until = _next_day(now)
+        reason = f"rate cap: {guards.calls_per_day} new calls a day reached"
+        found.append(Limit(Counter(f"rate:day:{now:%Y%m%d}", guards.calls_per_day, until), Status.HELD, reason, until))
     caps = (
         (guards.per_number_per_day, "day", f"{now:%Y%m%d}", _next_day(now)),
         (guards.per_number_per_week, "week", f"{now:%G%V}", _next_day(now) + timedelta(days=7 - now.isoweekday())),
         (guards.per_number_per_month, "month", f"{now:%Y%m}", _next_month(now)),
     )
     for limit, period, bucket, expires in caps:
-        if limit and record.phone_key and not store.take(f"number:{record.phone_key}:{bucket}", limit, expires, now):
-            return Verdict(Status.REJECTED, f"per-number cap: {limit} call(s) a {period} already placed")
-    return Verdict(Status.PENDING)
-
-
-def _next_month(now: datetime) -> datetime:
-    first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return (first + timedelta(days=32)).replace(day=1)
+        if limit and key:
+            reason = f"per-number cap: {limit} call(s) a {period} already placed"
+            found.append(Limit(Counter(f"number:{key}:{bucket}", limit, expires), Status.REJECTED, reason))
+    return tuple(found)

@@ -32,14 +32,17 @@ _CONFIGURED: dict[str, Callable[[CrmSettings], Any]] = {
 }
 
 
-def app_services() -> Services:
-    """The Services of the app Zappa loaded (`app.app`)."""
-    from app import app
+_services: Services | None = None  # the app's, set by attach() when Zappa loads `app.app`
 
-    state = app.extensions["crm2calls"]
-    if state.services is None:
-        raise state.config_error
-    return state.services
+
+def app_services() -> Services:
+    """The Services of the app Zappa loaded; without one, built from the environment."""
+    global _services
+    if _services is None:
+        from crm2calls.config import load_settings
+
+        _services = Services(load_settings())
+    return _services
 
 
 def _time_budget(context: Any) -> float | None:
@@ -141,7 +144,10 @@ kick_delivery = Kicker(_start_pass)
 
 
 def attach(services: Services) -> None:
-    """Wire an app for Lambda: stored webhooks kick a delivery pass, and only redacted lines reach CloudWatch."""
+    """Wire an app for Lambda: its Services serve the tasks, stored webhooks kick a delivery pass, and only
+    redacted lines reach CloudWatch."""
+    global _services
+    _services = services
     services.notify = kick_delivery
     quiet_logging()
 

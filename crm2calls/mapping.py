@@ -8,7 +8,7 @@ from typing import Any
 
 from crm2calls.model import Lead, PhoneCandidate
 from crm2calls.phones import pick_phone
-from crm2calls.policy import Policy, SourcePolicy
+from crm2calls.policy import CallWindow, Policy, SourcePolicy
 from crm2calls.zones import plan_window, resolve_zones
 from schemas.phone_entry import validate_entry
 
@@ -107,7 +107,25 @@ def render_entry(lead: Lead, source: SourcePolicy, policy: Policy, received_at: 
             for key, intervals in plan.hours.items()
         },
         retryIntervalInMinutes=window.retry_interval_minutes,
-        maxAttempts=window.max_attempts,
+        maxAttempts=window.max_call_attempts,
         gmtZone=plan.zone,
     )
     return RenderedEntry(validate_entry(entry), phone, plan.zone, f"{zones_from}: {plan.reason}")
+
+
+def rewindow(entry: dict, window: CallWindow, now: datetime) -> dict:
+    """A frozen entry with a fresh calling window from `now` (an operator's retry), validated again.
+
+    The days, hours and zone stay as rendered for the lead; the span, retries and attempts follow the
+    call policy as it is now.
+    """
+    start = now.replace(microsecond=0)
+    return validate_entry(
+        {
+            **entry,
+            "startDateTime": start.isoformat(),
+            "finishDateTime": (start + timedelta(hours=window.call_within_hours)).isoformat(),
+            "retryIntervalInMinutes": window.retry_interval_minutes,
+            "maxAttempts": window.max_call_attempts,
+        }
+    )

@@ -9,7 +9,7 @@ from typing import Any
 
 
 class Status(StrEnum):
-    """Where a lead is in its life; README "Lead statuses" explains each one."""
+    """Where a lead is in its life; crm2calls/lifecycle.py owns the transitions, the README explains each."""
 
     RECEIVED = "received"  # stored; its phone must still be fetched from the CRM (enrichment)
     PENDING = "pending"  # the addPhones entry is rendered and frozen, waiting to be sent
@@ -19,9 +19,15 @@ class Status(StrEnum):
     DUPLICATE = "duplicate"  # the same person was already called within the duplicate window
     REJECTED = "rejected"  # cannot be called: no phone, invalid number, refused by the API
     FAILED = "failed"  # gave up after the attempt or age limit: the dead letter, kept for `leads retry`
+    EXPIRED = "expired"  # its calling window (finishDateTime) passed before it could be sent
+    DRY_RUN = "dry_run"  # a dry run logged its entry instead of sending it; `leads retry` sends it for real
 
 
-FINAL_STATUSES = frozenset({Status.SENT, Status.DUPLICATE, Status.REJECTED, Status.FAILED})
+# Statuses nothing moves on by itself (an operator's `leads retry` may). A lead is final when it is in
+# one of them and has no follow-up work left (LeadRecord.final): purge and the DynamoDB TTL read that.
+END_STATUSES = frozenset(
+    {Status.SENT, Status.DUPLICATE, Status.REJECTED, Status.FAILED, Status.EXPIRED, Status.DRY_RUN}
+)
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,19 @@ class LeadRecord:
     entry: str | None = None  # the addPhones entry as JSON, frozen when first rendered
     raw: str | None = None  # the event as JSON, kept only until the entry is rendered
     phone_masked: str | None = None
-    phone_key: str | None = None  # keyed hash of the normalised phone (duplicate window, do-not-call)
+    # SHA-256 of the normalised phone: a pseudonym for the duplicate window, caps and do-not-call list, not a
+    # secret (anyone holding the store can confirm a guessed number by hashing it); erased by `leads forget`
+    phone_key: str | None = None
     last_error: str | None = None
     job_id: str | None = None
     lease_owner: str | None = None
     lease_until: datetime | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # [{"at", "status", "note"}]
+    # Follow-up work after the send (polling the job, writing an outcome back, cancelling), each with
+    # its own due time: {"poll": datetime, ...}. next_attempt_at is the lead's own next step.
+    work: dict[str, datetime] = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        """Nothing is left to do for this lead: an end status and no follow-up work."""
+        return self.status in END_STATUSES and not self.work

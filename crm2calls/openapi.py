@@ -7,16 +7,12 @@ CRM is described the day it is registered. apispec is imported only when the des
 
 from __future__ import annotations
 
-import threading
 from typing import Any
-
-from flask import Response, current_app, jsonify
 
 from crm2calls.sources.base import FORM, JSON, Source
 
 TITLE = "crm2calls"
 API_VERSION = "1"
-_lock = threading.Lock()
 
 REQUEST_SCHEMAS: dict[str, dict[str, Any]] = {
     JSON: {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]},
@@ -40,20 +36,6 @@ ERRORS = {
     "415": "A content type this source does not take.",
     "503": "The lead store is unavailable: nothing was acknowledged, retry later.",
 }
-
-
-def serve_openapi() -> Response:
-    """GET /openapi.json: the description, built once per app (it builds every source)."""
-    with _lock:
-        spec = current_app.extensions.get("crm2calls.openapi")
-        if spec is None:
-            from crm2calls.sources import SOURCES
-            from crm2calls.web import services
-
-            svc = services()
-            spec = build_spec({name: svc.source(name) for name in sorted(SOURCES)})
-            current_app.extensions["crm2calls.openapi"] = spec
-    return jsonify(spec)
 
 
 def build_spec(sources: dict[str, Source]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ class CallWindow:
     days: tuple[str, ...]
     hours: dict[str, tuple[Interval, ...]]  # "default" and optional per-day keys
     retry_interval_minutes: int
-    max_attempts: int
+    max_call_attempts: int  # Aimylogic's maxAttempts: how often Aimylogic dials
     call_within_hours: int  # finishDateTime = arrival + this
 
     def intervals_for(self, day: str) -> tuple[Interval, ...]:
@@ -65,7 +65,7 @@ class DeliveryPolicy:
 
     batch_size: int = 100
     concurrency: int = 4
-    max_attempts: int = 50
+    max_send_attempts: int = 50  # addPhones attempts before a lead becomes "failed"
     max_age_hours: int = 72
     backoff_base_seconds: float = 5.0
     backoff_cap_seconds: float = 300.0

@@ -5,21 +5,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
 
 if TYPE_CHECKING:
+    from crm2calls.aimylogic import Dialer
     from crm2calls.sources.base import Source
     from crm2calls.store.base import LeadStore
-
-
-class Dialer(Protocol):
-    """What delivery needs from Aimylogic (AimylogicClient, or DryRunDialer without a token)."""
-
-    def add_phones(self, entries: list[dict]) -> list[str]:
-        """Send entries; return the job ids Aimylogic created."""
 
 
 @dataclass
@@ -53,7 +47,7 @@ class Services:
 
     @property
     def dialer(self) -> Dialer:
-        """The Aimylogic client, or the dry-run dialer when AIMYLOGIC_TOKEN is unset."""
+        """The Aimylogic client, or the dry-run dialer in a dry run (ConfigError without a token)."""
         with self._lock:
             if self._dialer is None:
                 if self.dialer_factory is not None:

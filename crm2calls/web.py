@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 from urllib.parse import quote
@@ -11,13 +12,12 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from crm2calls.errors import Crm2CallsError, RequestError, ServiceUnavailableError, UnusableLeadError
-from crm2calls.openapi import serve_openapi
 from crm2calls.services import Services
 from crm2calls.sources.base import Ack, InboundRequest, Source
 
 bp = Blueprint("webhooks", __name__)
-bp.add_url_rule("/openapi.json", "openapi", serve_openapi, methods=["GET"])
 log = logging.getLogger("crm2calls.web")
+_openapi_lock = threading.Lock()
 
 
 def services() -> Services:
@@ -66,6 +66,21 @@ def render(ack: Ack) -> Response:
         response.status_code = ack.status
     response.headers.update(ack.headers)
     return response
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI description, built once per app (it builds every source)."""
+    with _openapi_lock:
+        spec = current_app.extensions.get("crm2calls.openapi")
+        if spec is None:
+            from crm2calls.openapi import build_spec
+            from crm2calls.sources import SOURCES
+
+            svc = services()
+            spec = build_spec({name: svc.source(name) for name in sorted(SOURCES)})
+            current_app.extensions["crm2calls.openapi"] = spec
+    return jsonify(spec)
 
 
 @bp.get("/healthz")

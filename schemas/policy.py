@@ -7,7 +7,7 @@ from datetime import time
 from itertools import pairwise
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
 from crm2calls.policy import (
     WEEKDAYS,
@@ -74,8 +74,24 @@ def _fail(message: str) -> bool:
     raise ValidationError(message)
 
 
-class WindowOverrideSchema(Schema):
+class RenamedKeysSchema(Schema):
+    """A section whose keys a release renamed: the old key is refused with the new one's name."""
+
+    RENAMED: dict[str, str] = {}
+
+    @pre_load
+    def _refuse_renamed(self, data: Any, **kwargs: Any) -> Any:
+        if isinstance(data, dict):
+            errors = {old: [f"renamed: use {new}"] for old, new in self.RENAMED.items() if old in data}
+            if errors:
+                raise ValidationError(errors)
+        return data
+
+
+class WindowOverrideSchema(RenamedKeysSchema):
     """[calls] keys a source may override."""
+
+    RENAMED = {"max_attempts": "max_call_attempts (Aimylogic's maxAttempts: how often it dials)"}
 
     class Meta:
         unknown = RAISE
@@ -88,7 +104,7 @@ class WindowOverrideSchema(Schema):
     )
     hours = HoursField()
     retry_interval_minutes = fields.Integer(strict=True, validate=validate.Range(min=0))
-    max_attempts = fields.Integer(strict=True, validate=validate.Range(min=0))
+    max_call_attempts = fields.Integer(strict=True, validate=validate.Range(min=0))
     call_within_hours = fields.Integer(strict=True, validate=validate.Range(min=1, max=24 * 30))
 
     @validates_schema
@@ -110,7 +126,7 @@ class CallsSchema(WindowOverrideSchema):
     )
     hours = HoursField(load_default=lambda: {"default": [parse_interval("10:00-19:00")]})
     retry_interval_minutes = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=60)
-    max_attempts = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=3)
+    max_call_attempts = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=3)
     call_within_hours = fields.Integer(strict=True, validate=validate.Range(min=1, max=24 * 30), load_default=72)
     phone_preference = fields.List(fields.String(), load_default=lambda: ["mobile", "primary", "any"])
     default_zone = fields.String(load_default="Europe/Moscow")
@@ -155,17 +171,20 @@ class FieldMapSchema(Schema):
     city = fields.String(allow_none=True)
 
 
-class DeliverySchema(Schema):
+class DeliverySchema(RenamedKeysSchema):
     """[delivery]."""
+
+    RENAMED = {"max_attempts": "max_send_attempts (addPhones attempts before a lead fails)"}
 
     class Meta:
         unknown = RAISE
 
     batch_size = fields.Integer(strict=True, validate=validate.Range(min=1, max=1000))
     concurrency = fields.Integer(strict=True, validate=validate.Range(min=1, max=32))
-    max_attempts = fields.Integer(strict=True, validate=validate.Range(min=1))
+    max_send_attempts = fields.Integer(strict=True, validate=validate.Range(min=1))
     max_age_hours = fields.Integer(strict=True, validate=validate.Range(min=1))
-    backoff_base_seconds = fields.Float(validate=validate.Range(min=0))
+    # Above zero: a zero base would retry a failing send in a hot loop.
+    backoff_base_seconds = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
     backoff_cap_seconds = fields.Float(validate=validate.Range(min=1))
     lease_seconds = fields.Integer(strict=True, validate=validate.Range(min=10))
     poll_seconds = fields.Float(validate=validate.Range(min=0.05))
@@ -266,7 +285,7 @@ def _window(base: dict[str, Any], override: dict[str, Any]) -> CallWindow:
         days=days,
         hours=hours,
         retry_interval_minutes=merged["retry_interval_minutes"],
-        max_attempts=merged["max_attempts"],
+        max_call_attempts=merged["max_call_attempts"],
         call_within_hours=merged["call_within_hours"],
     )
 

@@ -23,6 +23,7 @@ CRM_FIELDS = frozenset(field.name for field in fields(CrmSettings))
 def pytest_configure(config):
     """`import app` builds the module-level app from the environment: give it a valid one."""
     os.environ.setdefault("WEBHOOK_SECRET", SECRET)
+    os.environ.setdefault("DRY_RUN", "1")
     os.environ.setdefault("LEADS_STORE", "sqlite:///build/test-default.db")
 
 
@@ -58,6 +59,7 @@ def settings(shipped_policy, tmp_path) -> Settings:
         policy=shipped_policy,
         webhook_secrets=(SECRET,),
         leads_store=f"sqlite:///{tmp_path / 'leads.db'}",
+        dry_run=True,
     )
 
 
@@ -115,7 +117,7 @@ def make_app(make_services, aimylogic):
     def make(**values):
         crm = CrmSettings(**{name: value for name, value in values.items() if name in CRM_FIELDS})
         others = {name: value for name, value in values.items() if name not in CRM_FIELDS}
-        services = make_services(crm=crm, aimylogic_url=aimylogic.url, aimylogic_token=TOKEN, **others)
+        services = make_services(crm=crm, aimylogic_url=aimylogic.url, aimylogic_token=TOKEN, dry_run=False, **others)
         return services, create_app(services=services).test_client()
 
     return make

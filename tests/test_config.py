@@ -131,7 +131,11 @@ def test_secrets_never_appear_in_repr(clean_env):
         ("repeated_day.toml", "repeated_day.toml: calls.days: list each day once"),
         ("bad_zone.toml", 'bad_zone.toml: calls.default_zone: "Europe/Atlantis" is not an IANA zone id'),
         ("night_calls.toml", "night_calls.toml: calls.hours: default 07:00-22:00 is outside the safe hours"),
-        ("negative_attempts.toml", "negative_attempts.toml: calls.max_attempts: Must be greater than or equal to 0"),
+        ("negative_attempts.toml", "negative_attempts.toml: calls.max_call_attempts: Must be greater than or equal"),
+        ("renamed_call_attempts.toml", "calls.max_attempts: renamed: use max_call_attempts"),
+        ("renamed_send_attempts.toml", "delivery.max_attempts: renamed: use max_send_attempts"),
+        ("renamed_source_attempts.toml", "sources.site.calls.max_attempts: renamed: use max_call_attempts"),
+        ("zero_backoff.toml", "zero_backoff.toml: delivery.backoff_base_seconds: Must be greater than 0"),
         ("string_batch.toml", "string_batch.toml: delivery.batch_size: Not a valid integer."),
         ("bad_city_zone.toml", 'bad_city_zone.toml: zones.cities.Тверь: "Moscow" is not an IANA zone id'),
         ("source_window_typo.toml", "source_window_typo.toml: sources.generic.calls.hourz: Unknown field."),
@@ -156,10 +160,10 @@ def test_night_calls_are_allowed_only_when_explicitly_overridden():
 def test_source_overrides_inherit_the_rest_of_the_window():
     policy = load_policy(FIXTURES / "config" / "source_override.toml", "RU")
     hubspot, generic = policy.source("hubspot"), policy.source("generic")
-    assert hubspot.region == "US" and hubspot.window.max_attempts == 5
+    assert hubspot.region == "US" and hubspot.window.max_call_attempts == 5
     assert hubspot.window.days == ("mon", "tue", "wed", "thu", "fri")
     assert hubspot.window.retry_interval_minutes == generic.window.retry_interval_minutes == 60
-    assert generic.window.max_attempts == 3
+    assert generic.window.max_call_attempts == 3
 
 
 def test_days_outside_allowed_days_are_dropped_from_hours():

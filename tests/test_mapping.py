@@ -245,7 +245,7 @@ def test_finish_is_arrival_plus_call_within_hours():
 
 
 def test_source_window_settings_reach_the_entry():
-    data = {"sources": {"site": {"calls": {"retry_interval_minutes": 15, "max_attempts": 0, "days": ["sat"]}}}}
+    data = {"sources": {"site": {"calls": {"retry_interval_minutes": 15, "max_call_attempts": 0, "days": ["sat"]}}}}
     entry = render(lead(MOBILE, zone="Europe/Moscow"), data).entry
     assert (entry["retryIntervalInMinutes"], entry["maxAttempts"], entry["allowedDays"]) == (15, 0, ["sat"])
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from crm2calls.errors import StoreError
-from crm2calls.model import FINAL_STATUSES, LeadRecord, Status
+from crm2calls.model import END_STATUSES, LeadRecord, Status
 from crm2calls.store import open_store
-from crm2calls.store.base import SCHEMA_VERSION, LeadStore
+from crm2calls.store.base import SCHEMA_VERSION, ClaimRefusedError, Claims, Counter, LeadStore
 from tests.servers import aws_env, moto_endpoint  # noqa: F401  (fixtures)
 
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
@@ -168,6 +168,7 @@ def test_every_field_round_trips_through_insert_get_and_update(store: LeadStore)
         "lease_owner": "worker-a",
         "lease_until": datetime(2025, 3, 3, 9, 7, tzinfo=UTC),
         "history": [{"at": "2025-03-03T09:00:00+00:00", "status": "pending", "note": "rendered"}, {"n": [1, None]}],
+        "work": {"poll": datetime(2025, 3, 3, 9, 6, tzinfo=UTC)},
     }
     assert set(values) == {f.name for f in fields(LeadRecord)}  # a new field must be added here
     full = LeadRecord(**values)
@@ -191,6 +192,7 @@ def test_every_field_round_trips_through_insert_get_and_update(store: LeadStore)
         lease_owner=None,
         lease_until=None,
         history=[*full.history, {"at": "2025-03-03T09:10:00+00:00", "status": "sent", "note": ""}],
+        work={},
     )
     assert store.update(changed, owner="worker-a") is True
     assert store.get("lead-full") == changed
@@ -294,43 +296,118 @@ def test_update_of_a_missing_lead_is_false(store: LeadStore) -> None:
     assert store.get("lead-1") is None
 
 
-# Phone claims
+# Claims: the one-person-one-call slot and the guard counters, written with their lead or not at all
+
+SLOT = "default:phone-1"
+DAY = timedelta(hours=24)
 
 
-def test_claim_phone_holds_one_lead_per_window(store: LeadStore) -> None:
-    window = timedelta(hours=24)
-    assert store.claim_phone("phone-1", "lead-a", T0, window) is None
-    assert store.claim_phone("phone-1", "lead-b", T0 + window - timedelta(microseconds=1), window) == "lead-a"
-    assert store.claim_phone("phone-2", "lead-b", T0, window) is None  # another phone
-    assert store.claim_phone("phone-1", "lead-a", T0 + MIN, window) is None  # the holder again: idempotent
-    # ... and it did not move the window: at its end another lead takes the slot
-    assert store.claim_phone("phone-1", "lead-b", T0 + window, window) is None
-    assert store.claim_phone("phone-1", "lead-a", T0 + window, window) == "lead-b"
+def slot_claim(slot: str = SLOT, window: timedelta = DAY) -> Claims:
+    return Claims(slot=slot, window=window)
 
 
-def test_release_phone_frees_the_slot_only_for_its_holder(store: LeadStore) -> None:
-    window = timedelta(hours=24)
-    store.claim_phone("phone-1", "lead-a", T0, window)
-    store.release_phone("phone-1", "lead-b")
-    assert store.claim_phone("phone-1", "lead-c", T0, window) == "lead-a"
-    store.release_phone("phone-1", "lead-a")
-    assert store.claim_phone("phone-1", "lead-c", T0, window) is None
-    store.release_phone("phone-9", "lead-a")  # nothing held: no error
+def test_a_slot_holds_one_lead_per_window_and_a_refused_lead_is_not_stored(store: LeadStore) -> None:
+    store.insert(lead(1), slot_claim())
+    with pytest.raises(ClaimRefusedError) as refused:
+        store.insert(lead(2, at=T0 + DAY - timedelta(microseconds=1)), slot_claim())
+    assert (refused.value.claim, refused.value.holder) == (SLOT, "amocrm:event-1")
+    assert store.get("lead-2") is None and store.find("amocrm:event-2") is None  # no lead, no key
+    store.insert(lead(3), slot_claim("default:phone-2"))  # another phone
+    store.insert(lead(4, at=T0 + DAY), slot_claim())  # the window is over: the slot is free again
+    with pytest.raises(ClaimRefusedError) as refused:
+        store.insert(lead(5, at=T0 + DAY), slot_claim())
+    assert refused.value.holder == "amocrm:event-4"
 
 
-# Counters
+def test_the_holder_takes_its_own_slot_again(store: LeadStore) -> None:
+    record, _ = store.insert(lead(1), slot_claim())
+    assert store.update(replace(record, updated_at=T0 + MIN, status=Status.HELD), None, slot_claim()) is True
+    with pytest.raises(ClaimRefusedError):
+        store.insert(lead(2, at=T0 + MIN), slot_claim())
 
 
-def test_take_stops_at_the_limit_and_starts_again_after_expiry(store: LeadStore) -> None:
-    end = T0 + MIN
-    assert [store.take("calls:minute", 3, end, T0) for _ in range(4)] == [True, True, True, False]
-    assert store.take("calls:minute", 3, end, end - timedelta(seconds=1)) is False
-    assert store.take("calls:other", 3, end, T0) is True  # counters are independent
-    assert [store.take("calls:minute", 3, end + MIN, end) for _ in range(4)] == [True, True, True, False]
+def test_a_known_key_is_answered_before_any_claim(store: LeadStore) -> None:
+    store.insert(lead(1), slot_claim())
+    stored, created = store.insert(lead(2, key=lead(1).key), slot_claim("default:other"))
+    assert (stored.id, created) == ("lead-1", False)
+    store.insert(lead(3), slot_claim("default:other"))  # the known key took nothing
 
 
-def test_take_with_limit_zero_is_refused(store: LeadStore) -> None:
-    assert store.take("calls:day", 0, T0 + MIN, T0) is False
+def test_release_gives_the_slot_back_only_for_its_holder(store: LeadStore) -> None:
+    first, _ = store.insert(lead(1), slot_claim())
+    other, _ = store.insert(lead(2), Claims())
+    store.update(replace(other, status=Status.REJECTED), None, Claims(release=SLOT))  # not its slot
+    with pytest.raises(ClaimRefusedError):
+        store.insert(lead(3), slot_claim())
+    store.update(replace(first, status=Status.REJECTED), None, Claims(release=SLOT))
+    store.insert(lead(3), slot_claim())
+    store.update(replace(other, status=Status.FAILED), None, Claims(release="default:nobody"))  # nothing held: fine
+
+
+def test_counters_stop_at_their_limit_and_a_refused_write_takes_no_claim(store: LeadStore) -> None:
+    minute = Counter("rate:minute:202503030900", 2, T0 + MIN)
+    for n in (1, 2):
+        store.insert(lead(n), Claims(counters=(minute,)))
+    with pytest.raises(ClaimRefusedError) as refused:
+        store.insert(lead(3), Claims(slot="default:phone-3", window=DAY, counters=(minute,)))
+    assert refused.value.claim == minute.name
+    assert store.get("lead-3") is None
+    store.insert(lead(4), Claims(slot="default:phone-3", window=DAY))  # the refused write did not take the slot
+    other = Counter("rate:minute:202503030901", 2, T0 + 2 * MIN)
+    store.insert(lead(5), Claims(counters=(other,)))  # counters are independent
+    bigger = Counter(minute.name, 3, minute.expires_at)
+    store.insert(lead(6), Claims(counters=(bigger,)))  # the refusal did not count: 2 of 3 before this one
+    with pytest.raises(ClaimRefusedError):
+        store.insert(lead(7), Claims(counters=(bigger,)))
+
+
+def test_an_update_refused_by_a_counter_changes_nothing(store: LeadStore) -> None:
+    full = Counter("number:k:20250303", 1, T0 + DAY)
+    store.insert(lead(1), Claims(counters=(full,)))
+    held, _ = store.insert(lead(2, status=Status.HELD))
+    with pytest.raises(ClaimRefusedError):
+        store.update(replace(held, status=Status.PENDING, attempts=1), None, Claims(counters=(full,)))
+    assert store.get("lead-2") == held
+
+
+def test_an_update_by_a_stale_owner_takes_no_claim(store: LeadStore) -> None:
+    store.insert(lead(1, status=Status.HELD))
+    [record] = store.claim(Status.HELD, T0, 60, 1, "worker-a")
+    assert store.update(replace(record, status=Status.PENDING), "worker-b", slot_claim()) is False
+    store.insert(lead(2), slot_claim())  # the slot was not taken
+
+
+def test_a_counter_at_zero_refuses(store: LeadStore) -> None:
+    with pytest.raises(ClaimRefusedError):
+        store.insert(lead(1), Claims(counters=(Counter("rate:day:20250303", 0, T0 + DAY),)))
+
+
+# Leases and job ids
+
+
+def test_renew_extends_only_the_owners_leases(store: LeadStore) -> None:
+    for n in (1, 2):
+        store.insert(lead(n))
+    store.claim(Status.PENDING, T0, 60, 1, "worker-a")  # lead-1
+    store.claim(Status.PENDING, T0, 60, 1, "worker-b")  # lead-2
+    assert store.renew(["lead-1", "lead-2", "lead-9"], "worker-a", T0 + 5 * MIN) == {"lead-1"}
+    assert store.get("lead-1").lease_until == T0 + 5 * MIN
+    assert store.get("lead-2").lease_until == T0 + MIN
+    assert store.renew([], "worker-a", T0) == set()
+
+
+def test_record_job_keeps_the_first_job_id(store: LeadStore) -> None:
+    store.insert(lead(1))
+    [mine] = store.claim(Status.PENDING, T0, 60, 1, "worker-a")
+    [theirs] = store.claim(Status.PENDING, T0 + 2 * MIN, 60, 1, "worker-b")  # worker-a's lease ran out
+    sent = replace(mine, status=Status.SENT, job_id="job-a", lease_owner=None, lease_until=None)
+    assert store.update(sent, "worker-a") is False
+    assert store.record_job(sent) is True  # the job id Aimylogic gave is kept
+    assert store.get("lead-1").job_id == "job-a"
+    again = replace(theirs, status=Status.SENT, job_id="job-b", lease_owner=None, lease_until=None)
+    assert store.update(again, "worker-b") is False  # worker-a's record dropped worker-b's lease
+    assert store.record_job(again) is False
+    assert store.get("lead-1").job_id == "job-a"
 
 
 # Meta
@@ -352,8 +429,13 @@ def test_meta_put_get_delete(store: LeadStore) -> None:
 
 def test_purge_removes_old_final_leads_and_frees_their_keys(store: LeadStore) -> None:
     cutoff = T0 + 60 * MIN
-    old_final = [lead(i, status=status) for i, status in enumerate(sorted(FINAL_STATUSES))]
-    kept = [lead(10, status=Status.PENDING), lead(11, status=Status.HELD), lead(12, status=Status.SENT, at=cutoff)]
+    old_final = [lead(i, status=status) for i, status in enumerate(sorted(END_STATUSES))]
+    kept = [
+        lead(10, status=Status.PENDING),
+        lead(11, status=Status.HELD),
+        lead(12, status=Status.SENT, at=cutoff),
+        lead(13, status=Status.SENT, work={"poll": T0 + DAY}),  # sent, but its job is still followed
+    ]
     for record in [*old_final, *kept]:
         store.insert(record)
 
@@ -364,16 +446,23 @@ def test_purge_removes_old_final_leads_and_frees_their_keys(store: LeadStore) ->
     assert (stored.id, created) == ("lead-20", True)
 
 
-def test_forget_erases_every_lead_and_claim_of_a_phone(store: LeadStore) -> None:
-    store.insert(lead(1, phone_key="phone-1"))
-    store.insert(lead(2, status=Status.SENT, phone_key="phone-1"))
-    store.insert(lead(3, phone_key="phone-2"))
-    store.claim_phone("phone-1", "lead-1", T0, timedelta(hours=24))
+def test_forget_erases_every_lead_slot_and_counter_of_a_phone_but_its_do_not_call_entry(store: LeadStore) -> None:
+    day = Counter("number:phone-1:20250303", 1, T0 + DAY)
+    store.insert(lead(1, phone_key="phone-1"), Claims(slot="default:phone-1", window=DAY, counters=(day,)))
+    store.insert(lead(2, status=Status.SENT, phone_key="phone-1"), Claims(slot="renewals:phone-1", window=DAY))
+    store.insert(lead(3, phone_key="phone-2"), Claims(slot="default:phone-2", window=DAY))
+    store.put_meta("dnc:phone-1", {"since": T0.isoformat()})
 
     assert store.forget("phone-1") == 2
     assert [r.id for r in store.list()] == ["lead-3"]
-    assert store.claim_phone("phone-1", "lead-9", T0, timedelta(hours=24)) is None
-    assert store.forget("phone-1") == 0
+    assert store.find("amocrm:event-1") is None
+    # The same person's next lead is a new lead: no slot in any campaign, no count left.
+    store.insert(lead(4, phone_key="phone-1"), Claims(slot="default:phone-1", window=DAY, counters=(day,)))
+    store.insert(lead(5, phone_key="phone-1"), Claims(slot="renewals:phone-1", window=DAY))
+    with pytest.raises(ClaimRefusedError):
+        store.insert(lead(6), Claims(slot="default:phone-2", window=DAY))  # another phone's slot stays
+    assert store.get_meta("dnc:phone-1") == {"since": T0.isoformat()}
+    assert store.forget("phone-1") == 2
 
 
 # Listing
@@ -431,6 +520,57 @@ def test_migrate_refuses_a_newer_schema(backend: Backend, store: LeadStore) -> N
 def test_an_unmigrated_store_fails_with_store_error(backend: Backend) -> None:
     with pytest.raises(StoreError):
         backend.open().get("lead-1")
+
+
+# Upgrades
+
+V1_SLOT = "0123456789abcdef:" + "a" * 64  # v1 named a slot by a hash of the campaign token
+
+
+def test_sqlite_v1_store_upgrades_its_final_leads_and_slots(tmp_path: Any) -> None:
+    from crm2calls.store.records import to_row
+    from crm2calls.store.sqlite import _create_v1
+
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:
+        _create_v1(conn)
+        conn.execute("PRAGMA user_version = 1")
+        for record in (lead(1, status=Status.SENT), lead(2)):
+            row = {name: value for name, value in to_row(record).items() if name not in ("work", "final")}
+            sql = f"INSERT INTO leads ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})"  # noqa: S608
+            conn.execute(sql, list(row.values()))
+        claimed_at = "2025-03-03T09:00:00.000000+00:00"
+        conn.execute("INSERT INTO phone_claims VALUES (?, ?, ?)", (V1_SLOT, "amocrm:event-1", claimed_at))
+    store = open_store(f"sqlite:///{path}")
+    store.migrate()
+    assert store.get("lead-1") == lead(1, status=Status.SENT)
+    assert store.purge(T0 + MIN) == 1  # the sent lead is final
+    with pytest.raises(ClaimRefusedError):  # the slot survived the upgrade under the campaign's name
+        store.insert(lead(3), slot_claim("default:" + "a" * 64))
+
+
+def test_dynamodb_v1_table_upgrades_its_final_leads_and_slots(backend: Backend, store: LeadStore) -> None:
+    if backend.name != "dynamodb":
+        pytest.skip("the DynamoDB upgrade")
+    import boto3
+
+    client = boto3.client("dynamodb")
+    store.insert(lead(1, status=Status.SENT))
+    client.update_item(TableName=store.table, Key={"pk": {"S": "LEAD#lead-1"}}, UpdateExpression="REMOVE final")
+    client.put_item(
+        TableName=store.table,
+        Item={
+            "pk": {"S": f"PHONE#{V1_SLOT}"},
+            "lead_id": {"S": "amocrm:event-1"},
+            "claimed_at": {"S": "2025-03-03T09:00:00.000000+00:00"},
+        },
+    )
+    backend.set_schema_version(1)
+    upgraded = backend.open()
+    upgraded.migrate()
+    assert upgraded.purge(T0 + MIN) == 1
+    with pytest.raises(ClaimRefusedError):
+        upgraded.insert(lead(3), slot_claim("default:" + "a" * 64))
 
 
 # SQLite only
@@ -513,12 +653,13 @@ def test_dynamodb_keys_counters_and_final_leads_expire_by_ttl(aws_env: str) -> N
         item = client.get_item(TableName=store.table, Key={"pk": {"S": pk}})["Item"]
         return int(item["expires_at"]["N"]) if "expires_at" in item else None
 
-    record, _ = store.insert(lead(1))
-    store.take("calls:minute", 5, T0 + MIN, T0)
+    record, _ = store.insert(lead(1), Claims(counters=(Counter("rate:minute:202503030900", 5, T0 + MIN),)))
     assert expires(f"KEY#{record.key}") == int((T0 + KEY_TTL).timestamp())
-    assert expires("COUNTER#calls:minute") == int((T0 + MIN).timestamp())
+    assert expires("COUNTER#rate:minute:202503030900") == int((T0 + MIN).timestamp())
     assert expires("LEAD#lead-1") is None  # pending leads never expire
     store.update(replace(record, status=Status.SENT, updated_at=T0 + MIN), owner=None)
     assert expires("LEAD#lead-1") == int((T0 + MIN + timedelta(days=30)).timestamp())
     store.update(replace(record, status=Status.PENDING, updated_at=T0 + 2 * MIN), owner=None)  # `leads retry`
+    assert expires("LEAD#lead-1") is None
+    store.update(replace(record, status=Status.SENT, work={"poll": T0 + DAY}), owner=None)  # followed: not final
     assert expires("LEAD#lead-1") is None

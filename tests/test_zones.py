@@ -35,7 +35,7 @@ def window(hours: dict[str, list[str]], days: tuple[str, ...] = WEEKDAYS[:5]) ->
         days=days,
         hours={key: tuple(iv(t) for t in value) for key, value in hours.items()},
         retry_interval_minutes=60,
-        max_attempts=3,
+        max_call_attempts=3,
         call_within_hours=72,
     )
 

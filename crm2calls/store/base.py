@@ -2,13 +2,58 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from crm2calls.errors import Crm2CallsError
 from crm2calls.model import LeadRecord, Status
 
 KEY_TTL = timedelta(days=8)  # CRMs retry for up to 3 days; keys must outlive that by a margin
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Counter:
+    """One guard counter to add one to, unless it has reached `limit`.
+
+    Names carry their window ("rate:minute:202611260905"), so a window's counter is never reused;
+    expires_at only tells the store when it may forget it.
+    """
+
+    name: str
+    limit: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a write takes or gives back together with the lead, in the same transaction.
+
+    slot: the one-person-one-call slot to take, held by the lead's idempotency key for `window`;
+    counters: guard counters to count the lead in; release: a slot the lead gives back.
+    """
+
+    slot: str | None = None
+    window: timedelta = timedelta(0)
+    counters: tuple[Counter, ...] = ()
+    release: str | None = None
+
+
+NO_CLAIMS = Claims()
+
+
+class ClaimRefusedError(Crm2CallsError):
+    """A claim of a write was refused (slot held by another lead, counter at its limit); nothing was written.
+
+    Not retryable as it is: the caller decides what the lead becomes (duplicate, held, rejected) and
+    writes that instead.
+    """
+
+    def __init__(self, claim: str, holder: str | None = None):
+        super().__init__(f"claim refused: {claim}")
+        self.claim = claim  # the slot's or the counter's name
+        self.holder = holder  # for a slot: the idempotency key of the lead that holds it
 
 
 class LeadStore(Protocol):
@@ -17,8 +62,12 @@ class LeadStore(Protocol):
     def migrate(self) -> None:
         """Create or upgrade the schema to SCHEMA_VERSION, keeping existing data; idempotent."""
 
-    def insert(self, record: LeadRecord) -> tuple[LeadRecord, bool]:
-        """Insert unless a lead with the same key exists: (stored record, created?). Atomic."""
+    def insert(self, record: LeadRecord, claims: Claims = NO_CLAIMS) -> tuple[LeadRecord, bool]:
+        """Insert the lead, its key and its claims in one transaction, unless its key exists.
+
+        Returns (stored record, created?); an existing key wins before any claim is looked at.
+        ClaimRefusedError when a claim is refused: then nothing is written.
+        """
 
     def get(self, lead_id: str) -> LeadRecord | None:
         """One lead by our id."""
@@ -33,8 +82,21 @@ class LeadStore(Protocol):
         whose lease expired (a worker died) and sets status SENDING. No lead goes to two owners.
         """
 
-    def update(self, record: LeadRecord, owner: str | None) -> bool:
-        """Write the record's mutable fields if `owner` still holds its lease (None: unconditional)."""
+    def renew(self, lead_ids: list[str], owner: str, until: datetime) -> set[str]:
+        """Extend `owner`'s leases on these leads to `until`; return the ids it still holds."""
+
+    def update(self, record: LeadRecord, owner: str | None, claims: Claims = NO_CLAIMS) -> bool:
+        """Write the record's mutable fields and its claims in one transaction.
+
+        Only if `owner` still holds its lease (None: unconditionally); False when it does not.
+        ClaimRefusedError when a claim is refused: then nothing is written.
+        """
+
+    def record_job(self, record: LeadRecord) -> bool:
+        """Write a sent lead whose lease was lost, unless a job id is recorded for it already.
+
+        A job id Aimylogic gave is never thrown away; the first one recorded stands.
+        """
 
     def list(
         self, status: Status | None = None, source: str | None = None, since: datetime | None = None, limit: int = 100
@@ -44,18 +106,6 @@ class LeadStore(Protocol):
     def count_by_status(self) -> dict[str, int]:
         """How many leads are in each status (for /healthz and `leads list`)."""
 
-    def claim_phone(self, phone_key: str, lead_id: str, now: datetime, window: timedelta) -> str | None:
-        """Take the one-person-one-call slot: None if `lead_id` now holds it, else the holder's id."""
-
-    def release_phone(self, phone_key: str, lead_id: str) -> None:
-        """Give the slot back (the lead was rejected or failed), only if `lead_id` holds it."""
-
-    def take(self, counter: str, limit: int, expires_at: datetime, now: datetime) -> bool:
-        """Add one to a counter unless it is at `limit`: the rate and per-number guards.
-
-        A counter whose expires_at <= now is over: it starts again at one, expiring at `expires_at`.
-        """
-
     def get_meta(self, name: str) -> dict[str, Any] | None:
         """A small named document (campaign pause, block list entries, ...)."""
 
@@ -63,7 +113,7 @@ class LeadStore(Protocol):
         """Write (or, with None, delete) a named document."""
 
     def purge(self, before: datetime) -> int:
-        """Delete leads in a final status created before `before`; return how many."""
+        """Delete final leads (end status, no work left) created before `before`, and their keys; return how many."""
 
     def forget(self, phone_key: str) -> int:
-        """Erase every lead and claim that holds this phone; return how many leads."""
+        """Erase every trace of this phone but its do-not-call entry (leads, keys, slots, counters); count the leads."""

@@ -1,10 +1,12 @@
 """The DynamoDB lead store: one on-demand table, for Lambda. boto3 finds the endpoint (AWS_ENDPOINT_URL) itself.
 
 Items, all under one string hash key `pk`:
-  LEAD#{id}         a lead: its fields as S/N attributes (None fields absent); expires_at once final
+  LEAD#{id}         a lead: its fields as S/N attributes (None fields absent), final 0/1; expires_at once final
   KEY#{key}         the idempotency key -> lead_id, written in one transaction with its lead; expires_at
-  PHONE#{phone_key} the one-person-one-call slot: lead_id, claimed_at; expires_at = end of the window
-  COUNTER#{name}    a guard counter: value, expires_at
+  PHONE#{slot}      a one-person-one-call slot ("{campaign}:{phone_key}"): lead_id (the holder's key),
+                    claimed_at; expires_at = end of the window; taken in the transaction that writes its lead
+  COUNTER#{name}    a guard counter (its name carries its window): value, expires_at; counted in the
+                    transaction that writes its lead
   META#{name}       a small JSON document
   SCHEMA            the schema version
 The `due` index (status, next_attempt_at) holds only leads with a next_attempt_at: the work to claim.
@@ -21,13 +23,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from crm2calls.errors import StoreError
-from crm2calls.model import FINAL_STATUSES, LeadRecord, Status
-from crm2calls.store.base import KEY_TTL, SCHEMA_VERSION
-from crm2calls.store.records import MUTABLE_FIELDS, Row, from_row, iso, to_row
+from crm2calls.model import END_STATUSES, LeadRecord, Status
+from crm2calls.store.base import KEY_TTL, NO_CLAIMS, SCHEMA_VERSION, ClaimRefusedError, Claims
+from crm2calls.store.records import MUTABLE_COLUMNS, Row, from_row, iso, to_row
 
 DUE_INDEX = "due"
 FINAL_RETENTION = timedelta(days=90)  # TTL of a lead once final; `leads purge` may remove it sooner
@@ -179,6 +182,34 @@ class DynamoDBStore:
                 TableName=self.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
             )
 
+    def _v2_final(self) -> None:
+        """Mark leads final (v1 read final from the status), and name slots by campaign instead of by token."""
+        ends = {status.value for status in END_STATUSES}
+        for item in self._scan_leads({}, projection=("pk", "status")):
+            self._client.update_item(
+                TableName=self.table,
+                Key={"pk": item["pk"]},
+                UpdateExpression="SET final = if_not_exists(final, :final)",
+                ExpressionAttributeValues={":final": {"N": "1" if item["status"]["S"] in ends else "0"}},
+            )
+        scan: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :phone)",
+            "ExpressionAttributeValues": {":phone": {"S": "PHONE#"}},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self._client.scan(**scan)
+            for item in page["Items"]:
+                name = item["pk"]["S"][len("PHONE#") :]
+                if len(name) == 81 and name[16] == ":":  # v1: "<16 hex of the token's hash>:<phone key>"
+                    renamed = {**item, "pk": {"S": f"PHONE#default:{name[17:]}"}}
+                    self._client.put_item(TableName=self.table, Item=renamed)
+                    self._client.delete_item(TableName=self.table, Key={"pk": item["pk"]})
+            if "LastEvaluatedKey" not in page:
+                return
+            scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     # Leads
 
     @staticmethod
@@ -186,15 +217,15 @@ class DynamoDBStore:
         return {"pk": {"S": pk}}
 
     def _lead_values(self, row: Row) -> dict[str, str | int | None]:
-        """The lead's row plus expires_at: final leads expire after the retention."""
+        """The lead's row plus expires_at: final leads (no work left) expire after the retention."""
         expires = None
-        if Status(row["status"]) in FINAL_STATUSES:
+        if row["final"]:
             expires = _epoch(datetime.fromisoformat(str(row["updated_at"])) + self.retention)
         return {**row, "expires_at": expires}
 
     @_store_errors
-    def insert(self, record: LeadRecord) -> tuple[LeadRecord, bool]:
-        """Insert unless a lead with the same key exists: (stored record, created?). Atomic."""
+    def insert(self, record: LeadRecord, claims: Claims = NO_CLAIMS) -> tuple[LeadRecord, bool]:
+        """Insert the lead, its key and its claims in one transaction, unless its key exists."""
         row = to_row(record)
         lead = _encode({"pk": f"LEAD#{record.id}", **self._lead_values(row)})
         expires = _epoch(record.created_at + KEY_TTL)
@@ -203,15 +234,86 @@ class DynamoDBStore:
             {"Put": {"TableName": self.table, "Item": key, "ConditionExpression": "attribute_not_exists(pk)"}},
             {"Put": {"TableName": self.table, "Item": lead, "ConditionExpression": "attribute_not_exists(pk)"}},
         ]
-        failed = self._transact(items)
+        claim_items, names = self._claim_items(record, replace(claims, release=None))  # a new lead holds no slot
+        failed = self._transact(items + claim_items)
         if not failed:
             return from_row(row), True
-        if failed[0] != "ConditionalCheckFailed":
+        if failed[0] == "ConditionalCheckFailed":  # the key exists: the first event stands, claims unseen
+            existing = self.find(record.key)
+            if existing is None:
+                raise StoreError("dynamodb store: an idempotency key points to a missing lead")
+            return existing, False
+        if failed[1] == "ConditionalCheckFailed":
             raise StoreError("dynamodb store: a lead with this id exists under another key")
-        existing = self.find(record.key)
-        if existing is None:
-            raise StoreError("dynamodb store: an idempotency key points to a missing lead")
-        return existing, False
+        self._refused(failed[2:], names)
+        raise AssertionError("unreachable")
+
+    def _claim_items(self, record: LeadRecord, claims: Claims) -> tuple[list[dict[str, Any]], list[str]]:
+        """Transaction items for claims, and the claim name each stands for (for ClaimRefusedError)."""
+        now = record.updated_at
+        items: list[dict[str, Any]] = []
+        names: list[str] = []
+        if claims.release:
+            items.append(
+                {
+                    "Delete": {
+                        "TableName": self.table,
+                        "Key": self._key(f"PHONE#{claims.release}"),
+                        "ConditionExpression": "attribute_not_exists(pk) OR lead_id = :holder",
+                        "ExpressionAttributeValues": {":holder": {"S": record.key}},
+                    }
+                }
+            )
+            names.append(claims.release)
+        if claims.slot:
+            slot = {"pk": f"PHONE#{claims.slot}", "lead_id": record.key, "claimed_at": iso(now)}
+            items.append(
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": _encode({**slot, "expires_at": _epoch(now + claims.window)}),
+                        "ConditionExpression": "attribute_not_exists(pk) OR claimed_at <= :cutoff OR lead_id = :me",
+                        "ExpressionAttributeValues": {
+                            ":cutoff": {"S": iso(now - claims.window)},
+                            ":me": {"S": record.key},
+                        },
+                    }
+                }
+            )
+            names.append(claims.slot)
+        for counter in claims.counters:
+            if counter.limit < 1:
+                raise ClaimRefusedError(counter.name)
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self.table,
+                        "Key": self._key(f"COUNTER#{counter.name}"),
+                        "UpdateExpression": "SET expires_at = :expires ADD #value :one",
+                        "ConditionExpression": "attribute_not_exists(pk) OR #value < :limit",
+                        "ExpressionAttributeNames": {"#value": "value"},
+                        "ExpressionAttributeValues": {
+                            ":one": {"N": "1"},
+                            ":limit": {"N": str(counter.limit)},
+                            ":expires": {"N": str(_epoch(counter.expires_at))},
+                        },
+                    }
+                }
+            )
+            names.append(counter.name)
+        return items, names
+
+    def _slot_holder(self, slot: str) -> str | None:
+        found = self._client.get_item(TableName=self.table, Key=self._key(f"PHONE#{slot}"), ConsistentRead=True)
+        return found.get("Item", {}).get("lead_id", {}).get("S")
+
+    def _refused(self, codes: list[str], names: list[str]) -> None:
+        """Raise ClaimRefusedError for the first claim whose condition failed."""
+        for code, name in zip(codes, names, strict=False):
+            if code == "ConditionalCheckFailed":
+                is_slot = not name.startswith(("rate:", "number:"))
+                raise ClaimRefusedError(name, self._slot_holder(name) if is_slot else None)
+        raise StoreError(f"dynamodb store: a transaction was cancelled ({', '.join(codes)})")
 
     def _transact(self, items: list[dict[str, Any]]) -> list[str]:
         """Run a write transaction: [] if done, else each item's cancellation code ("None" for no fault)."""
@@ -321,31 +423,74 @@ class DynamoDBStore:
         return from_row(_decode(updated["Attributes"]))
 
     @_store_errors
-    def update(self, record: LeadRecord, owner: str | None) -> bool:
-        """Write the record's mutable fields if `owner` still holds its lease (None: unconditional)."""
-        values = self._lead_values(to_row(record))
-        names, encoded, sets, removes = {}, {}, [], []
-        for i, name in enumerate((*MUTABLE_FIELDS, "expires_at")):
+    def renew(self, lead_ids: list[str], owner: str, until: datetime) -> set[str]:
+        """Extend `owner`'s leases on these leads to `until`; return the ids it still holds."""
+        held = set()
+        for lead_id in lead_ids:
+            try:
+                self._client.update_item(
+                    TableName=self.table,
+                    Key=self._key(f"LEAD#{lead_id}"),
+                    UpdateExpression="SET lease_until = :until",
+                    ConditionExpression="lease_owner = :owner",
+                    ExpressionAttributeValues={":until": {"S": iso(until)}, ":owner": {"S": owner}},
+                )
+            except self._client.exceptions.ConditionalCheckFailedException:
+                continue
+            held.add(lead_id)
+        return held
+
+    def _update_item(self, record: LeadRecord, condition: str, values: dict[str, Any]) -> dict[str, Any]:
+        """The Update of a lead's mutable fields under `condition`, as a transaction item's body."""
+        row = self._lead_values(to_row(record))
+        names, encoded, sets, removes = {}, dict(values), [], []
+        for i, name in enumerate((*MUTABLE_COLUMNS, "expires_at")):
             names[f"#f{i}"] = name
-            if values[name] is None:
+            if row[name] is None:
                 removes.append(f"#f{i}")
             else:
                 sets.append(f"#f{i} = :v{i}")
-                encoded[f":v{i}"] = _encode({name: values[name]})[name]
-        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
-        condition = "attribute_exists(pk)"
+                encoded[f":v{i}"] = _encode({name: row[name]})[name]
+        return {
+            "TableName": self.table,
+            "Key": self._key(f"LEAD#{record.id}"),
+            "UpdateExpression": "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else ""),
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": encoded,
+        }
+
+    @_store_errors
+    def update(self, record: LeadRecord, owner: str | None, claims: Claims = NO_CLAIMS) -> bool:
+        """Write the record's mutable fields and its claims if `owner` still holds its lease (None: unconditional)."""
+        condition, values = "attribute_exists(pk)", {}
         if owner is not None:
             condition += " AND lease_owner = :expected_owner"
-            encoded[":expected_owner"] = {"S": owner}
+            values[":expected_owner"] = {"S": owner}
+        update = self._update_item(record, condition, values)
+        if claims.release and self._slot_holder(claims.release) != record.key:
+            claims = replace(claims, release=None)  # held by another lead, or by nobody: nothing to give back
+        claim_items, names = self._claim_items(record, claims)
+        if not claim_items:
+            try:
+                self._client.update_item(**update)
+            except self._client.exceptions.ConditionalCheckFailedException:
+                return False
+            return True
+        failed = self._transact([{"Update": update}, *claim_items])
+        if not failed:
+            return True
+        if failed[0] == "ConditionalCheckFailed":
+            return False
+        self._refused(failed[1:], names)
+        raise AssertionError("unreachable")
+
+    @_store_errors
+    def record_job(self, record: LeadRecord) -> bool:
+        """Write a sent lead whose lease was lost, unless a job id is recorded for it already."""
         try:
-            self._client.update_item(
-                TableName=self.table,
-                Key=self._key(f"LEAD#{record.id}"),
-                UpdateExpression=expression,
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=encoded,
-            )
+            condition = "attribute_exists(pk) AND attribute_not_exists(job_id)"
+            self._client.update_item(**self._update_item(record, condition, {}))
         except self._client.exceptions.ConditionalCheckFailedException:
             return False
         return True
@@ -404,10 +549,8 @@ class DynamoDBStore:
         """Delete a lead and its idempotency key together; False if a condition stopped it."""
         lead: dict[str, Any] = {"TableName": self.table, "Key": {"pk": item["pk"]}}
         if final_only:  # `leads retry` may have made it pending again since the scan
-            marks = {f":f{i}": {"S": status.value} for i, status in enumerate(sorted(FINAL_STATUSES))}
-            lead["ConditionExpression"] = f"#status IN ({', '.join(marks)})"
-            lead["ExpressionAttributeNames"] = {"#status": "status"}
-            lead["ExpressionAttributeValues"] = marks
+            lead["ConditionExpression"] = "final = :one"
+            lead["ExpressionAttributeValues"] = {":one": {"N": "1"}}
         key = {
             "TableName": self.table,
             "Key": self._key(f"KEY#{item['key']['S']}"),
@@ -418,84 +561,35 @@ class DynamoDBStore:
 
     @_store_errors
     def purge(self, before: datetime) -> int:
-        """Delete leads in a final status created before `before`, and their keys; return how many (a Scan)."""
-        old = self._scan_leads({"created_at": ("<", iso(before))}, projection=("pk", "id", "key", "status"))
-        final = {status.value for status in FINAL_STATUSES}
-        return sum(self._delete_lead(item, final_only=True) for item in old if item["status"]["S"] in final)
+        """Delete final leads created before `before`, and their keys; return how many (a Scan)."""
+        old = self._scan_leads({"created_at": ("<", iso(before))}, projection=("pk", "id", "key", "final"))
+        return sum(self._delete_lead(item, final_only=True) for item in old if item.get("final", {}).get("N") == "1")
 
     @_store_errors
     def forget(self, phone_key: str) -> int:
-        """Erase every lead and claim that holds this phone; return how many leads (a Scan)."""
-        leads = self._scan_leads({"phone_key": ("=", phone_key)}, projection=("pk", "id", "key"))
-        deleted = sum(self._delete_lead(item, final_only=False) for item in leads)
-        self._client.delete_item(TableName=self.table, Key=self._key(f"PHONE#{phone_key}"))
-        return deleted
+        """Erase every trace of this phone but its do-not-call entry: leads, keys, slots, counters (a Scan)."""
+        scan: dict[str, Any] = {
+            "TableName": self.table,
+            # Leads hold the key as an attribute; slots and counters in their names. The dnc entry stays.
+            "FilterExpression": "phone_key = :key OR (contains(pk, :key) AND NOT begins_with(pk, :meta))",
+            "ExpressionAttributeValues": {":key": {"S": phone_key}, ":meta": {"S": "META#"}},
+            "ProjectionExpression": "pk, id, #key",
+            "ExpressionAttributeNames": {"#key": "key"},
+            "ConsistentRead": True,
+        }
+        deleted = 0
+        while True:
+            page = self._client.scan(**scan)
+            for item in page["Items"]:
+                if item["pk"]["S"].startswith("LEAD#"):
+                    deleted += self._delete_lead(item, final_only=False)
+                else:
+                    self._client.delete_item(TableName=self.table, Key={"pk": item["pk"]})
+            if "LastEvaluatedKey" not in page:
+                return deleted
+            scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     # Guards and documents
-
-    @_store_errors
-    def claim_phone(self, phone_key: str, lead_id: str, now: datetime, window: timedelta) -> str | None:
-        """Take the one-person-one-call slot: None if `lead_id` now holds it, else the holder's id."""
-        item = {"pk": f"PHONE#{phone_key}", "lead_id": lead_id, "claimed_at": iso(now)}
-        try:
-            self._client.put_item(
-                TableName=self.table,
-                Item=_encode({**item, "expires_at": _epoch(now + window)}),
-                ConditionExpression="attribute_not_exists(pk) OR claimed_at <= :cutoff",
-                ExpressionAttributeValues={":cutoff": {"S": iso(now - window)}},
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except self._client.exceptions.ConditionalCheckFailedException as exc:
-            # A live claim: the holder's own re-claim changes nothing.
-            holder = exc.response["Item"]["lead_id"]["S"]
-            return None if holder == lead_id else holder
-        return None
-
-    @_store_errors
-    def release_phone(self, phone_key: str, lead_id: str) -> None:
-        """Give the slot back (the lead was rejected or failed), only if `lead_id` holds it."""
-        with suppress(self._client.exceptions.ConditionalCheckFailedException):  # held by another, or by nobody
-            self._client.delete_item(
-                TableName=self.table,
-                Key=self._key(f"PHONE#{phone_key}"),
-                ConditionExpression="lead_id = :id",
-                ExpressionAttributeValues={":id": {"S": lead_id}},
-            )
-
-    @_store_errors
-    def take(self, counter: str, limit: int, expires_at: datetime, now: datetime) -> bool:
-        """Add one to a counter unless it is at `limit`; an expired counter starts again."""
-        if limit < 1:
-            return False
-        key = self._key(f"COUNTER#{counter}")
-        now_value = {"N": f"{now.timestamp():.6f}"}
-        for _ in range(TRANSACTION_TRIES):
-            try:
-                self._client.update_item(
-                    TableName=self.table,
-                    Key=key,
-                    UpdateExpression="ADD #value :one",
-                    ConditionExpression="expires_at > :now AND #value < :limit",
-                    ExpressionAttributeNames={"#value": "value"},
-                    ExpressionAttributeValues={":one": {"N": "1"}, ":now": now_value, ":limit": {"N": str(limit)}},
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-                return True
-            except self._client.exceptions.ConditionalCheckFailedException as exc:
-                old = exc.response.get("Item")
-                if old and float(old["expires_at"]["N"]) > now.timestamp():
-                    return False  # live and at the limit
-            try:  # missing or expired: start a new window, unless another process just did
-                self._client.put_item(
-                    TableName=self.table,
-                    Item=_encode({"pk": f"COUNTER#{counter}", "value": 1, "expires_at": _epoch(expires_at)}),
-                    ConditionExpression="attribute_not_exists(pk) OR expires_at <= :now",
-                    ExpressionAttributeValues={":now": now_value},
-                )
-                return True
-            except self._client.exceptions.ConditionalCheckFailedException:
-                continue
-        raise StoreError("dynamodb store: counter contention, try again")
 
     @_store_errors
     def get_meta(self, name: str) -> dict[str, Any] | None:
@@ -513,5 +607,5 @@ class DynamoDBStore:
             self._client.put_item(TableName=self.table, Item=_encode(item))
 
 
-# Step n takes the table from schema version n-1 to n; a v2 is one more function here.
-MIGRATIONS: dict[int, Callable[[DynamoDBStore], None]] = {1: DynamoDBStore._create_v1}
+# Step n takes the table from schema version n-1 to n.
+MIGRATIONS: dict[int, Callable[[DynamoDBStore], None]] = {1: DynamoDBStore._create_v1, 2: DynamoDBStore._v2_final}

@@ -17,7 +17,9 @@ from crm2calls.model import LeadRecord, Status
 FIELDS = tuple(f.name for f in fields(LeadRecord))
 DATETIME_FIELDS = frozenset({"created_at", "updated_at", "next_attempt_at", "lease_until"})
 IMMUTABLE_FIELDS = ("id", "source", "key", "ref", "created_at")  # update() never rewrites these
-MUTABLE_FIELDS = tuple(name for name in FIELDS if name not in IMMUTABLE_FIELDS)
+# What a row holds beyond the record's fields: `final` (0/1), derived, so purge and TTL can select on it.
+COLUMNS = (*FIELDS, "final")
+MUTABLE_COLUMNS = tuple(name for name in COLUMNS if name not in IMMUTABLE_FIELDS)
 
 Row = dict[str, str | int | None]
 
@@ -45,7 +47,10 @@ def to_row(record: LeadRecord) -> Row:
             value = Status(value).value
         elif name == "history":
             value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        elif name == "work":
+            value = json.dumps({task: iso(due) for task, due in sorted(value.items())}, separators=(",", ":"))
         row[name] = value
+    row["final"] = int(record.final)
     return row
 
 
@@ -58,4 +63,5 @@ def from_row(row: Mapping[str, Any]) -> LeadRecord:
     values["status"] = Status(values["status"])
     values["attempts"] = int(values["attempts"] or 0)
     values["history"] = json.loads(values["history"]) if values["history"] else []
+    values["work"] = {task: parse_iso(due) for task, due in json.loads(values["work"] or "{}").items()}
     return LeadRecord(**values)

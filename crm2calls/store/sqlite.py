@@ -16,9 +16,9 @@ from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from crm2calls.errors import StoreError
-from crm2calls.model import FINAL_STATUSES, LeadRecord, Status
-from crm2calls.store.base import SCHEMA_VERSION
-from crm2calls.store.records import FIELDS, MUTABLE_FIELDS, from_row, iso, to_row
+from crm2calls.model import END_STATUSES, LeadRecord, Status
+from crm2calls.store.base import NO_CLAIMS, SCHEMA_VERSION, ClaimRefusedError, Claims
+from crm2calls.store.records import COLUMNS, MUTABLE_COLUMNS, from_row, iso, to_row
 
 BUSY_TIMEOUT_MS = 10_000  # a writer waits this long for another process's write to finish
 
@@ -60,8 +60,22 @@ def _create_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-# Step n takes the schema from version n-1 to n; a v2 is one more function here.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1}
+def _v2_work_and_final(conn: sqlite3.Connection) -> None:
+    """Follow-up work per lead and a `final` flag for purge; slots named by campaign, not by token."""
+    conn.execute("ALTER TABLE leads ADD COLUMN work TEXT NOT NULL DEFAULT '{}'")
+    conn.execute("ALTER TABLE leads ADD COLUMN final INTEGER NOT NULL DEFAULT 0")
+    ends = tuple(status.value for status in END_STATUSES)
+    conn.execute(f"UPDATE leads SET final = 1 WHERE status IN ({', '.join('?' for _ in ends)})", ends)  # noqa: S608
+    conn.execute("CREATE INDEX leads_final ON leads (final, created_at)")
+    # v1 named a slot by a hash of the campaign token ("<16 hex>:<phone key>"); a new token must not free it.
+    conn.execute(
+        "UPDATE OR REPLACE phone_claims SET phone_key = 'default:' || substr(phone_key, 18) "
+        "WHERE length(phone_key) = 81 AND substr(phone_key, 17, 1) = ':'"
+    )
+
+
+# Step n takes the schema from version n-1 to n.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1, 2: _v2_work_and_final}
 
 # One statement, so atomic: an expired counter restarts at 1, a live one grows while under the limit.
 _TAKE = """INSERT INTO counters (name, value, expires_at) VALUES (:name, 1, :expires_at)
@@ -71,8 +85,18 @@ _TAKE = """INSERT INTO counters (name, value, expires_at) VALUES (:name, 1, :exp
     WHERE counters.expires_at <= :now OR counters.value < :limit
     RETURNING value"""
 
-_COLUMNS = ", ".join(FIELDS)
-_FINAL = tuple(status.value for status in FINAL_STATUSES)
+# Takes the slot when it is free, expired, or already this lead's; returns a row only when taken.
+_CLAIM_SLOT = """INSERT INTO phone_claims (phone_key, lead_id, claimed_at) VALUES (:slot, :holder, :now)
+    ON CONFLICT (phone_key) DO UPDATE SET lead_id = excluded.lead_id, claimed_at = excluded.claimed_at
+    WHERE phone_claims.claimed_at <= :cutoff OR phone_claims.lead_id = excluded.lead_id
+    RETURNING lead_id"""
+
+_COLUMN_LIST = ", ".join(COLUMNS)
+_INSERT = (
+    f"INSERT INTO leads ({_COLUMN_LIST}) VALUES ({', '.join(f':{name}' for name in COLUMNS)})"  # noqa: S608
+    " ON CONFLICT (key) DO NOTHING RETURNING id"
+)
+_UPDATE = f"UPDATE leads SET {', '.join(f'{name} = :{name}' for name in MUTABLE_COLUMNS)} WHERE id = :id"  # noqa: S608
 
 
 def _store_errors(method: Callable[P, T]) -> Callable[P, T]:
@@ -112,6 +136,8 @@ class SQLiteStore:
             # commits. FULL would fsync every commit and cap acknowledgements at a few hundred a
             # second on ordinary disks; README "Durability" says how to choose FULL.
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            # Deleted rows are overwritten with zeros, so `leads forget` leaves no phone in free pages.
+            conn.execute("PRAGMA secure_delete = ON")
             self._local.conn, self._local.pid = conn, os.getpid()
         return self._local.conn
 
@@ -122,11 +148,11 @@ class SQLiteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")  # a failing COMMIT (disk full, I/O) rolls back like any statement
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close this thread's connection (a new one opens on next use)."""
@@ -147,19 +173,31 @@ class SQLiteStore:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @_store_errors
-    def insert(self, record: LeadRecord) -> tuple[LeadRecord, bool]:
-        """Insert unless a lead with the same key exists: (stored record, created?). Atomic."""
-        row = to_row(record)
-        placeholders = ", ".join(f":{name}" for name in FIELDS)
+    def insert(self, record: LeadRecord, claims: Claims = NO_CLAIMS) -> tuple[LeadRecord, bool]:
+        """Insert the lead, its key and its claims in one transaction, unless its key exists."""
         with self._write() as conn:
-            created = conn.execute(
-                f"INSERT INTO leads ({_COLUMNS}) VALUES ({placeholders}) ON CONFLICT (key) DO NOTHING RETURNING *",  # noqa: S608
-                row,
-            ).fetchone()
-            if created is not None:
-                return from_row(dict(created)), True
-            existing = conn.execute("SELECT * FROM leads WHERE key = ?", (record.key,)).fetchone()
-        return from_row(dict(existing)), False
+            if conn.execute(_INSERT, to_row(record)).fetchone() is None:
+                existing = conn.execute("SELECT * FROM leads WHERE key = ?", (record.key,)).fetchone()
+                return from_row(dict(existing)), False
+            self._take(conn, record, claims)
+        return record, True
+
+    def _take(self, conn: sqlite3.Connection, record: LeadRecord, claims: Claims) -> None:
+        """Apply claims inside a write transaction; ClaimRefusedError (the transaction rolls back) on refusal."""
+        now = record.updated_at
+        if claims.release:
+            conn.execute(
+                "DELETE FROM phone_claims WHERE phone_key = ? AND lead_id = ?", (claims.release, record.key)
+            )
+        if claims.slot:
+            params = {"slot": claims.slot, "holder": record.key, "now": iso(now), "cutoff": iso(now - claims.window)}
+            if conn.execute(_CLAIM_SLOT, params).fetchone() is None:
+                holder = conn.execute("SELECT lead_id FROM phone_claims WHERE phone_key = ?", (claims.slot,)).fetchone()
+                raise ClaimRefusedError(claims.slot, holder[0])
+        for counter in claims.counters:
+            params = {"name": counter.name, "expires_at": iso(counter.expires_at), "now": iso(now)}
+            if counter.limit < 1 or conn.execute(_TAKE, {**params, "limit": counter.limit}).fetchone() is None:
+                raise ClaimRefusedError(counter.name)
 
     @_store_errors
     def get(self, lead_id: str) -> LeadRecord | None:
@@ -196,15 +234,35 @@ class SQLiteStore:
         return sorted((from_row(dict(row)) for row in rows), key=lambda r: (r.next_attempt_at, r.created_at))
 
     @_store_errors
-    def update(self, record: LeadRecord, owner: str | None) -> bool:
-        """Write the record's mutable fields if `owner` still holds its lease (None: unconditional)."""
-        sets = ", ".join(f"{name} = :{name}" for name in MUTABLE_FIELDS)
-        sql = f"UPDATE leads SET {sets} WHERE id = :id"  # noqa: S608
+    def renew(self, lead_ids: list[str], owner: str, until: datetime) -> set[str]:
+        """Extend `owner`'s leases on these leads to `until`; return the ids it still holds."""
+        if not lead_ids:
+            return set()
+        marks = ", ".join("?" for _ in lead_ids)
+        sql = f"UPDATE leads SET lease_until = ? WHERE lease_owner = ? AND id IN ({marks}) RETURNING id"  # noqa: S608
+        with self._write() as conn:
+            return {row[0] for row in conn.execute(sql, (iso(until), owner, *lead_ids)).fetchall()}
+
+    @_store_errors
+    def update(self, record: LeadRecord, owner: str | None, claims: Claims = NO_CLAIMS) -> bool:
+        """Write the record's mutable fields and its claims if `owner` still holds its lease (None: unconditional)."""
         params: dict[str, Any] = to_row(record)
+        sql = _UPDATE
         if owner is not None:
             sql += " AND lease_owner = :expected_owner"
             params["expected_owner"] = owner
-        return self._conn().execute(sql, params).rowcount == 1
+        if claims == NO_CLAIMS:  # one statement is its own transaction
+            return self._conn().execute(sql, params).rowcount == 1
+        with self._write() as conn:
+            if conn.execute(sql, params).rowcount != 1:
+                return False
+            self._take(conn, record, claims)
+        return True
+
+    @_store_errors
+    def record_job(self, record: LeadRecord) -> bool:
+        """Write a sent lead whose lease was lost, unless a job id is recorded for it already."""
+        return self._conn().execute(_UPDATE + " AND job_id IS NULL", to_row(record)).rowcount == 1
 
     @_store_errors
     def list(
@@ -233,33 +291,6 @@ class SQLiteStore:
         return counts
 
     @_store_errors
-    def claim_phone(self, phone_key: str, lead_id: str, now: datetime, window: timedelta) -> str | None:
-        """Take the one-person-one-call slot: None if `lead_id` now holds it, else the holder's id."""
-        with self._write() as conn:
-            # A claim older than the window is free; the holder's own re-claim changes nothing.
-            conn.execute(
-                """INSERT INTO phone_claims (phone_key, lead_id, claimed_at) VALUES (?, ?, ?)
-                ON CONFLICT (phone_key) DO UPDATE SET lead_id = excluded.lead_id, claimed_at = excluded.claimed_at
-                WHERE phone_claims.claimed_at <= ?""",
-                (phone_key, lead_id, iso(now), iso(now - window)),
-            )
-            holder = conn.execute("SELECT lead_id FROM phone_claims WHERE phone_key = ?", (phone_key,)).fetchone()[0]
-        return None if holder == lead_id else holder
-
-    @_store_errors
-    def release_phone(self, phone_key: str, lead_id: str) -> None:
-        """Give the slot back (the lead was rejected or failed), only if `lead_id` holds it."""
-        self._conn().execute("DELETE FROM phone_claims WHERE phone_key = ? AND lead_id = ?", (phone_key, lead_id))
-
-    @_store_errors
-    def take(self, counter: str, limit: int, expires_at: datetime, now: datetime) -> bool:
-        """Add one to a counter unless it is at `limit`; an expired counter starts again."""
-        if limit < 1:
-            return False
-        params = {"name": counter, "expires_at": iso(expires_at), "now": iso(now), "limit": limit}
-        return self._conn().execute(_TAKE, params).fetchone() is not None
-
-    @_store_errors
     def get_meta(self, name: str) -> dict[str, Any] | None:
         """A small named document (campaign pause, block list entries, ...)."""
         row = self._conn().execute("SELECT json FROM meta WHERE name = ?", (name,)).fetchone()
@@ -278,19 +309,19 @@ class SQLiteStore:
 
     @_store_errors
     def purge(self, before: datetime) -> int:
-        """Delete leads in a final status created before `before` (and counters expired by then); return how many."""
+        """Delete final leads created before `before` (and counters expired by then); return how many."""
         with self._write() as conn:
-            deleted = conn.execute(
-                f"DELETE FROM leads WHERE status IN ({', '.join('?' for _ in _FINAL)}) AND created_at < ?",  # noqa: S608
-                (*_FINAL, iso(before)),
-            ).rowcount
+            deleted = conn.execute("DELETE FROM leads WHERE final = 1 AND created_at < ?", (iso(before),)).rowcount
             conn.execute("DELETE FROM counters WHERE expires_at <= ?", (iso(before),))
         return deleted
 
     @_store_errors
     def forget(self, phone_key: str) -> int:
-        """Erase every lead and claim that holds this phone; return how many leads."""
+        """Erase every trace of this phone but its do-not-call entry: leads, slots, counters; return how many leads."""
         with self._write() as conn:
             deleted = conn.execute("DELETE FROM leads WHERE phone_key = ?", (phone_key,)).rowcount
-            conn.execute("DELETE FROM phone_claims WHERE phone_key = ?", (phone_key,))
+            conn.execute("DELETE FROM phone_claims WHERE phone_key LIKE ?", (f"%:{phone_key}",))
+            conn.execute("DELETE FROM counters WHERE name LIKE ?", (f"number:{phone_key}:%",))
+        # The WAL still holds the deleted pages' old images until a checkpoint copies it back and empties it.
+        self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted

@@ -1,0 +1,323 @@
+"""The lead's life: every status, every allowed transition, and what each one writes.
+
+Intake, delivery, the CLI and the Lambda tasks change a lead only through this module. Every change
+is one store write that carries, in the same transaction, what the new status takes or gives back
+(the one-person-one-call slot, the guard counters), then one history line and one log line. A write
+the store refuses leaves the record as it was and logs nothing.
+
+    received --enriched--> pending | held | duplicate | rejected      (or stays received, or failed)
+    pending  --claimed by a worker (the store)--> sending
+    sending  --> sent | dry_run | pending (retry later) | rejected | failed | expired
+    held     --> pending | held | rejected | expired
+    failed, rejected, expired, dry_run --`leads retry`--> admitted anew (a fresh calling window)
+
+A lead is final when its status is an end status and it has no follow-up work (LeadRecord.final).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from crm2calls import guards
+from crm2calls.errors import Crm2CallsError, UnusableLeadError
+from crm2calls.logs import log_transition
+from crm2calls.model import Lead, LeadRecord, Status
+from crm2calls.services import Services
+from crm2calls.store.base import NO_CLAIMS, ClaimRefusedError, Claims
+
+log = logging.getLogger("crm2calls.lifecycle")
+
+T = TypeVar("T")
+
+# Where each status may go next by itself (delivery, intake); SENDING is entered by the store's claim.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.RECEIVED: frozenset(
+        {Status.RECEIVED, Status.PENDING, Status.HELD, Status.DUPLICATE, Status.REJECTED, Status.FAILED}
+    ),
+    Status.PENDING: frozenset({Status.SENDING}),
+    Status.SENDING: frozenset(
+        {Status.SENT, Status.DRY_RUN, Status.PENDING, Status.REJECTED, Status.FAILED, Status.EXPIRED}
+    ),
+    Status.HELD: frozenset({Status.PENDING, Status.HELD, Status.DUPLICATE, Status.REJECTED, Status.EXPIRED}),
+    Status.SENT: frozenset(),
+    Status.DUPLICATE: frozenset(),
+    Status.REJECTED: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.EXPIRED: frozenset(),
+    Status.DRY_RUN: frozenset(),
+}
+# What an operator's `leads retry` may start again, and where an admission may put it.
+RETRYABLE = frozenset({Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.DRY_RUN})
+_ADMITTED = frozenset({Status.RECEIVED, Status.PENDING, Status.HELD, Status.DUPLICATE, Status.REJECTED})
+# Statuses that give the one-person-one-call slot back: this lead will never be called.
+RELEASES_SLOT = frozenset({Status.REJECTED, Status.FAILED, Status.EXPIRED})
+
+
+class TransitionError(Crm2CallsError):
+    """A move the lifecycle does not allow: a bug, never retryable."""
+
+
+def _allowed(current: Status, new: Status, operator: bool) -> bool:
+    if operator and current in RETRYABLE:
+        return new in _ADMITTED
+    return new in TRANSITIONS[current]
+
+
+def _move(record: LeadRecord, status: Status, now: datetime, note: str, operator: bool) -> Callable[[], None]:
+    """Change the record in memory (status, time, history line); return how to undo it."""
+    if not _allowed(record.status, status, operator):
+        raise TransitionError(f"lead {record.id}: {record.status} -> {status} is not a transition of its life")
+    before = record.status, record.updated_at, len(record.history)
+
+    def undo() -> None:
+        record.status, record.updated_at = before[0], before[1]
+        del record.history[before[2] :]
+
+    record.status, record.updated_at = status, now
+    record.history.append({"at": now.isoformat(), "status": str(status), "note": note})
+    return undo
+
+
+def _with_release(record: LeadRecord, claims: Claims) -> Claims:
+    if record.status in RELEASES_SLOT and record.phone_key and not claims.slot:
+        return replace(claims, release=guards.slot_name(record.phone_key))
+    return claims
+
+
+def save(
+    services: Services,
+    record: LeadRecord,
+    status: Status,
+    now: datetime,
+    note: str = "",
+    *,
+    owner: str | None,
+    claims: Claims = NO_CLAIMS,
+    operator: bool = False,
+    **log_fields: object,
+) -> bool:
+    """Move a stored lead to `status` and write it with its claims; False when `owner` lost the lease.
+
+    The lease is dropped with the write. ClaimRefusedError leaves the record as it was.
+    """
+    undo = _move(record, status, now, note, operator)
+    record.lease_owner = record.lease_until = None
+    try:
+        saved = services.store.update(record, owner, _with_release(record, claims))
+    except Exception:
+        undo()
+        raise
+    if saved:
+        log_transition(record, note, **log_fields)
+    return saved
+
+
+def _insert(
+    services: Services, record: LeadRecord, status: Status, now: datetime, note: str, claims: Claims
+) -> tuple[LeadRecord, bool]:
+    """Move a new lead to `status` and insert it with its key and claims: (stored lead, created?)."""
+    undo = _move(record, status, now, note, False)
+    try:
+        stored, created = services.store.insert(record, claims)  # a new lead holds nothing to give back
+    except Exception:
+        undo()
+        raise
+    if created:
+        log_transition(record, note)
+    return stored, created
+
+
+# Admission: the do-not-call list, the one-person-one-call slot and the spend guards, in one write.
+
+Write = Callable[[Status, str, Claims], T]
+
+
+def _admit(services: Services, record: LeadRecord, now: datetime, note: str, write: Write[T]) -> T:
+    """Write the lead PENDING with its slot and counters, or what the store's refusal makes it.
+
+    A full rate cap holds the lead (keeping its slot, counting nothing); a full per-number cap rejects
+    it; a slot held by another lead makes it a duplicate. A dry run takes no claim: nothing is called.
+    """
+    settings = services.settings
+    policy = settings.policy
+    if record.phone_key and guards.is_blocked(services, record.phone_key):
+        record.last_error = "on the do-not-call list"
+        return write(Status.REJECTED, record.last_error, NO_CLAIMS)
+    window = timedelta(hours=policy.duplicate_window_hours)
+    slot = guards.slot_name(record.phone_key) if record.phone_key and window and not settings.dry_run else None
+    limits = () if settings.dry_run else guards.limits(policy.guards, record.phone_key, now)
+    held: guards.Limit | None = None
+    while True:
+        try:
+            if held is None:
+                record.last_error, record.next_attempt_at = None, now
+                return write(Status.PENDING, note, Claims(slot, window, tuple(lim.counter for lim in limits)))
+            record.last_error, record.next_attempt_at = held.reason, held.retry_at
+            text = f"{note}; {held.reason}; held until {held.retry_at:%H:%M} UTC"
+            result = write(Status.HELD, text, Claims(slot, window))
+            guards.report_holding(services, held)
+            return result
+        except ClaimRefusedError as exc:
+            if exc.claim == slot:
+                record.last_error = f"same phone as {exc.holder} within {policy.duplicate_window_hours} h"
+                record.next_attempt_at = None
+                return write(Status.DUPLICATE, record.last_error, NO_CLAIMS)
+            refused = next(lim for lim in limits if lim.counter.name == exc.claim)
+            if refused.status is Status.REJECTED:
+                record.last_error, record.next_attempt_at = refused.reason, None
+                return write(Status.REJECTED, refused.reason, NO_CLAIMS)
+            held = refused
+
+
+def _render(services: Services, record: LeadRecord, lead: Lead) -> str:
+    """Render and freeze the entry (UnusableLeadError when the lead cannot be called); the zone note."""
+    from crm2calls.mapping import render_entry
+    from crm2calls.phones import mask
+
+    policy = services.settings.policy
+    try:
+        rendered = render_entry(lead, policy.source(record.source), policy, record.created_at)
+    finally:
+        record.raw = None  # the frozen entry is all delivery needs; drop the CRM's raw data
+    record.entry = json.dumps(rendered.entry, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    record.phone_masked = mask(rendered.phone)
+    record.phone_key = guards.phone_key(rendered.phone)
+    return f"zone {rendered.zone} ({rendered.zone_reason})"
+
+
+def accept_new(
+    services: Services, record: LeadRecord, lead: Lead | None, now: datetime
+) -> tuple[LeadRecord, bool, UnusableLeadError | None]:
+    """Store a new lead with its key and claims: (stored lead, created?, why it cannot be called)."""
+    if lead is None:
+        return (*_insert(services, record, Status.RECEIVED, now, "awaiting enrichment", NO_CLAIMS), None)
+    try:
+        note = _render(services, record, lead)
+    except UnusableLeadError as exc:
+        record.last_error = f"{exc.field}: {exc.reason}"
+        return (*_insert(services, record, Status.REJECTED, now, record.last_error, NO_CLAIMS), exc)
+
+    def write(status: Status, text: str, claims: Claims) -> tuple[LeadRecord, bool]:
+        return _insert(services, record, status, now, text, claims)
+
+    return (*_admit(services, record, now, note, write), None)
+
+
+def enriched(services: Services, record: LeadRecord, lead: Lead, now: datetime, owner: str) -> bool:
+    """The CRM gave us the lead: render its entry and admit it; False when the lease was lost."""
+    try:
+        note = _render(services, record, lead)
+    except UnusableLeadError as exc:
+        return reject(services, record, now, f"{exc.field}: {exc.reason}", owner=owner)
+
+    def write(status: Status, text: str, claims: Claims) -> bool:
+        return save(services, record, status, now, text, owner=owner, claims=claims)
+
+    return _admit(services, record, now, note, write)
+
+
+def admit_held(services: Services, record: LeadRecord, now: datetime, owner: str) -> bool:
+    """A held lead's turn: admit it again (counted now, once), or expire it; False when the lease was lost."""
+    if window_closed(record, now):
+        return expire(services, record, now, owner=owner)
+
+    def write(status: Status, text: str, claims: Claims) -> bool:
+        return save(services, record, status, now, text, owner=owner, claims=claims)
+
+    return _admit(services, record, now, "admitted by the spend guards", write)
+
+
+def requeue(services: Services, record: LeadRecord, now: datetime) -> bool:
+    """An operator's retry: admit the lead anew with a fresh calling window (False: not retryable)."""
+    if record.status not in RETRYABLE:
+        return False
+    record.attempts, record.next_attempt_at, record.job_id = 0, now, None
+    note = "retry requested by an operator"
+    if record.entry is None:  # it never got its phone: fetch it again
+        return save(services, record, Status.RECEIVED, now, note, owner=None, operator=True)
+    from crm2calls.mapping import rewindow
+
+    policy = services.settings.policy
+    entry = rewindow(json.loads(record.entry), policy.source(record.source).window, now)
+    record.entry = json.dumps(entry, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+    def write(status: Status, text: str, claims: Claims) -> bool:
+        return save(services, record, status, now, text, owner=None, claims=claims, operator=True)
+
+    return _admit(services, record, now, f"{note}; window to {entry['finishDateTime']}", write)
+
+
+# Delivery's outcomes.
+
+
+def window_closed(record: LeadRecord, now: datetime) -> bool:
+    """Has the entry's finishDateTime passed? Aimylogic would never call it."""
+    if record.entry is None:
+        return False
+    return datetime.fromisoformat(json.loads(record.entry)["finishDateTime"]) <= now
+
+
+def sent(services: Services, record: LeadRecord, job_id: str | None, now: datetime, owner: str) -> bool:
+    """Aimylogic accepted the entry: record its job id, even if this worker lost the lease meanwhile."""
+    record.attempts += 1
+    record.job_id, record.last_error, record.next_attempt_at = job_id, None, None
+    status, note = Status.SENT, f"job {job_id}"
+    if services.settings.dry_run:
+        record.job_id, status, note = None, Status.DRY_RUN, "dry run: the entry was logged, not sent"
+    if save(services, record, status, now, note, owner=owner, job_id=record.job_id):
+        return True
+    # Another worker took the lead after our lease ran out. The job exists: keep its id unless the
+    # other worker recorded one first (Aimylogic ignores the repeat of an entry within 24 h).
+    if services.store.record_job(record):
+        log_transition(record, f"{note} (recorded after the lease ran out)", job_id=record.job_id)
+        return True
+    log.warning(
+        "lead %s was sent twice after its lease ran out; job %s is a repeat Aimylogic ignores",
+        record.id, job_id, extra={"fields": {"event": "sent_twice", "lead_id": record.id, "job_id": job_id}},
+    )
+    return False
+
+
+def retry_later(
+    services: Services, record: LeadRecord, now: datetime, delay: float, message: str, *, owner: str
+) -> bool:
+    """Try again in `delay` seconds (received leads are enriched again, others sent again)."""
+    status = Status.RECEIVED if record.status is Status.RECEIVED else Status.PENDING
+    record.last_error, record.next_attempt_at = message, now + timedelta(seconds=delay)
+    return save(services, record, status, now, f"retry in {delay:.0f} s: {message}", owner=owner)
+
+
+def postpone(services: Services, record: LeadRecord, until: datetime, message: str, *, owner: str) -> bool:
+    """Look at the lead again at `until`, status and attempts unchanged (a person must fix a credential).
+
+    Not a transition: no history line, so a lead waiting days for a fix keeps a readable history.
+    """
+    record.last_error, record.next_attempt_at = message, until
+    record.lease_owner = record.lease_until = None
+    return services.store.update(record, owner)
+
+
+def reject(services: Services, record: LeadRecord, now: datetime, message: str, *, owner: str | None) -> bool:
+    """It can never be called (the CRM or Aimylogic said so): final, the slot given back."""
+    record.last_error, record.next_attempt_at = message, None
+    return save(services, record, Status.REJECTED, now, message, owner=owner)
+
+
+def fail(services: Services, record: LeadRecord, now: datetime, message: str, *, owner: str | None) -> bool:
+    """Give up after the attempt or age limit: the dead letter `leads retry` revives; the slot given back."""
+    record.last_error, record.next_attempt_at = message, None
+    note = f"gave up after {record.attempts} attempts: {message}"
+    return save(services, record, Status.FAILED, now, note, owner=owner)
+
+
+def expire(services: Services, record: LeadRecord, now: datetime, *, owner: str | None) -> bool:
+    """Its calling window passed before it was sent: final, never sent, the slot given back."""
+    entry = json.loads(record.entry or "{}")
+    record.last_error = f"its calling window ended at {entry.get('finishDateTime')} before it could be sent"
+    record.next_attempt_at = None
+    return save(services, record, Status.EXPIRED, now, record.last_error, owner=owner)
