@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -62,7 +62,7 @@ class PassReport:
 
     def figures(self) -> dict[str, int | bool]:
         """The counts by name."""
-        return {name: value for name, value in asdict(self).items() if not name.startswith("_")}
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
     def __str__(self) -> str:
         return ", ".join(f"{name} {value}" for name, value in self.figures().items())
@@ -272,7 +272,8 @@ def _send_batch(
             if requests >= budget or (deadline is not None and time.monotonic() >= deadline):
                 _defer(services, [group, *queue], owner, report)
                 return accepted
-            group = _renewed(services, group, owner)
+            # Renew every lead still waiting in this send, not only the next group: the others wait too.
+            group, *queue = _renewed(services, [group, *queue], owner)
             if not group:
                 continue
         try:
@@ -308,18 +309,17 @@ def _send_batch(
     return accepted
 
 
-def _renewed(services: Services, group: list[LeadRecord], owner: str) -> list[LeadRecord]:
-    """The leads of a group this worker still holds, their leases renewed; a lead another worker took is not sent."""
+def _renewed(services: Services, groups: list[list[LeadRecord]], owner: str) -> list[list[LeadRecord]]:
+    """The groups' leads this worker still holds, their leases renewed; a lead another worker took is not sent."""
     policy = services.settings.policy.delivery
     until = services.clock() + timedelta(seconds=policy.lease_seconds)
-    held = services.store.renew([record.id for record in group], owner, until)
-    for record in group:
-        if record.id not in held:
-            log.warning(
-                "lead %s: its lease ran out during a long send and another worker has it; not sending it here",
-                record.id, extra={"fields": {"event": "lease_lost", "lead_id": record.id}},
-            )
-    return [record for record in group if record.id in held]
+    held = services.store.renew([record.id for group in groups for record in group], owner, until)
+    for record in (record for group in groups for record in group if record.id not in held):
+        log.warning(
+            "lead %s: its lease ran out during a long send and another worker has it; not sending it here",
+            record.id, extra={"fields": {"event": "lease_lost", "lead_id": record.id}},
+        )
+    return [[record for record in group if record.id in held] for group in groups]
 
 
 def _defer(services: Services, groups: list[list[LeadRecord]], owner: str, report: PassReport) -> None:

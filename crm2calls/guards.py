@@ -26,6 +26,7 @@ GUARD_META = "guard"  # {"holding", "reason", "until"} while the rate cap holds 
 
 
 DEFAULT_CAMPAIGN = "default"  # the campaign of AIMYLOGIC_TOKEN
+DRY_RUN_SLOTS = "dry-run"  # a dry run's slots: never the campaigns' own
 
 
 def phone_key(phone: str) -> str:

@@ -83,9 +83,18 @@ def _move(record: LeadRecord, status: Status, now: datetime, note: str, operator
     return undo
 
 
-def _with_release(record: LeadRecord, claims: Claims) -> Claims:
-    if record.status in RELEASES_SLOT and record.phone_key and not claims.slot:
-        return replace(claims, release=guards.slot_name(record.phone_key))
+def _slot(services: Services, record: LeadRecord) -> str | None:
+    """The lead's one-person-one-call slot. A dry run keeps its own, so that a tester sees the duplicate
+    rule work and then, with a token, is not told "duplicate" by leads that were never called."""
+    if not record.phone_key:
+        return None
+    campaign = guards.DRY_RUN_SLOTS if services.settings.dry_run else guards.DEFAULT_CAMPAIGN
+    return guards.slot_name(record.phone_key, campaign)
+
+
+def _with_release(services: Services, record: LeadRecord, claims: Claims) -> Claims:
+    if record.status in RELEASES_SLOT and not claims.slot and (slot := _slot(services, record)):
+        return replace(claims, release=slot)
     return claims
 
 
@@ -108,7 +117,7 @@ def save(
     undo = _move(record, status, now, note, operator)
     record.lease_owner = record.lease_until = None
     try:
-        saved = services.store.update(record, owner, _with_release(record, claims))
+        saved = services.store.update(record, owner, _with_release(services, record, claims))
     except Exception:
         undo()
         raise
@@ -145,12 +154,14 @@ def _admit(services: Services, record: LeadRecord, now: datetime, note: str, wri
     """
     settings = services.settings
     policy = settings.policy
+    counted = _counted(record)
     if record.phone_key and guards.is_blocked(services, record.phone_key):
         record.last_error = "on the do-not-call list"
         return write(Status.REJECTED, record.last_error, NO_CLAIMS)
     window = timedelta(hours=policy.duplicate_window_hours)
-    slot = guards.slot_name(record.phone_key) if record.phone_key and window and not settings.dry_run else None
-    limits = () if settings.dry_run else guards.limits(policy.guards, record.phone_key, now)
+    slot = _slot(services, record) if window else None
+    # The guards count a lead once: a lead admitted before (and retried by an operator) is not counted again.
+    limits = () if settings.dry_run or counted else guards.limits(policy.guards, record.phone_key, now)
     held: guards.Limit | None = None
     while True:
         try:
@@ -172,6 +183,11 @@ def _admit(services: Services, record: LeadRecord, now: datetime, note: str, wri
                 record.last_error, record.next_attempt_at = refused.reason, None
                 return write(Status.REJECTED, refused.reason, NO_CLAIMS)
             held = refused
+
+
+def _counted(record: LeadRecord) -> bool:
+    """Was this lead counted by the guards already? Admitted (pending) once, outside a dry run."""
+    return record.status is not Status.DRY_RUN and any(step.get("status") == Status.PENDING for step in record.history)
 
 
 def _render(services: Services, record: LeadRecord, lead: Lead) -> str:
@@ -269,12 +285,12 @@ def sent(services: Services, record: LeadRecord, job_id: str | None, now: dateti
     status, note = Status.SENT, f"job {job_id}"
     if services.settings.dry_run:
         record.job_id, status, note = None, Status.DRY_RUN, "dry run: the entry was logged, not sent"
-    if save(services, record, status, now, note, owner=owner, job_id=record.job_id):
+    if save(services, record, status, now, note, owner=owner):
         return True
     # Another worker took the lead after our lease ran out. The job exists: keep its id unless the
     # other worker recorded one first (Aimylogic ignores the repeat of an entry within 24 h).
     if services.store.record_job(record):
-        log_transition(record, f"{note} (recorded after the lease ran out)", job_id=record.job_id)
+        log_transition(record, f"{note} (recorded after the lease ran out)")
         return True
     log.warning(
         "lead %s was sent twice after its lease ran out; job %s is a repeat Aimylogic ignores",

@@ -34,7 +34,7 @@ def test_a_hanging_aimylogic_does_not_slow_the_acknowledgement(settings):
 
     aimylogic = HangingAimylogic()
     with LocalServer(aimylogic) as dialer:
-        services = Services(replace(settings, aimylogic_url=dialer.url, aimylogic_token=TOKEN))
+        services = Services(replace(settings, aimylogic_url=dialer.url, aimylogic_token=TOKEN, dry_run=False))
         worker = DeliveryWorker(services)
         services.notify = worker.wake
         with LocalServer(create_app(services=services)) as server:

@@ -17,7 +17,7 @@ from werkzeug.wrappers import Request, Response
 
 from crm2calls.aimylogic import AimylogicClient, DryRunDialer, make_dialer
 from crm2calls.config import Settings
-from crm2calls.errors import AuthError, RejectedError, UnavailableError
+from crm2calls.errors import AuthError, ConfigError, RejectedError, UnavailableError
 from crm2calls.http import parse_retry_after
 from tests.conftest import FIXTURES, TOKEN
 from tests.emulators.aimylogic import AimylogicEmulator
@@ -345,8 +345,12 @@ def test_dry_run_logs_the_body_with_phones_masked(caplog):
     assert "79123456789" not in line and "79990001122" not in line
 
 
-def test_make_dialer_chooses_by_token(shipped_policy):
-    assert isinstance(make_dialer(Settings(policy=shipped_policy)), DryRunDialer)
+def test_make_dialer_sends_only_with_a_token_and_dry_runs_only_when_asked(shipped_policy):
+    assert isinstance(make_dialer(Settings(policy=shipped_policy, dry_run=True)), DryRunDialer)
+    asked = Settings(policy=shipped_policy, aimylogic_token=TOKEN, dry_run=True)
+    assert isinstance(make_dialer(asked), DryRunDialer)  # DRY_RUN=1 wins over a token
+    with pytest.raises(ConfigError, match=r"AIMYLOGIC_TOKEN.*DRY_RUN=1"):
+        make_dialer(Settings(policy=shipped_policy))  # no token, no dry run asked: nothing is faked
     dialer = make_dialer(Settings(policy=shipped_policy, aimylogic_token=TOKEN, aimylogic_url="https://example.test"))
     assert isinstance(dialer, AimylogicClient)
     assert dialer.base_url == "https://example.test"

@@ -58,7 +58,7 @@ def test_deliver_runs_one_pass_in_dry_run(client, runner, services):
     result = runner.invoke(args=["leads", "deliver"])
     assert result.exit_code == 0, result.output
     record = services.store.get(lead_id)
-    assert record.status is Status.SENT and record.job_id.startswith("dry-run-")
+    assert record.status is Status.DRY_RUN and record.job_id is None  # logged, never sent
 
 
 def test_retry_puts_failed_leads_back(client, runner, services, clock):
@@ -68,7 +68,7 @@ def test_retry_puts_failed_leads_back(client, runner, services, clock):
         record.status, record.attempts = Status.FAILED, 50
         services.store.update(record, owner=None)
     result = runner.invoke(args=["leads", "retry", "--failed"])
-    assert result.exit_code == 0 and "2 lead(s) back in the queue" in result.output
+    assert result.exit_code == 0 and "2 lead(s) queued again (pending 2)" in result.output
     for lead_id in ids:
         record = services.store.get(lead_id)
         assert (record.status, record.attempts, record.next_attempt_at) == (Status.PENDING, 0, clock())
@@ -83,7 +83,7 @@ def test_purge_removes_only_old_finished_leads(client, runner, services, clock):
     clock.advance(days=40)
     [new_rejected, new_pending] = add_leads(client, {"id": "new"}, {"id": "p", "phone": "+79123456789"})
     result = runner.invoke(args=["leads", "purge", "--older-than", "30d"])
-    assert result.exit_code == 0 and "purged 1 lead(s)" in result.output
+    assert result.exit_code == 0 and "purged 1 final lead(s)" in result.output
     assert services.store.get(old_rejected) is None
     assert services.store.get(new_rejected) and services.store.get(new_pending)
 
@@ -151,7 +151,7 @@ def test_each_transition_is_one_structured_line(client, services, clock, caplog)
     clock.advance(seconds=90)
     deliver_pending(services)
     lines = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("lead_id") == lead_id]
-    assert [line["status"] for line in lines] == ["pending", "sent"]
-    sent = lines[-1]
-    assert sent["source"] == "generic" and sent["ref"] == "a" and sent["attempt"] == 1
-    assert sent["job_id"].startswith("dry-run-") and sent["phone"] == "7912*****89" and sent["age_s"] == 90.0
+    assert [line["status"] for line in lines] == ["pending", "dry_run"]
+    logged = lines[-1]
+    assert logged["source"] == "generic" and logged["ref"] == "a" and logged["attempt"] == 1
+    assert "job_id" not in logged and logged["phone"] == "7912*****89" and logged["age_s"] == 90.0

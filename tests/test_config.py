@@ -14,7 +14,7 @@ from tests.conftest import FIXTURES, ROOT
 
 ALL_VARIABLES = [
     "AIMYLOGIC_URL", "AIMYLOGIC_TOKEN", "WEBHOOK_SECRET", "LEADS_CONFIG", "LEADS_STORE", "DEFAULT_REGION",
-    "HOST", "PORT", "PUBLIC_BASE_URL", "MAX_BODY_BYTES", "LOG_LEVEL", "AWS_LAMBDA_FUNCTION_NAME",
+    "HOST", "PORT", "PUBLIC_BASE_URL", "MAX_BODY_BYTES", "LOG_LEVEL", "AWS_LAMBDA_FUNCTION_NAME", "DRY_RUN",
 ]  # fmt: skip
 
 
@@ -27,9 +27,10 @@ def clean_env(monkeypatch):
 
 def test_defaults_load_with_a_secret(clean_env):
     clean_env.setenv("WEBHOOK_SECRET", "s3cret")
+    clean_env.setenv("AIMYLOGIC_TOKEN", "8231.7056.1b131df1")
     settings = load_settings()
     assert settings.aimylogic_url == "https://app.aimylogic.com"
-    assert settings.dry_run is True
+    assert settings.dry_run is False
     assert settings.leads_store == "sqlite:///instance/leads.db"
     assert (settings.default_region, settings.host, settings.port) == ("RU", "127.0.0.1", 5000)
     assert settings.leads_config == ROOT / "leads.toml"
@@ -37,6 +38,7 @@ def test_defaults_load_with_a_secret(clean_env):
 
 
 def test_secret_lists_allow_rotation(clean_env):
+    clean_env.setenv("DRY_RUN", "1")
     clean_env.setenv("WEBHOOK_SECRET", " current , previous ,")
     assert load_settings().webhook_secrets == ("current", "previous")
 
@@ -84,6 +86,7 @@ def test_each_bad_variable_is_named(clean_env, name, value, expected):
 def test_sqlite_durability_is_a_choice(clean_env, tmp_path, url, synchronous):
     from crm2calls.store import open_store
 
+    clean_env.setenv("DRY_RUN", "1")
     clean_env.setenv("WEBHOOK_SECRET", "s")
     clean_env.setenv("LEADS_STORE", url)
     assert load_settings().leads_store == url
@@ -95,6 +98,7 @@ def test_sqlite_durability_is_a_choice(clean_env, tmp_path, url, synchronous):
 
 
 def test_an_unknown_sqlite_option_is_named(clean_env):
+    clean_env.setenv("DRY_RUN", "1")
     clean_env.setenv("WEBHOOK_SECRET", "s")
     clean_env.setenv("LEADS_STORE", "sqlite:///x.db?journal=off")
     with pytest.raises(ConfigError) as exc:
@@ -132,9 +136,9 @@ def test_secrets_never_appear_in_repr(clean_env):
         ("bad_zone.toml", 'bad_zone.toml: calls.default_zone: "Europe/Atlantis" is not an IANA zone id'),
         ("night_calls.toml", "night_calls.toml: calls.hours: default 07:00-22:00 is outside the safe hours"),
         ("negative_attempts.toml", "negative_attempts.toml: calls.max_call_attempts: Must be greater than or equal"),
-        ("renamed_call_attempts.toml", "calls.max_attempts: renamed: use max_call_attempts"),
-        ("renamed_send_attempts.toml", "delivery.max_attempts: renamed: use max_send_attempts"),
-        ("renamed_source_attempts.toml", "sources.site.calls.max_attempts: renamed: use max_call_attempts"),
+        ("renamed_call_attempts.toml", "renamed_call_attempts.toml: calls.max_attempts: renamed: use max_call"),
+        ("renamed_send_attempts.toml", "renamed_send_attempts.toml: delivery.max_attempts: renamed: use max_send"),
+        ("renamed_source_attempts.toml", "renamed_source_attempts.toml: sources.site.calls.max_attempts: renamed"),
         ("zero_backoff.toml", "zero_backoff.toml: delivery.backoff_base_seconds: Must be greater than 0"),
         ("string_batch.toml", "string_batch.toml: delivery.batch_size: Not a valid integer."),
         ("bad_city_zone.toml", 'bad_city_zone.toml: zones.cities.Тверь: "Moscow" is not an IANA zone id'),
@@ -201,7 +205,7 @@ def test_config_check_prints_the_effective_policy_without_secrets():
 
 
 def test_config_check_asks_phonenumbers_about_regions():
-    result = run_cli("config", "check", env={"WEBHOOK_SECRET": "x", "DEFAULT_REGION": "XX"})
+    result = run_cli("config", "check", env={"WEBHOOK_SECRET": "x", "DRY_RUN": "1", "DEFAULT_REGION": "XX"})
     assert result.returncode == 2
     assert "phone region 'XX' is unknown" in result.stderr
 
@@ -213,6 +217,34 @@ def test_importing_the_app_without_a_secret_stops_start_up():
     )  # fmt: skip
     assert result.returncode != 0
     assert "WEBHOOK_SECRET: required" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "starts", "dry_run"),
+    [
+        ({}, False, None),  # no token, no DRY_RUN: refuse rather than fake every call
+        ({"DRY_RUN": "1"}, True, True),
+        ({"AIMYLOGIC_TOKEN": "8231.7056.1b131df1"}, True, False),
+        ({"AIMYLOGIC_TOKEN": "8231.7056.1b131df1", "DRY_RUN": "1"}, True, True),  # asked: a dry run, token or not
+    ],
+)
+def test_a_serving_process_dry_runs_only_when_asked(env, starts, dry_run):
+    code = "import app; print('dry_run', app.app.extensions['crm2calls'].services.settings.dry_run)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={"PATH": "/usr/bin:/bin", "WEBHOOK_SECRET": "x", **env},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (result.returncode == 0) is starts, result.stderr
+    if starts:
+        assert f"dry_run {dry_run}" in result.stdout
+    else:
+        assert "AIMYLOGIC_TOKEN: required" in result.stderr and "DRY_RUN=1" in result.stderr
+
+
+def test_make_run_without_a_token_is_a_dry_run(clean_env):
+    assert load_settings(serving=True, dev_mode=True).dry_run is True
+    clean_env.setenv("AIMYLOGIC_TOKEN", "8231.7056.1b131df1")
+    assert load_settings(serving=True, dev_mode=True).dry_run is False
 
 
 def test_dev_mode_serves_without_a_secret_only_on_loopback():

@@ -15,12 +15,13 @@ import pytest
 from crm2calls.aimylogic import DryRunDialer
 from crm2calls.delivery import CAMPAIGN_META, deliver_pending
 from crm2calls.errors import AuthError, EnrichmentError, StoreError, UnavailableError
-from crm2calls.guards import campaign_slot, phone_key
+from crm2calls.guards import phone_key, slot_name
 from crm2calls.intake import new_lead_id
 from crm2calls.model import Lead, LeadRecord, PhoneCandidate, Status
 from crm2calls.phones import mask
 from crm2calls.sources.base import Source
 from crm2calls.store import open_store
+from crm2calls.store.base import ClaimRefusedError, Claims
 from crm2calls.worker import DeliveryWorker
 from tests.conftest import FIXTURES, TOKEN
 
@@ -36,7 +37,7 @@ def make(make_services, shipped_policy, aimylogic):
         policy = replace(
             shipped_policy, delivery=replace(shipped_policy.delivery, backoff_cap_seconds=CAP, **delivery)
         )
-        return make_services(policy=policy, aimylogic_token=TOKEN, aimylogic_url=aimylogic.url)
+        return make_services(policy=policy, aimylogic_token=TOKEN, aimylogic_url=aimylogic.url, dry_run=False)
 
     return build
 
@@ -58,8 +59,7 @@ def add_lead(services, n: int, *, created_at=None, **entry_changes) -> LeadRecor
         phone_masked=mask(entry["phone"]),
         phone_key=phone_key(entry["phone"]),
     )
-    services.store.claim_phone(campaign_slot(services, record.phone_key), record.key, now, timedelta(hours=24))
-    stored, _ = services.store.insert(record)
+    stored, _ = services.store.insert(record, Claims(slot_name(record.phone_key), timedelta(hours=24)))
     return stored
 
 
@@ -76,9 +76,14 @@ def all_leads(services) -> list[LeadRecord]:
 
 
 def slot_is_free(services, record: LeadRecord) -> bool:
-    """Whether another lead could take this lead's phone now (the slot was released)."""
-    slot = campaign_slot(services, record.phone_key)
-    return services.store.claim_phone(slot, "probe", services.clock(), timedelta(hours=24)) is None
+    """Whether another lead could take this lead's phone now (the slot was released); the probe keeps it."""
+    now = services.clock()
+    probe = replace(record, id=new_lead_id(now), key=f"probe:{record.key}", status=Status.DUPLICATE, updated_at=now)
+    try:
+        services.store.insert(probe, Claims(slot_name(record.phone_key), timedelta(hours=24)))
+    except ClaimRefusedError:
+        return False
+    return True
 
 
 # Sending
@@ -150,14 +155,15 @@ def test_job_id_count_mismatch_keeps_every_id_on_every_lead(make, aimylogic, cap
     assert "2 job ids for 3 entries" in caplog.text
 
 
-def test_dry_run_marks_leads_sent_with_dry_run_ids(make_services):
-    services = make_services()  # no AIMYLOGIC_TOKEN
+def test_a_dry_run_ends_leads_dry_run_without_a_job_id(make_services):
+    services = make_services()  # DRY_RUN
     lead = add_lead(services, 1)
 
-    deliver_pending(services)
+    report = deliver_pending(services)
 
     assert isinstance(services.dialer, DryRunDialer)
-    assert services.store.get(lead.id).job_id == "dry-run-1"
+    stored = services.store.get(lead.id)
+    assert (stored.status, stored.job_id, report.dry_run, report.sent) == (Status.DRY_RUN, None, 1, 0)
 
 
 def test_time_budget_stops_between_rounds(make, aimylogic):
@@ -234,8 +240,8 @@ def test_backoff_grows_and_stays_under_the_cap(make, aimylogic, clock):
     assert all(CAP / 2 <= d <= CAP for d in delays[-3:])
 
 
-def test_max_attempts_fails_the_lead_and_frees_its_phone(make, aimylogic, clock):
-    services = make(max_attempts=3)
+def test_max_send_attempts_fails_the_lead_and_frees_its_phone(make, aimylogic, clock):
+    services = make(max_send_attempts=3)
     lead = add_lead(services, 1)
     aimylogic.fail_next(503, times=100)
 
@@ -318,7 +324,7 @@ def test_auth_error_pauses_delivery_until_the_token_works(make, aimylogic, clock
 # Leases
 
 
-def test_a_lost_lease_is_skipped(make, aimylogic):
+def test_a_worker_that_lost_its_lease_still_records_the_job_ids_it_got(make, aimylogic):
     services = make()
     leads = add_leads(services, 2)
     real = services.dialer
@@ -338,8 +344,11 @@ def test_a_lost_lease_is_skipped(make, aimylogic):
 
     report = deliver_pending(services)
 
-    assert report.sent == 0 and report.requests == 1
-    assert {services.store.get(lead.id).lease_owner for lead in leads} == {"another-worker"}
+    assert report.sent == 2 and report.requests == 1
+    for lead in leads:
+        stored = services.store.get(lead.id)
+        assert stored.status is Status.SENT and stored.job_id in aimylogic.calls
+        assert stored.lease_owner is None  # the other worker cannot send it again: its lease is gone
 
 
 # Enrichment: leads whose phone must be fetched from the CRM

@@ -278,6 +278,7 @@ def invoke(isolated_process, settings_dir, store, aimylogic, lambda_api, monkeyp
     # Secrets come from the function's configuration (aws_environment_variables), never from the zip.
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("AIMYLOGIC_TOKEN", TOKEN)
+    monkeypatch.delenv("DRY_RUN", raising=False)  # the test session's own default
     monkeypatch.setenv("AIMYLOGIC_URL", aimylogic.url)
     monkeypatch.setenv("HUBSPOT_CLIENT_SECRET", HUBSPOT_SECRET)
 

@@ -556,7 +556,8 @@ def test_dynamodb_v1_table_upgrades_its_final_leads_and_slots(backend: Backend, 
 
     client = boto3.client("dynamodb")
     store.insert(lead(1, status=Status.SENT))
-    client.update_item(TableName=store.table, Key={"pk": {"S": "LEAD#lead-1"}}, UpdateExpression="REMOVE final")
+    final = {"ExpressionAttributeNames": {"#f": "final"}}
+    client.update_item(TableName=store.table, Key={"pk": {"S": "LEAD#lead-1"}}, UpdateExpression="REMOVE #f", **final)
     client.put_item(
         TableName=store.table,
         Item={

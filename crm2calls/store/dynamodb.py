@@ -189,7 +189,8 @@ class DynamoDBStore:
             self._client.update_item(
                 TableName=self.table,
                 Key={"pk": item["pk"]},
-                UpdateExpression="SET final = if_not_exists(final, :final)",
+                UpdateExpression="SET #final = if_not_exists(#final, :final)",
+                ExpressionAttributeNames={"#final": "final"},
                 ExpressionAttributeValues={":final": {"N": "1" if item["status"]["S"] in ends else "0"}},
             )
         scan: dict[str, Any] = {
@@ -549,7 +550,8 @@ class DynamoDBStore:
         """Delete a lead and its idempotency key together; False if a condition stopped it."""
         lead: dict[str, Any] = {"TableName": self.table, "Key": {"pk": item["pk"]}}
         if final_only:  # `leads retry` may have made it pending again since the scan
-            lead["ConditionExpression"] = "final = :one"
+            lead["ConditionExpression"] = "#final = :one"  # FINAL is a reserved word
+            lead["ExpressionAttributeNames"] = {"#final": "final"}
             lead["ExpressionAttributeValues"] = {":one": {"N": "1"}}
         key = {
             "TableName": self.table,
