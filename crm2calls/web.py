@@ -18,6 +18,11 @@ from crm2calls.sources.base import Ack, InboundRequest, Source
 bp = Blueprint("webhooks", __name__)
 log = logging.getLogger("crm2calls.web")
 _openapi_lock = threading.Lock()
+DRY_RUN_REASON = (
+    "DRY_RUN is on outside development: every addPhones body is logged and nothing is sent, so nobody is "
+    "called. Set AIMYLOGIC_TOKEN and unset DRY_RUN, then `flask --app app leads retry --dry-run` sends "
+    "the leads the dry run logged."
+)
 
 
 def services() -> Services:
@@ -90,7 +95,11 @@ def healthz() -> Response | tuple[Response, int]:
     Counting scans the whole table on DynamoDB, so a monitor polling every minute should not ask for it.
     """
     svc = services()
-    body: dict[str, Any] = {"status": "ok", "dry_run": svc.settings.dry_run}
+    reasons = []
+    if svc.settings.dry_run and not svc.settings.dev_mode:
+        reasons.append({"code": "dry_run", "message": DRY_RUN_REASON})
+    status = "degraded" if reasons else "ok"
+    body: dict[str, Any] = {"status": status, "reasons": reasons, "dry_run": svc.settings.dry_run}
     try:
         store = svc.store
         campaign = store.get_meta("campaign")

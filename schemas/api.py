@@ -59,11 +59,19 @@ class DeliveryStateSchema(Schema):
     reason = fields.String(allow_none=True)
 
 
-class HealthSchema(Schema):
-    """GET /healthz when ready."""
+class ReasonSchema(Schema):
+    """Why the service is not simply ok, and what to do."""
 
-    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
-    dry_run = fields.Boolean(required=True, metadata={"description": "No AIMYLOGIC_TOKEN: nothing is sent."})
+    code = fields.String(required=True, validate=validate.OneOf(["dry_run"]))
+    message = fields.String(required=True)
+
+
+class HealthSchema(Schema):
+    """GET /healthz when ready: ok, or degraded with its reasons."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ok", "degraded"]))
+    reasons = fields.List(fields.Nested(ReasonSchema), required=True)
+    dry_run = fields.Boolean(required=True, metadata={"description": "Entries are logged, nothing is sent."})
     leads = fields.Dict(
         keys=fields.String(validate=validate.OneOf(STATUSES)),
         values=fields.Integer(),

@@ -350,3 +350,16 @@ def test_a_transition_outside_the_lifecycle_is_refused(make):
     with pytest.raises(lifecycle.TransitionError):
         lifecycle.save(services, sent, Status.PENDING, services.clock(), "back", owner=None)
     assert services.store.get(lead.id).status is Status.PENDING
+
+
+def test_a_split_stops_starting_requests_at_the_time_budget_and_the_rest_waits(make, aimylogic):
+    services = make(batch_size=4, concurrency=1)
+    bad = add_lead(services, 99, gmtZone="+25:00")
+    add_leads(services, 3)
+    aimylogic.delay = 0.25  # each request outlasts the budget below: no second request starts
+
+    report = deliver_pending(services, time_budget=0.2)
+
+    assert report.requests == 1
+    assert statuses(services) == {"pending": 4}  # refused once, split, then left for the next pass
+    assert services.store.get(bad.id).attempts == 0

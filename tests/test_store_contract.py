@@ -664,3 +664,17 @@ def test_dynamodb_keys_counters_and_final_leads_expire_by_ttl(aws_env: str) -> N
     assert expires("LEAD#lead-1") is None
     store.update(replace(record, status=Status.SENT, work={"poll": T0 + DAY}), owner=None)  # followed: not final
     assert expires("LEAD#lead-1") is None
+
+
+def test_sqlite_a_failing_commit_rolls_back_and_the_connection_works_on(tmp_path: Any) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'leads.db'}")
+    store.migrate()
+    conn = store._conn()
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    conn.execute("CREATE TABLE child (parent_id REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(sqlite3.IntegrityError), store._write() as tx:  # checked only at COMMIT
+        tx.execute("INSERT INTO child VALUES (1)")
+    assert not conn.in_transaction
+    store.insert(lead(1))  # the next write starts its own transaction
+    assert store.get("lead-1") == lead(1)

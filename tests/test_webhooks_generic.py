@@ -232,11 +232,21 @@ def test_preview_needs_the_key(client):
     assert client.post("/preview/generic", data=fixture("one_lead.json"), content_type=JSON).status_code == 401
 
 
-def test_healthz(client):
+def test_healthz_calls_a_dry_run_outside_development_degraded(client):
     response = client.get("/healthz")
     assert response.status_code == 200
     body = response.get_json()
-    assert body == {"status": "ok", "dry_run": True, "delivery": {"paused": False}}
+    assert body["status"] == "degraded" and body["dry_run"] is True and body["delivery"] == {"paused": False}
+    [reason] = body["reasons"]
+    assert reason["code"] == "dry_run" and "AIMYLOGIC_TOKEN" in reason["message"]
+
+
+@pytest.mark.parametrize(("overrides", "status"), [({"dev_mode": True}, "ok"), ({"aimylogic_token": "t"}, "ok")])
+def test_healthz_is_ok_in_development_or_with_a_token(make_services, overrides, status):
+    from app import create_app
+
+    body = create_app(services=make_services(**overrides)).test_client().get("/healthz").get_json()
+    assert (body["status"], body["reasons"]) == (status, [])
 
 
 def test_healthz_counts_on_request(client):
