@@ -128,6 +128,7 @@ class PrometheusSink:
         import prometheus_client as prom
         from prometheus_client import multiprocess
 
+        prom.disable_created_metrics()  # *_created series exist only outside multiprocess mode: one set of names
         self.registry = prom.CollectorRegistry()
         if directory:
             multiprocess.MultiProcessCollector(self.registry, path=directory)
@@ -156,10 +157,11 @@ class PrometheusSink:
             child.observe(amount)
 
     def exposition(self) -> tuple[bytes, str]:
-        """The text format and its content type."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        """The text format 0.0.4, which every Prometheus version reads (our names need nothing newer)."""
+        from prometheus_client import generate_latest
+        from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
 
 
 EMF_MAX_VALUES = 100  # values of one metric in one EMF line (the spec's limit)
@@ -182,7 +184,7 @@ class EmfSink:
     ):
         self.service = service
         self.namespace = namespace
-        self._write = write or _stdout_line
+        self._write = write if write is not None else _stdout_line
         self.clock = clock
         self._lock = threading.Lock()
         self._depth = 0
