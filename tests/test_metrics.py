@@ -228,17 +228,14 @@ def test_the_lifecycle_functions_record_what_they_say(prometheus):
 
 
 def test_configure_picks_the_sink_from_the_settings(settings, tmp_path):
-    try:
-        assert isinstance(metrics.configure(settings), metrics.NullSink)
-        assert metrics.exposition() is None
-        assert isinstance(metrics.configure(replace(settings, metrics_tokens=("t",))), metrics.PrometheusSink)
-        assert metrics.exposition() is not None
-        on_lambda = replace(settings, on_lambda=True, lambda_function="crm2calls-production", metrics_tokens=("t",))
-        sink = metrics.configure(on_lambda)
-        assert isinstance(sink, metrics.EmfSink) and sink.service == "crm2calls-production"
-        assert metrics.exposition() is None
-    finally:
-        metrics.configure(None)
+    assert isinstance(metrics.configure(settings), metrics.NullSink)
+    assert metrics.exposition() is None
+    assert isinstance(metrics.configure(replace(settings, metrics_tokens=("t",))), metrics.PrometheusSink)
+    assert metrics.exposition() is not None
+    on_lambda = replace(settings, on_lambda=True, lambda_function="crm2calls-production", metrics_tokens=("t",))
+    sink = metrics.configure(on_lambda)
+    assert isinstance(sink, metrics.EmfSink) and sink.service == "crm2calls-production"
+    assert metrics.exposition() is None
 
 
 def test_settings_read_the_metrics_variables(monkeypatch, tmp_path):
@@ -292,8 +289,7 @@ def metrics_client(make_services):
     from app import create_app
 
     services = make_services(metrics_tokens=(METRICS_TOKEN, "previous-metrics-token"))
-    yield create_app(services=services).test_client()
-    metrics.configure(None)
+    return create_app(services=services).test_client()
 
 
 def test_metrics_are_not_served_without_a_token(client):
@@ -383,11 +379,8 @@ def test_a_webhook_the_store_cannot_take_counts_as_error(make_services):
     services = make_services(metrics_tokens=(METRICS_TOKEN,))
     services.store_factory = BrokenStore
     client = create_app(services=services).test_client()
-    try:
-        assert client.post(URL, json={"id": "1", "phone": "+79123456789"}).status_code == 503
-        assert webhooks(scrape(client), "generic", "error") == 1
-    finally:
-        metrics.configure(None)
+    assert client.post(URL, json={"id": "1", "phone": "+79123456789"}).status_code == 503
+    assert webhooks(scrape(client), "generic", "error") == 1
 
 
 # Aimylogic requests, over HTTP to the emulator
