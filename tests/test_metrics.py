@@ -525,3 +525,9 @@ def test_an_unreachable_crm_counts_as_unavailable_under_its_short_name(prometheu
     with pytest.raises(UnavailableError):
         client.request("POST", "/oauth/v2/token", data={"grant_type": "refresh_token"})
     assert value(prometheus, "crm2calls_crm_api_requests_total", crm="zoho", result="unavailable") == 1
+
+
+def test_the_openapi_description_lists_metrics_and_its_answers(metrics_client):
+    described = metrics_client.get("/openapi.json").get_json()["paths"]["/metrics"]["get"]["responses"]
+    assert set(described) == {"200", "401", "404"}
+    assert metrics_client.get("/metrics").status_code == 401
