@@ -264,8 +264,8 @@ def test_a_multiprocess_directory_that_does_not_exist_is_named(monkeypatch, tmp_
 def test_gunicorns_master_gets_a_directory_only_with_a_token(monkeypatch, tmp_path):
     from crm2calls.config import prepare_metrics_dir
 
-    monkeypatch.delenv("METRICS_TOKEN", raising=False)
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setenv("METRICS_TOKEN", "")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # empty is unset; monkeypatch restores what prepare sets
     assert prepare_metrics_dir() is None
     monkeypatch.setenv("METRICS_TOKEN", METRICS_TOKEN)
     made = prepare_metrics_dir()
