@@ -150,3 +150,15 @@ def test_the_rule_file_has_unique_alert_names():
     names = [rule["alert"] for rule in alert_rules()]
     assert len(names) == len(set(names)) and all(re.fullmatch(r"Crm2calls[A-Z]\w+", name) for name in names)
     assert Path(ALERTS).read_text(encoding="utf-8").endswith("\n")
+
+
+def test_docs_name_every_metric_alert_and_alarm():
+    from crm2calls.aws import alarms
+
+    text = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    for metric in metrics.METRICS:
+        assert f"`{metric.name}`" in text, metric.name
+    for rule in alert_rules():
+        assert f"`{rule['alert']}`" in text, rule["alert"]
+    for alarm in alarms("FUNCTION"):
+        assert f"`{alarm['AlarmName']}`" in text, alarm["AlarmName"]
