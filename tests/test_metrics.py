@@ -240,6 +240,7 @@ def test_configure_picks_the_sink_from_the_settings(settings, tmp_path):
 
 def test_settings_read_the_metrics_variables(monkeypatch, tmp_path):
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("AIMYLOGIC_TOKEN", TOKEN)
     monkeypatch.setenv("METRICS_TOKEN", " current , previous ")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "crm2calls-dev")
@@ -253,6 +254,7 @@ def test_a_multiprocess_directory_that_does_not_exist_is_named(monkeypatch, tmp_
     from crm2calls.errors import ConfigError
 
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("AIMYLOGIC_TOKEN", TOKEN)
     monkeypatch.setenv("METRICS_TOKEN", METRICS_TOKEN)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
     with pytest.raises(ConfigError) as error:
@@ -284,12 +286,12 @@ def test_gunicorns_master_gets_a_directory_only_with_a_token(monkeypatch, tmp_pa
 
 
 @pytest.fixture
-def metrics_client(make_services):
-    """A test client of an app with METRICS_TOKEN set (current and previous)."""
-    from app import create_app
+def metrics_client(make_app):
+    """A test client of an app with METRICS_TOKEN set (current and previous).
 
-    services = make_services(metrics_tokens=(METRICS_TOKEN, "previous-metrics-token"))
-    return create_app(services=services).test_client()
+    Not a dry run (a dry run claims no phone, so finds no duplicate); no worker runs, so nothing is sent.
+    """
+    return make_app(metrics_tokens=(METRICS_TOKEN, "previous-metrics-token"))[1]
 
 
 def test_metrics_are_not_served_without_a_token(client):
