@@ -56,9 +56,12 @@ LEAD_TRANSITIONS = Metric(
     "Leads entering each status", rollups=(("status",),),
 )
 LEADS = Metric("crm2calls_leads", "gauge", ("status",), "Leads in the store by status (maintained counters)")
+# Labelled, so that no series exists before a delivery pass sets one: an unlabelled gauge would read 0
+# from start-up, and a worker that never reports would look like an empty queue.
 OLDEST_WAITING = Metric(
-    "crm2calls_oldest_waiting_seconds", "gauge", (),
+    "crm2calls_oldest_waiting_seconds", "gauge", ("campaign",),
     "Age of the oldest lead waiting to be sent (received, pending, sending; held leads excluded)", unit="Seconds",
+    rollups=((),),
 )
 CAMPAIGN_HELD = Metric(
     "crm2calls_campaign_held", "gauge", ("campaign",),
@@ -334,9 +337,9 @@ def lead_counts(counts: Mapping[str, int]) -> None:
         _sink.record(LEADS, (str(status),), count)
 
 
-def oldest_waiting(seconds: float) -> None:
-    """Age of the oldest lead waiting to be sent; 0 when none waits (a missing value means nothing reports)."""
-    _sink.record(OLDEST_WAITING, (), max(0.0, seconds))
+def oldest_waiting(campaign: str, seconds: float) -> None:
+    """Age of a campaign's oldest lead waiting to be sent; 0 when none waits (a missing value means nothing reports)."""
+    _sink.record(OLDEST_WAITING, (campaign,), max(0.0, seconds))
 
 
 def campaign_held(campaign: str, held: bool) -> None:

@@ -59,7 +59,7 @@ def test_each_crm2calls_alarm_watches_a_metric_and_dimensions_the_emf_lines_carr
     lines: list[str] = []
     previous = metrics.use(metrics.EmfSink(FUNCTION, write=lines.append))
     try:
-        metrics.oldest_waiting(700)
+        metrics.oldest_waiting("default", 700)
         metrics.lead_entered("amocrm", "failed")
         metrics.campaign_held("default", True)
     finally:

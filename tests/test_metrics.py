@@ -108,6 +108,13 @@ def test_names_are_unique_and_every_exported_series_is_listed(prometheus):
     assert samples == metrics.exported_names()  # no *_created: the same names as in multiprocess mode
 
 
+def test_no_gauge_has_a_value_before_it_is_set(prometheus):
+    # A gauge reading 0 from start-up would hide a worker that never reports (absent() alerts on that).
+    body, _ = prometheus.exposition()
+    samples = {sample.name for family in text_string_to_metric_families(body.decode()) for sample in family.samples}
+    assert not samples & {metric.name for metric in metrics.METRICS if metric.kind == "gauge"}
+
+
 # CloudWatch EMF
 
 
@@ -149,22 +156,24 @@ def test_a_batch_writes_one_line_per_set_of_dimension_values_when_it_ends(emf):
         metrics.webhook("amocrm", "accepted")
         metrics.webhook("amocrm", "accepted", 2)
         metrics.webhook("amocrm", "rejected")
-        metrics.oldest_waiting(30)
-        metrics.oldest_waiting(12.5)  # a gauge keeps its last value
+        metrics.oldest_waiting("default", 30)
+        metrics.oldest_waiting("default", 12.5)  # a gauge keeps its last value
+        metrics.campaign_held("default", False)
         metrics.speed_to_lead("amocrm", 0.2)
         metrics.speed_to_lead("amocrm", 0.4)
         metrics.delivery_pass()
         assert lines == []
-    assert len(lines) == 4  # (amocrm, accepted), (amocrm, rejected), (no labels), (source amocrm)
+    assert len(lines) == 5  # (amocrm, accepted), (amocrm, rejected), (campaign default), (no labels), (amocrm)
     assert emf_values(lines, "crm2calls_webhooks_total", source="amocrm", outcome="accepted") == [3]
     assert emf_values(lines, "crm2calls_webhooks_total", outcome="rejected") == [1]
-    assert emf_values(lines, "crm2calls_oldest_waiting_seconds") == [12.5]
+    assert emf_values(lines, "crm2calls_oldest_waiting_seconds", campaign="default") == [12.5]
     assert emf_values(lines, "crm2calls_delivery_passes_total") == [1]
     assert emf_values(lines, "crm2calls_speed_to_lead_seconds", source="amocrm") == [[0.2, 0.4]]
-    [unlabelled] = [assert_emf_line(line) for line in lines if "crm2calls_oldest_waiting_seconds" in line]
+    [campaign] = [assert_emf_line(line) for line in lines if "crm2calls_oldest_waiting_seconds" in line]
     # Metrics sharing a line keep their own directives (units, dimension sets).
-    units = {d["Metrics"][0]["Name"]: d["Metrics"][0]["Unit"] for d in unlabelled["_aws"]["CloudWatchMetrics"]}
-    assert units == {"crm2calls_oldest_waiting_seconds": "Seconds", "crm2calls_delivery_passes_total": "Count"}
+    units = {d["Metrics"][0]["Name"]: d["Metrics"][0]["Unit"] for d in campaign["_aws"]["CloudWatchMetrics"]}
+    assert units == {"crm2calls_oldest_waiting_seconds": "Seconds", "crm2calls_campaign_held": "None"}
+    assert campaign["crm2calls_campaign_held"] == 0
 
 
 def test_nested_batches_write_once_at_the_outermost_end(emf):
@@ -212,13 +221,13 @@ def test_the_lifecycle_functions_record_what_they_say(prometheus):
     metrics.lead_entered("amocrm", "failed")
     metrics.lead_entered("amocrm", "failed")
     metrics.lead_counts({"pending": 4, "held": 2, "failed": 0})
-    metrics.oldest_waiting(-3)  # a clock step back is no negative age
+    metrics.oldest_waiting("default", -3)  # a clock step back is no negative age
     metrics.campaign_held("default", False)
     metrics.speed_to_lead("generic", 0.015)
     assert value(prometheus, "crm2calls_lead_transitions_total", source="amocrm", status="failed") == 2
     assert value(prometheus, "crm2calls_leads", status="pending") == 4
     assert value(prometheus, "crm2calls_leads", status="held") == 2
-    assert value(prometheus, "crm2calls_oldest_waiting_seconds") == 0
+    assert value(prometheus, "crm2calls_oldest_waiting_seconds", campaign="default") == 0
     assert value(prometheus, "crm2calls_campaign_held", campaign="default") == 0
     assert value(prometheus, "crm2calls_speed_to_lead_seconds_bucket", source="generic", le="0.02") == 1
     assert value(prometheus, "crm2calls_speed_to_lead_seconds_bucket", source="generic", le="0.01") == 0
