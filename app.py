@@ -52,11 +52,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
         attach(services)  # webhooks kick an async delivery pass; CloudWatch gets redacted lines only
 
-    from crm2calls import cli, web
+    from crm2calls import cli, metrics, web
 
+    metrics.configure(settings)  # EMF on Lambda, Prometheus with METRICS_TOKEN, else off
     app.register_blueprint(web.bp)
     web.register_error_handlers(app)
     web.register_request_log(app)
+    web.register_metrics(app)
     cli.register(app)
     return app
 

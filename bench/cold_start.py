@@ -42,7 +42,7 @@ TABLE = "crm2calls-dev-leads"  # the dev stage's LEADS_STORE in zappa_settings.j
 HEAVY = (
     "phonenumbers", "requests", "zappa.asynchronous", "crm2calls.mapping", "crm2calls.delivery",
     "crm2calls.sources.hubspot", "crm2calls.sources.amocrm", "crm2calls.sources.bitrix24", "schemas.phone_entry",
-    "apispec", "defusedxml", "marshmallow", "environs",
+    "apispec", "defusedxml", "marshmallow", "environs", "prometheus_client",
 )
 
 BARE_APP = '''"""A bare Flask app: the floor of a Flask app behind Zappa's handler."""

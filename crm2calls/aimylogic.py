@@ -10,11 +10,13 @@ import itertools
 import json
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+from crm2calls import metrics
 from crm2calls.clock import Clock, utcnow
-from crm2calls.errors import AuthError, RejectedError, UnavailableError
+from crm2calls.errors import AuthError, OutboundError, RejectedError, UnavailableError
 from crm2calls.http import parse_retry_after
 from crm2calls.logs import install_record_redaction, redact
 
@@ -77,7 +79,8 @@ class AimylogicClient:
 
     def add_phones(self, entries: list[dict]) -> list[str]:
         """POST entries to addPhones; return the created job ids as strings, in request order."""
-        response = self._call("POST", f"/api/calls/campaign/{self._token}/addPhones", json=entries)
+        path = f"/api/calls/campaign/{self._token}/addPhones"
+        response = self._call("POST", path, entries=len(entries), json=entries)
         try:
             ids = response.json()
         except ValueError:
@@ -98,14 +101,22 @@ class AimylogicClient:
         """The campaign's status: planned, inProcess, finished, paused or deleted."""
         return _bare_string(self._call("GET", f"/api/calls/campaign/{self._token}/status"))
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def _call(self, method: str, path: str, entries: int = 0, **kwargs: Any) -> requests.Response:
         what = path.rsplit("/", 1)[-1]
-        response = self._send(method, path, what, **kwargs)
-        if isinstance(response, UnavailableError):
-            # Raised outside the except block, so no requests/urllib3 exception (whose message
-            # holds the URL and so the token) is chained to it as __context__.
-            raise response
-        return self._check(response, what)
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            response = self._send(method, path, what, **kwargs)
+            if isinstance(response, UnavailableError):
+                # Raised outside the except block, so no requests/urllib3 exception (whose message
+                # holds the URL and so the token) is chained to it as __context__.
+                raise response
+            return self._check(response, what)
+        except OutboundError as exc:
+            result = _result(exc)
+            raise
+        finally:
+            metrics.aimylogic_request(what, result, time.perf_counter() - started, entries)
 
     def _send(self, method: str, path: str, what: str, **kwargs: Any) -> requests.Response | UnavailableError:
         import requests
@@ -151,6 +162,15 @@ class AimylogicClient:
         if len(text) > MAX_MESSAGE:
             text = text[:MAX_MESSAGE] + "…"
         return prefix + redact(text)
+
+
+def _result(exc: OutboundError) -> str:
+    """The metrics' result label: auth (a person must fix the token or URL), unavailable, rejected."""
+    if isinstance(exc, AuthError):
+        return "auth"
+    if isinstance(exc, UnavailableError):
+        return "unavailable"
+    return "rejected"
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -80,3 +80,81 @@ def trust_policy() -> dict[str, Any]:
 def print_policy(table: str, function: str | None = None, file: TextIO | None = None) -> None:
     """Print lambda_policy() as JSON, ready for `aws iam put-role-policy` or Zappa's attach_policy."""
     print(json.dumps(lambda_policy(table, function), indent=2), file=file or sys.stdout)
+
+
+def alarms(function: str, sns_topic: str | None = None) -> list[dict[str, Any]]:
+    """CloudWatch alarms on the function's metrics (EMF, namespace crm2calls) and its errors, as PutMetricAlarm input.
+
+    `function` is the Lambda function's name, the `service` dimension of every crm2calls metric.
+    """
+    from crm2calls import metrics
+
+    service = [{"Name": "service", "Value": function}]
+    common: dict[str, Any] = {"Period": 300, "ComparisonOperator": "GreaterThanThreshold"}
+    common["ActionsEnabled"] = bool(sns_topic)
+    if sns_topic:
+        common |= {"AlarmActions": [sns_topic], "OKActions": [sns_topic]}
+    return [
+        {
+            "AlarmName": f"{function}-oldest-waiting-lead",
+            "AlarmDescription": "A lead has waited over 10 minutes to be sent, or nothing reports the queue "
+            "(the delivery schedule stopped). docs/metrics.md says what to check.",
+            "Namespace": metrics.NAMESPACE,
+            "MetricName": metrics.OLDEST_WAITING.name,
+            "Dimensions": service,
+            "Statistic": "Maximum",
+            "EvaluationPeriods": 1,
+            "Threshold": 600.0,
+            "TreatMissingData": "breaching",  # a dead schedule stops emitting: silence is an alarm too
+            **common,
+        },
+        {
+            "AlarmName": f"{function}-lead-failed",
+            "AlarmDescription": "A lead failed in the last hour (gave up after its attempts or age limit): "
+            "`flask --app app leads list --status failed`, then `leads retry`.",
+            "Namespace": metrics.NAMESPACE,
+            "MetricName": metrics.LEAD_TRANSITIONS.name,
+            "Dimensions": [*service, {"Name": "status", "Value": "failed"}],
+            "Statistic": "Sum",
+            "EvaluationPeriods": 12,  # any of the last twelve 5-minute periods: the last hour
+            "DatapointsToAlarm": 1,
+            "Threshold": 0.0,
+            "TreatMissingData": "notBreaching",
+            **common,
+        },
+        {
+            "AlarmName": f"{function}-campaign-held",
+            "AlarmDescription": "A campaign's delivery is held (paused, token refused or a spend guard): "
+            "GET /healthz says why.",
+            "Namespace": metrics.NAMESPACE,
+            "MetricName": metrics.CAMPAIGN_HELD.name,
+            "Dimensions": service,
+            "Statistic": "Maximum",
+            "EvaluationPeriods": 1,
+            "Threshold": 0.0,
+            "TreatMissingData": "notBreaching",
+            **common,
+        },
+        {
+            "AlarmName": f"{function}-lambda-errors",
+            "AlarmDescription": "The function failed (an exception, a timeout, out of memory): see its log group.",
+            "Namespace": "AWS/Lambda",
+            "MetricName": "Errors",
+            "Dimensions": [{"Name": "FunctionName", "Value": function}],
+            "Statistic": "Sum",
+            "EvaluationPeriods": 1,
+            "Threshold": 0.0,
+            "TreatMissingData": "notBreaching",
+            **common,
+        },
+    ]
+
+
+def create_alarms(definitions: list[dict[str, Any]]) -> list[str]:
+    """Create or update each alarm (PutMetricAlarm replaces an alarm of the same name); return their names."""
+    import boto3
+
+    client = boto3.session.Session().client("cloudwatch")
+    for definition in definitions:
+        client.put_metric_alarm(**definition)
+    return [definition["AlarmName"] for definition in definitions]

@@ -364,6 +364,24 @@ def aws_policy(table_arn: str, function_arn: str | None) -> None:
     print_policy(table_arn, function_arn)
 
 
+@aws_cli.command("alarms")
+@click.option("--function", "function_name", required=True, help="The function's name, e.g. crm2calls-production.")
+@click.option("--sns-topic", default=None, help="An SNS topic's ARN: notified on alarm and on recovery.")
+@click.option("--create", is_flag=True, help="Create (or update) them in CloudWatch instead of printing them.")
+def aws_alarms(function_name: str, sns_topic: str | None, create: bool) -> None:
+    """Print the CloudWatch alarm definitions (PutMetricAlarm JSON); with --create, create them."""
+    from crm2calls.aws import alarms, create_alarms
+
+    if sns_topic is not None and not re.fullmatch(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[\w-]{1,256}", sns_topic):
+        raise click.BadParameter("give a topic ARN: arn:aws:sns:REGION:ACCOUNT:NAME", param_hint="--sns-topic")
+    definitions = alarms(function_name, sns_topic)
+    if not create:
+        click.echo(json.dumps(definitions, indent=2))
+        return
+    for name in create_alarms(definitions):
+        click.echo(f"created or updated alarm {name}")
+
+
 def register(app: Flask) -> None:
     """Attach the command groups to the app's CLI."""
     for group in (config_cli, dialer_cli, leads_cli, crm_cli, aws_cli):

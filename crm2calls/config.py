@@ -6,6 +6,7 @@ This is the only module that reads os.environ.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,9 @@ class Settings:
     log_level: str = "INFO"
     dev_mode: bool = False  # serve webhooks without WEBHOOK_SECRET: only `make run` on loopback
     on_lambda: bool = False  # AWS_LAMBDA_FUNCTION_NAME is set: delivery is kicked as an async task
+    lambda_function: str | None = None  # AWS_LAMBDA_FUNCTION_NAME: the `service` dimension of the metrics
+    metrics_tokens: tuple[str, ...] = field(default=(), repr=False)  # METRICS_TOKEN: /metrics is served
+    metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR: gunicorn's workers add up their metrics there
     crm: CrmSettings = field(default_factory=CrmSettings)
     # Entries are logged, not sent: only when asked (DRY_RUN=1), or by `make run` without a token.
     dry_run: bool = False
@@ -161,6 +165,9 @@ def load_settings(*, serving: bool = True, dev_mode: bool = False) -> Settings:
         "log_level": env.str("LOG_LEVEL", "INFO").upper(),
         "on_lambda": bool(env.str("AWS_LAMBDA_FUNCTION_NAME", "")),
         "dry_run": env.bool("DRY_RUN", False),
+        "lambda_function": env.str("AWS_LAMBDA_FUNCTION_NAME", "") or None,
+        "metrics_tokens": _secrets(env.str("METRICS_TOKEN", "")),
+        "metrics_dir": env.str("PROMETHEUS_MULTIPROC_DIR", "") or None,
     }
     crm = {
         "amocrm_base_url": env.str("AMOCRM_BASE_URL", "") or None,
@@ -247,9 +254,32 @@ def _check_values(values: dict, crm: dict, *, serving: bool, dev_mode: bool) -> 
         values["dry_run"] = True  # `make run` on a fresh clone: try it before there is a campaign
     elif serving and not values.get("aimylogic_token") and not values.get("dry_run"):
         problems.append(NO_CAMPAIGN_TOKEN)
+    metrics_dir = values.get("metrics_dir")
+    if values.get("metrics_tokens") and metrics_dir and not Path(metrics_dir).is_dir():
+        problems.append(
+            f"PROMETHEUS_MULTIPROC_DIR: {metrics_dir} is not a directory; create it, or leave it unset "
+            "(gunicorn.conf.py then makes one)"
+        )
     if crm.get("pipedrive_webhook_user") and not crm.get("pipedrive_webhook_passwords"):
         problems.append("PIPEDRIVE_WEBHOOK_PASSWORD: set it together with PIPEDRIVE_WEBHOOK_USER")
     return problems
+
+
+def prepare_metrics_dir() -> str | None:
+    """For gunicorn's master, before the workers start: the directory they add up their metrics in.
+
+    None without METRICS_TOKEN. Else PROMETHEUS_MULTIPROC_DIR, or a new temporary directory exported
+    under that name, since prometheus_client in each worker reads it when imported.
+    """
+    env = Env()
+    if not _secrets(env.str("METRICS_TOKEN", "")):
+        return None
+    directory = env.str("PROMETHEUS_MULTIPROC_DIR", "")
+    if not directory:
+        import tempfile
+
+        directory = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="crm2calls-metrics-")
+    return directory
 
 
 def bind_address() -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm2calls import guards, lifecycle
+from crm2calls import guards, lifecycle, metrics
 from crm2calls.errors import AuthError, EnrichmentError, RejectedError, StoreError, UnavailableError
 from crm2calls.logs import redact
 from crm2calls.model import LeadEvent, LeadRecord, Status
@@ -109,10 +109,21 @@ def deliver_pending(services: Services, *, time_budget: float | None = None) -> 
         claimed += _delivery_stage(services, owner, report, deadline)
         if not claimed:
             break
+    _report_state(services, report)
     figures = report.figures()
     if any(value for name, value in figures.items() if name != "paused"):
         log.info("delivery pass: %s", report, extra={"fields": {"event": "delivery_pass", **figures}})
     return report
+
+
+def _report_state(services: Services, report: PassReport) -> None:
+    """What monitoring reads after every pass, empty ones included (a silent gauge means nothing runs)."""
+    store = services.store
+    oldest = store.oldest_waiting()
+    held = report.paused or bool(store.get_meta(guards.GUARD_META))
+    metrics.delivery_pass()
+    metrics.oldest_waiting(guards.DEFAULT_CAMPAIGN, (services.clock() - oldest).total_seconds() if oldest else 0.0)
+    metrics.campaign_held(guards.DEFAULT_CAMPAIGN, held)
 
 
 def _saved(

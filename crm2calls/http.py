@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from crm2calls import metrics
 from crm2calls.errors import AuthError, EnrichmentError, UnavailableError
 
 DEFAULT_TIMEOUT = (3.05, 15.0)
@@ -31,6 +32,19 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:  # HTTP-dates are GMT; a naive result means the zone was "-0000"
         when = when.replace(tzinfo=now.tzinfo)
     return max(0.0, (when - now).total_seconds())
+
+
+def status_result(status: int) -> str:
+    """The metrics' result label of an HTTP status: ok, auth, not_found, unavailable or rejected."""
+    if status in (401, 403):
+        return "auth"
+    if status == 404:
+        return "not_found"
+    if status == 429 or status >= 500 or 300 <= status < 400:
+        return "unavailable"
+    if status >= 400:
+        return "rejected"
+    return "ok"
 
 
 class CrmHttpClient:
@@ -57,6 +71,7 @@ class CrmHttpClient:
         install_record_redaction()  # urllib3 logs request lines, and tokens ride in paths and queries
         self.base_url = base_url.rstrip("/")
         self.service = service
+        self.crm = service.split()[0].lower()  # the metrics' label: "Zoho accounts" and "Zoho CRM" are zoho
         self.secret_hint = secret_hint
         self.timeout = timeout
         self.params = params or {}
@@ -111,10 +126,13 @@ class CrmHttpClient:
                 allow_redirects=False,
             )
         except requests.Timeout:
+            metrics.crm_api_call(self.crm, "unavailable")
             raise UnavailableError(f"{self.service} API timed out") from None
         except requests.RequestException as exc:
+            metrics.crm_api_call(self.crm, "unavailable")
             raise UnavailableError(f"{self.service} API unreachable ({type(exc).__name__})") from None
         status = response.status_code
+        metrics.crm_api_call(self.crm, status_result(status))
         if status in (401, 403):
             raise AuthError(f"{self.service} API refused our credentials (HTTP {status}): check {self.secret_hint}")
         if status == 404:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from crm2calls import metrics
 from crm2calls.config import CrmSettings
 from crm2calls.services import Services
 
@@ -57,14 +58,16 @@ def deliver(event: dict[str, Any] | None, context: Any) -> str:
     """Scheduled every minute: one delivery pass (what `flask --app app leads deliver` runs)."""
     from crm2calls.delivery import deliver_pending
 
-    return str(deliver_pending(app_services(), time_budget=_time_budget(context)))
+    with metrics.batch():  # one set of metric lines per invocation
+        return str(deliver_pending(app_services(), time_budget=_time_budget(context)))
 
 
 def deliver_task() -> str:
     """The asynchronous pass a webhook kicks; Zappa's route_lambda_task calls it in a new invocation."""
     from crm2calls.delivery import deliver_pending
 
-    return str(deliver_pending(app_services(), time_budget=TASK_BUDGET_SECONDS))
+    with metrics.batch():
+        return str(deliver_pending(app_services(), time_budget=TASK_BUDGET_SECONDS))
 
 
 def reconcile_amocrm(event: dict[str, Any] | None, context: Any) -> str:

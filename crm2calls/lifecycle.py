@@ -23,7 +23,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from crm2calls import guards
+from crm2calls import guards, metrics
 from crm2calls.errors import Crm2CallsError, UnusableLeadError
 from crm2calls.logs import log_transition
 from crm2calls.model import Lead, LeadRecord, Status
@@ -123,6 +123,7 @@ def save(
         raise
     if saved:
         log_transition(record, note, **log_fields)
+        metrics.lead_entered(record.source, status)
     return saved
 
 
@@ -138,6 +139,7 @@ def _insert(
         raise
     if created:
         log_transition(record, note)
+        metrics.lead_entered(record.source, status)
     return stored, created
 
 
@@ -286,17 +288,26 @@ def sent(services: Services, record: LeadRecord, job_id: str | None, now: dateti
     if services.settings.dry_run:
         record.job_id, status, note = None, Status.DRY_RUN, "dry run: the entry was logged, not sent"
     if save(services, record, status, now, note, owner=owner):
+        _speed_to_lead(record, now)
         return True
     # Another worker took the lead after our lease ran out. The job exists: keep its id unless the
     # other worker recorded one first (Aimylogic ignores the repeat of an entry within 24 h).
     if services.store.record_job(record):
         log_transition(record, f"{note} (recorded after the lease ran out)")
+        metrics.lead_entered(record.source, status)
+        _speed_to_lead(record, now)
         return True
     log.warning(
         "lead %s was sent twice after its lease ran out; job %s is a repeat Aimylogic ignores",
         record.id, job_id, extra={"fields": {"event": "sent_twice", "lead_id": record.id, "job_id": job_id}},
     )
     return False
+
+
+def _speed_to_lead(record: LeadRecord, now: datetime) -> None:
+    """Acceptance to job id, for leads sent for real; a lead a guard held on purpose would only blur it."""
+    if record.status is Status.SENT and not any(step.get("status") == Status.HELD for step in record.history):
+        metrics.speed_to_lead(record.source, (now - record.created_at).total_seconds())
 
 
 def retry_later(

@@ -127,6 +127,25 @@ def build_spec(sources: dict[str, Source]) -> dict[str, Any]:
         },
     )
     spec.path(
+        path="/metrics",
+        operations={
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics, only to the bearer of METRICS_TOKEN",
+                "description": "Served only when METRICS_TOKEN is set, and only with `Authorization: Bearer "
+                "<METRICS_TOKEN>`; on Lambda the metrics go to CloudWatch instead. docs/metrics.md lists them.",
+                "responses": {
+                    "200": {
+                        "description": "The Prometheus text format 0.0.4.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": _json("No bearer token, or not METRICS_TOKEN.", "Error"),
+                    "404": _json("METRICS_TOKEN is not set, or this is Lambda.", "Error"),
+                },
+            }
+        },
+    )
+    spec.path(
         path="/openapi.json",
         operations={
             "get": {

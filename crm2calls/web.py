@@ -5,15 +5,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
 
-from crm2calls.errors import Crm2CallsError, RequestError, ServiceUnavailableError, UnusableLeadError
+from crm2calls import metrics
+from crm2calls.errors import (
+    Crm2CallsError,
+    RequestError,
+    ServiceUnavailableError,
+    UnauthorizedError,
+    UnusableLeadError,
+)
 from crm2calls.services import Services
-from crm2calls.sources.base import Ack, InboundRequest, Source
+from crm2calls.sources.base import Ack, InboundRequest, Source, secret_matches
 
 bp = Blueprint("webhooks", __name__)
 log = logging.getLogger("crm2calls.web")
@@ -121,6 +129,7 @@ def verified(source_name: str) -> tuple[Services, Source, InboundRequest]:
     """The source and its request, authenticated (401/403) and of a content type it takes (415)."""
     svc = services()
     source = svc.source(source_name)
+    g.source = source.name  # a known source: the metrics' label (an unknown name is only "unknown")
     req = inbound()
     source.authenticate(req)
     source.check_content_type(req)
@@ -135,6 +144,7 @@ def receive(source_name: str) -> Response:
     svc, source, req = verified(source_name)
     results = accept(svc, source, source.parse(req))
     g.leads = len(results)
+    g.outcomes = Counter(result.outcome for result in results)
     return render(source.acknowledge(results))
 
 
@@ -160,6 +170,22 @@ def preview(source_name: str) -> Response:
         entries.append(rendered.entry)
         leads.append({"ref": event.ref, "status": "ok", "gmtZone": rendered.zone, "zone_reason": rendered.zone_reason})
     return jsonify({"source": source.name, "addPhones": entries, "leads": leads})
+
+
+@bp.get("/metrics")
+def prometheus_metrics() -> Response:
+    """Prometheus metrics: only when METRICS_TOKEN is set (404 otherwise), only to its bearer (401)."""
+    tokens = services().settings.metrics_tokens
+    if not tokens:
+        raise NotFound()
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secret_matches(given.strip(), tokens):
+        raise UnauthorizedError("metrics need the header Authorization: Bearer <METRICS_TOKEN>", field="Authorization")
+    exposed = metrics.exposition()
+    if exposed is None:  # on Lambda the metrics go to CloudWatch (EMF), not here
+        raise NotFound()
+    body, content_type = exposed
+    return Response(body, content_type=content_type)
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -208,3 +234,28 @@ def register_request_log(app: Flask) -> None:
             "%s %s %s", request.method, request.path, response.status_code, extra={"fields": fields}
         )
         return response
+
+
+def register_metrics(app: Flask) -> None:
+    """Count webhook leads by outcome, or the request as refused (4xx) or error (5xx); batch each request's metrics."""
+
+    @app.after_request
+    def _count_webhook(response: Response) -> Response:
+        if request.endpoint == "webhooks.receive":
+            source = g.get("source", "unknown")
+            if "outcomes" in g:
+                for outcome, count in g.outcomes.items():
+                    metrics.webhook(source, outcome, count)
+            elif response.status_code >= 500:
+                metrics.webhook(source, "error")
+            elif response.status_code >= 400:
+                metrics.webhook(source, "refused")
+        return response
+
+    inner = app.wsgi_app
+
+    def batched(environ: dict[str, Any], start_response: Any) -> Any:
+        with metrics.batch():  # on Lambda: one flush of EMF lines per invocation
+            return inner(environ, start_response)
+
+    app.wsgi_app = batched

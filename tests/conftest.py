@@ -27,6 +27,15 @@ def pytest_configure(config):
     os.environ.setdefault("LEADS_STORE", "sqlite:///build/test-default.db")
 
 
+@pytest.fixture(autouse=True)
+def metrics_off():
+    """Metrics off after each test: an app built with a token or on Lambda leaves its sink behind (one per process)."""
+    yield
+    from crm2calls import metrics
+
+    metrics.configure(None)
+
+
 class FakeClock:
     """A clock the test moves by hand: outages of hours run in milliseconds."""
 

@@ -490,6 +490,18 @@ def test_list_filters_by_status_source_and_since_newest_first(store: LeadStore) 
     assert store.list()[0] == records[3]
 
 
+def test_oldest_waiting_is_the_oldest_lead_not_yet_sent_held_ones_aside(store: LeadStore) -> None:
+    assert store.oldest_waiting() is None
+    store.insert(lead(1, status=Status.HELD, at=T0))  # held on purpose: not waiting
+    store.insert(lead(2, status=Status.SENT, at=T0 + MIN))
+    store.insert(lead(3, status=Status.PENDING, at=T0 + 3 * MIN))
+    store.insert(lead(4, status=Status.RECEIVED, at=T0 + 2 * MIN, next_attempt_at=T0 + 9 * MIN))
+    assert store.oldest_waiting() == T0 + 2 * MIN
+    store.claim(Status.PENDING, T0 + 3 * MIN, 60, 1, "worker")  # sending still waits
+    store.update(replace(store.get("lead-4"), status=Status.FAILED, next_attempt_at=None), owner=None)
+    assert store.oldest_waiting() == T0 + 3 * MIN
+
+
 def test_count_by_status_lists_every_status(store: LeadStore) -> None:
     for i, status in enumerate([Status.PENDING, Status.PENDING, Status.FAILED]):
         store.insert(lead(i, status=status))

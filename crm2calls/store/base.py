@@ -103,6 +103,9 @@ class LeadStore(Protocol):
     ) -> list[LeadRecord]:
         """Leads, newest first, filtered."""
 
+    def oldest_waiting(self) -> datetime | None:
+        """When the oldest lead still waiting to be sent (received, pending, sending) arrived; held leads aside."""
+
     def count_by_status(self) -> dict[str, int]:
         """How many leads are in each status (for /healthz and `leads list`)."""
 

@@ -539,6 +539,29 @@ class DynamoDBStore:
         return records[:limit]
 
     @_store_errors
+    def oldest_waiting(self) -> datetime | None:
+        """When the oldest lead still waiting to be sent arrived: Queries of the backlog on the `due` index."""
+        oldest = None
+        for status in (Status.RECEIVED, Status.PENDING, Status.SENDING):
+            query: dict[str, Any] = {
+                "TableName": self.table,
+                "IndexName": DUE_INDEX,
+                "KeyConditionExpression": "#status = :status",
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": {":status": {"S": status.value}},
+                "ProjectionExpression": "created_at",
+            }
+            while True:
+                page = self._client.query(**query)
+                for item in page["Items"]:
+                    created = item["created_at"]["S"]
+                    oldest = created if oldest is None or created < oldest else oldest
+                if "LastEvaluatedKey" not in page:
+                    break
+                query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return datetime.fromisoformat(oldest) if oldest else None
+
+    @_store_errors
     def count_by_status(self) -> dict[str, int]:
         """How many leads are in each status, every status listed (a Scan)."""
         counts = {status.value: 0 for status in Status}

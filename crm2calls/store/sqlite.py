@@ -18,8 +18,9 @@ from typing import Any, ParamSpec, TypeVar
 from crm2calls.errors import StoreError
 from crm2calls.model import END_STATUSES, LeadRecord, Status
 from crm2calls.store.base import NO_CLAIMS, SCHEMA_VERSION, ClaimRefusedError, Claims
-from crm2calls.store.records import COLUMNS, MUTABLE_COLUMNS, from_row, iso, to_row
+from crm2calls.store.records import COLUMNS, MUTABLE_COLUMNS, from_row, iso, parse_iso, to_row
 
+WAITING = (Status.RECEIVED.value, Status.PENDING.value, Status.SENDING.value)
 BUSY_TIMEOUT_MS = 10_000  # a writer waits this long for another process's write to finish
 
 P = ParamSpec("P")
@@ -281,6 +282,14 @@ class SQLiteStore:
             params.append(iso(since))
         sql = f"SELECT * FROM leads WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT ?"  # noqa: S608
         return [from_row(dict(row)) for row in self._conn().execute(sql, [*params, limit])]
+
+    @_store_errors
+    def oldest_waiting(self) -> datetime | None:
+        """When the oldest lead still waiting to be sent (received, pending, sending) arrived; held leads aside."""
+        row = self._conn().execute(
+            "SELECT MIN(created_at) FROM leads WHERE status IN (?, ?, ?)", WAITING
+        ).fetchone()  # the due index narrows it to the backlog
+        return parse_iso(row[0]) if row[0] else None
 
     @_store_errors
     def count_by_status(self) -> dict[str, int]:
