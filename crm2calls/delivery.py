@@ -123,8 +123,8 @@ def _enrich_one(services: Services, record: LeadRecord, owner: str) -> tuple[boo
         if _too_old(record, now, policy):
             _fail(services, record, now, exc.message)
         log.error(
-            "%s refused our credentials while fetching lead %s: %s (fix the %s_* variables; the lead is kept)",
-            record.source, record.id, exc.message, record.source.upper(),
+            "could not fetch lead %s from %s: %s (fix the %s_* variables; the lead is kept)",
+            record.id, record.source, exc.message, record.source.upper(),
             extra={"fields": {"event": "enrich_auth", "source": record.source, "lead_id": record.id}},
         )
     except Exception as exc:  # a bug in one adapter must not stop the pass; the lead fails after its attempts
