@@ -84,7 +84,7 @@ def config_check(dev: bool) -> None:
 
 
 def _cap(value: int, unit: str) -> str:
-    return f"{value} {unit}" if value else f"no cap {unit}"
+    return f"{value} {unit}" if value else f"any number {unit}"  # 0: no cap
 
 
 def _window(source: SourcePolicy) -> str:

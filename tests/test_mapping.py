@@ -210,7 +210,8 @@ def test_russian_mobile_with_no_common_time_at_all_falls_back_and_says_so():
 )
 def test_lead_zone_and_mapped_city_win_over_the_number(record, zone, source):
     policy = make_policy({"zones": {"cities": {"Новосибирск": "Asia/Novosibirsk"}}})
-    rendered = render_entry(lead_from_fields(record, policy.source("generic")), policy.source("generic"), policy, RECEIVED)
+    generic = policy.source("generic")
+    rendered = render_entry(lead_from_fields(record, generic), generic, policy, RECEIVED)
     assert rendered.entry["gmtZone"] == rendered.zone == zone
     assert rendered.zone_reason.startswith(f"{source}: ")
 
@@ -233,7 +234,8 @@ def test_a_lead_zone_keeps_the_configured_window():
 def test_payload_default_and_explicit(data, payload):
     record = {"id": 7, "phone": MOBILE, "name": "Анна Петрова", "product": "Тариф Бизнес", "vip": True}
     policy = make_policy(data)
-    rendered = render_entry(lead_from_fields(record, policy.source("generic")), policy.source("generic"), policy, RECEIVED)
+    generic = policy.source("generic")
+    rendered = render_entry(lead_from_fields(record, generic), generic, policy, RECEIVED)
     assert rendered.entry["payload"] == payload
 
 

@@ -36,9 +36,12 @@ def test_preview_says_the_settings_are_missing_and_names_them(client, source, fi
         assert all(name in reason for name in variables), reason
 
 
-@pytest.mark.parametrize(("source", "fixture"), [("amocrm", "amocrm/lead_add.form"), ("bitrix24", "bitrix24/lead_add.form")])
+@pytest.mark.parametrize(
+    ("source", "fixture"), [("amocrm", "amocrm/lead_add.form"), ("bitrix24", "bitrix24/lead_add.form")]
+)
 def test_the_lead_waits_then_fails_saying_the_settings_are_missing(client, services, clock, caplog, source, fixture):
-    response = client.post(f"/webhooks/{source}?key={SECRET}", data=(FIXTURES / fixture).read_bytes(), content_type=FORM)
+    body = (FIXTURES / fixture).read_bytes()
+    response = client.post(f"/webhooks/{source}?key={SECRET}", data=body, content_type=FORM)
     assert response.status_code == 200
     with caplog.at_level(logging.ERROR, logger="crm2calls.delivery"):
         deliver_pending(services)
