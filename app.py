@@ -23,12 +23,25 @@ class AppState:
     factory: Callable[..., Flask] | None = None  # create_app, for `serve` (commands never import this module)
 
 
+def refuse_flask_run() -> None:
+    """`flask run` would serve without the delivery worker and the dev-mode key rules: point at `serve`."""
+    from flask.cli import run_command
+
+    context = click.get_current_context(silent=True)
+    if context is not None and context.command is run_command:
+        raise click.UsageError(
+            "`flask run` serves without the delivery worker, so no lead would be sent: use "
+            "`flask --app app serve` (`make run` for local development), or gunicorn on a server"
+        )
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """Build the app. Without settings, read the environment once and refuse to start when it is wrong.
 
     Under the Flask CLI a broken configuration does not stop the factory, so that
     `flask --app app config check` can report every problem.
     """
+    refuse_flask_run()
     config_error = None
     if services is not None:
         settings = services.settings
@@ -45,6 +58,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes if settings else 1024 * 1024
     app.json.sort_keys = False
+    app.json.ensure_ascii = False  # UTF-8 answers: "Алексей" as the logs show it, not "\u0410..."
     app.extensions["crm2calls"] = AppState(services, config_error, create_app)
     configure_logging(settings.log_level if settings else "INFO")
     if settings is not None and settings.on_lambda:

@@ -3,12 +3,13 @@
 Behind `flask --app app aws create-table` and `flask --app app aws policy`. boto3 finds the
 credentials, the region and any endpoint (AWS_ENDPOINT_URL) the usual way. zappa_settings.json
 has Zappa use an existing role (manage_roles false): its own default grants s3:*, dynamodb:* and
-more on every resource; README, "Deploy on AWS Lambda" creates the role from trust_policy() and lambda_policy().
+more on every resource; docs/deploy-lambda.md creates the role from trust_policy() and lambda_policy().
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any, TextIO
 
@@ -21,6 +22,35 @@ def table_arn(table: str, region: str, account: str) -> str:
 def function_arn(function: str, region: str, account: str) -> str:
     """The ARN of a Lambda function (Zappa names it PROJECT-STAGE, e.g. crm2calls-production)."""
     return f"arn:aws:lambda:{region}:{account}:function:{function}"
+
+
+_TABLE_ARN = re.compile(r"arn:aws[a-z-]*:dynamodb:[a-z0-9-]+:\d{12}:table/[A-Za-z0-9_.-]{3,255}")
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+_FUNCTION_ARN = re.compile(r"arn:aws[a-z-]*:lambda:([a-z0-9-]+):(\d{12}):function:[A-Za-z0-9_-]{1,64}")
+
+
+def resolve_table_arn(table: str, function: str | None) -> str:
+    """The table's ARN from an ARN, or from a name and the function's ARN (same region and account).
+
+    ValueError names the option and the form expected: a policy for a mistyped resource grants nothing.
+    """
+    found = _FUNCTION_ARN.fullmatch(function) if function else None
+    if function and not found:
+        raise ValueError(
+            f"--function: {function!r} is not a Lambda function ARN (arn:aws:lambda:REGION:ACCOUNT:function:NAME)"
+        )
+    if _TABLE_ARN.fullmatch(table):
+        return table
+    if not _TABLE_NAME.fullmatch(table):
+        raise ValueError(
+            f"--table: {table!r} is neither a DynamoDB table name nor its ARN "
+            "(arn:aws:dynamodb:REGION:ACCOUNT:table/NAME)"
+        )
+    if not found:
+        raise ValueError(
+            f"--table: give the table's ARN, or --function's ARN, whose region and account {table!r} shares"
+        )
+    return table_arn(table, found[1], found[2])
 
 
 def create_table(table: str) -> dict[str, Any]:

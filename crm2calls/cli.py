@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections import Counter
 from datetime import timedelta
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from crm2calls.config import MISSING_SHARED_KEY, Settings, is_loopback, load_settings
-from crm2calls.errors import ConfigError, Crm2CallsError
+from crm2calls.config import MISSING_SHARED_KEY, Settings, check_configuration, is_loopback, load_settings
+from crm2calls.errors import ConfigError, Crm2CallsError, UnusableLeadError
 from crm2calls.model import Status
+from crm2calls.policy import Policy, SourcePolicy
 from crm2calls.services import Services
 
 config_cli = AppGroup("config", help="Check the configuration.")
@@ -41,11 +43,11 @@ def _fail_config(error: ConfigError) -> None:
     sys.exit(2)
 
 
-def parse_age(text: str) -> timedelta:
-    """'30d', '12h', '90m' -> timedelta."""
+def parse_age(text: str, option: str = "--since") -> timedelta:
+    """'30d', '12h', '90m' -> timedelta; a usage error names `option` otherwise."""
     match = re.fullmatch(r"(\d+)([dhm])", text.strip())
     if not match:
-        raise click.BadParameter("use a number and a unit: 30d, 12h or 90m")
+        raise click.BadParameter(f"{text!r}: use a number and a unit: 30d, 12h or 90m", param_hint=option)
     amount, unit = int(match[1]), match[2]
     return timedelta(**{{"d": "days", "h": "hours", "m": "minutes"}[unit]: amount})
 
@@ -59,51 +61,82 @@ def _secret_state(values: tuple[str, ...] | str | None) -> str:
 
 
 @config_cli.command("check")
-def config_check() -> None:
-    """Report every problem in the environment and leads.toml, then the effective policy."""
-    try:
-        settings = load_settings(serving=True)
-    except ConfigError as exc:
-        _fail_config(exc)
-    from crm2calls.phones import is_region
+@click.option("--dev", is_flag=True, help="Check as `make run` serves (serve --dev): no WEBHOOK_SECRET on loopback.")
+def config_check(dev: bool) -> None:
+    """Report every problem in the environment and leads.toml, then warnings, then the effective policy."""
+    check = check_configuration(serving=True, dev_mode=dev)
+    if check.problems:
+        click.secho("The configuration has problems:", fg="red", err=True)
+        for problem in check.problems:
+            click.echo(f"  - {problem}", err=True)
+    if check.warnings:
+        click.secho("Warnings:", fg="yellow", err=True)
+        for warning in check.warnings:
+            click.echo(f"  - {warning}", err=True)
+    if not check.problems:
+        click.secho("Configuration OK.", fg="green")
+    if check.settings is not None:
+        click.echo(describe_environment(check.settings))
+    if check.policy is not None:
+        click.echo(describe_policy(check.policy))
+    if check.problems:
+        sys.exit(2)
 
-    regions = {settings.default_region, *(s.region for s in settings.policy.sources.values())}
-    unknown = sorted(r for r in regions if not is_region(r))
-    if unknown:
-        _fail_config(
-            ConfigError(
-                [f"phone region {r!r} is unknown to phonenumbers (DEFAULT_REGION or sources.*.region)" for r in unknown]
-            )
-        )
-    click.secho("Configuration OK.", fg="green")
-    click.echo(describe(settings))
+
+def _cap(value: int, unit: str) -> str:
+    return f"{value} {unit}" if value else f"any number {unit}"  # 0: no cap
 
 
-def describe(settings: Settings) -> str:
-    """The effective settings and policy, secrets shown only as set/not set."""
-    p = settings.policy
-    lines = [
-        f"Aimylogic: {settings.aimylogic_url}  token: {_secret_state(settings.aimylogic_token)}"
+def _window(source: SourcePolicy) -> str:
+    w = source.window
+    hours = "; ".join(f"{day} {', '.join(map(str, intervals))}" for day, intervals in w.hours.items())
+    return (
+        f"days {' '.join(w.days)}; hours {hours}; retry every {w.retry_interval_minutes} min, "
+        f"{w.max_call_attempts} call attempts; call within {w.call_within_hours} h; "
+        f"phones {' > '.join(source.phone_preference)}"
+    )
+
+
+def describe_environment(settings: Settings) -> str:
+    """The settings from the environment, secrets shown only as set/not set."""
+    secret = _secret_state(settings.webhook_secrets)
+    if not settings.webhook_secrets and settings.dev_mode:
+        secret += " (development mode: webhooks from this machine only)"
+    return "\n".join([
+        "Environment:",
+        f"  Aimylogic: {settings.aimylogic_url}  token: {_secret_state(settings.aimylogic_token)}"
         + ("  (DRY RUN: entries are logged, not sent)" if settings.dry_run else ""),
-        f"WEBHOOK_SECRET: {_secret_state(settings.webhook_secrets)}",
-        f"Store: {settings.leads_store}",
-        f"Mapping file: {settings.leads_config}",
-        f"Default phone region: {settings.default_region}   default zone: {p.default_zone}",
-        f"Safe hours: {p.safe_hours}{' (overridden)' if p.allow_outside_safe_hours else ''}   "
-        f"duplicate window: {p.duplicate_window_hours} h",
-        f"Delivery: batch {p.delivery.batch_size}, concurrency {p.delivery.concurrency}, "
-        f"max send attempts {p.delivery.max_send_attempts}, max age {p.delivery.max_age_hours} h",
-        f"Guards: {p.guards}",
-        "Sources:",
+        f"  WEBHOOK_SECRET: {secret}",
+        f"  Store: {settings.leads_store}",
+        f"  Mapping file: {settings.leads_config}",
+        f"  Default phone region: {settings.default_region}",
+    ])  # fmt: skip
+
+
+def describe_policy(policy: Policy) -> str:
+    """The mapping file as it is applied, in words."""
+    d, g = policy.delivery, policy.guards
+    lines = [
+        "Policy:",
+        f"  Default zone: {policy.default_zone}   safe hours: {policy.safe_hours}"
+        f"{' (calls outside them allowed)' if policy.allow_outside_safe_hours else ''}   "
+        f"duplicate window: {policy.duplicate_window_hours} h",
+        f"  Delivery: batches of {d.batch_size}, {d.concurrency} at once; "
+        f"gives up after {d.max_send_attempts} send attempts "
+        f"or {d.max_age_hours} h; backoff {d.backoff_base_seconds:g}-{d.backoff_cap_seconds:g} s; "
+        f"phone fetched from the CRM up to {d.enrich_max_attempts} times",
+        f"  Guards: {_cap(g.calls_per_minute, 'a minute')}, {_cap(g.calls_per_day, 'a day')}; per number: "
+        f"{_cap(g.per_number_per_day, 'a day')}, {_cap(g.per_number_per_week, 'a week')}, "
+        f"{_cap(g.per_number_per_month, 'a month')}",
+        f"  Cities mapped to zones: {len(policy.cities)}",
     ]
-    for source in [p.defaults, *p.sources.values()]:
-        w = source.window
-        hours = ", ".join(f"{day} {' '.join(map(str, ivs))}" for day, ivs in w.hours.items())
-        lines.append(
-            f"  {source.name}: region {source.region}; days {' '.join(w.days)}; hours {hours}; "
-            f"retry every {w.retry_interval_minutes} min, {w.max_call_attempts} call attempts; "
-            f"call within {w.call_within_hours} h; phones {' > '.join(source.phone_preference)}"
-        )
+    common = _window(policy.defaults)
+    lines.append(f"  Call window of every source: {common}")
+    lines.append("  Sources:")
+    for source in policy.sources.values():
+        own = _window(source)
+        lines.append(f"    {source.name}: region {source.region}" + (f"; own window: {own}" if own != common else ""))
+    lines.append(f"    any other source: region {policy.defaults.region}")
     return "\n".join(lines)
 
 
@@ -162,10 +195,16 @@ def dialer_test(phone: str, payload: str) -> None:
         raise click.UsageError("AIMYLOGIC_TOKEN is not set: there is no campaign to call through.")
     try:
         number = normalize(phone, settings.default_region)
+    except UnusableLeadError as exc:
+        raise click.ClickException(f"PHONE: {exc.reason}; give a number such as +79123456789") from None
+    try:
         extra = json.loads(payload)
-        job = AimylogicClient(settings.aimylogic_url, settings.aimylogic_token).test_call(number, extra)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    if not isinstance(extra, dict):
+        raise click.ClickException('--payload: give a JSON object of the bot\'s variables, e.g. \'{"name": "Alex"}\'')
+    try:
+        job = AimylogicClient(settings.aimylogic_url, settings.aimylogic_token).test_call(number, extra)
     except Crm2CallsError as exc:
         click.secho(f"Test call to {mask(number)} failed: {exc}", fg="red", err=True)
         sys.exit(1)
@@ -184,12 +223,22 @@ def leads_list(status: str | None, source: str | None, since: str | None, limit:
     records = svc.store.list(Status(status) if status else None, source, after, limit)
     click.echo(f"{'id':24} {'created (UTC)':19} {'source':10} {'status':9} {'att':>3} {'phone':15} last error")
     for r in records:
+        error = " ".join((r.last_error or "").split())  # in full: its end says what to fix
         click.echo(
             f"{r.id:24} {r.created_at:%Y-%m-%d %H:%M:%S} {r.source[:10]:10} {r.status.value:9} {r.attempts:>3} "
-            f"{(r.phone_masked or '-'):15} {(r.last_error or '')[:60]}"
+            f"{(r.phone_masked or '-'):15} {error}"
         )
-    counts = svc.store.count_by_status()
-    click.echo("totals: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "no leads"))
+    if status or source or since:  # the totals of what was asked for, not of the whole store
+        matching = svc.store.list(Status(status) if status else None, source, after, 1_000_000_000)
+        counts = dict(Counter(r.status.value for r in matching))
+    else:
+        counts = svc.store.count_by_status()
+    filters = (("status", status), ("source", source), ("since", since))
+    asked = ", ".join(f"{name} {value}" for name, value in filters if value)
+    click.echo(
+        f"totals{f' ({asked})' if asked else ''}: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "no leads")
+    )
 
 
 @leads_cli.command("show")
@@ -262,7 +311,7 @@ def leads_purge(older_than: str) -> None:
     """Delete final leads (an end status and no follow-up work left) older than the age."""
     from crm2calls.store import KEY_TTL
 
-    age = parse_age(older_than)
+    age = parse_age(older_than, "--older-than")
     if age < KEY_TTL:  # a purged lead's key is gone: a CRM retry of it would be called again
         raise click.BadParameter(f"keep at least {KEY_TTL.days}d: CRMs retry for days", param_hint="--older-than")
     svc = _services()
@@ -355,12 +404,16 @@ def aws_create_table(table: str) -> None:
 
 
 @aws_cli.command("policy")
-@click.option("--table", "table_arn", required=True, help="The table's ARN.")
+@click.option("--table", "table", required=True, help="The table's ARN, or its name when --function is given.")
 @click.option("--function", "function_arn", default=None, help="The Lambda function's ARN (adds logs and self-invoke).")
-def aws_policy(table_arn: str, function_arn: str | None) -> None:
+def aws_policy(table: str, function_arn: str | None) -> None:
     """Print the least-privilege IAM policy the function's role needs."""
-    from crm2calls.aws import print_policy
+    from crm2calls.aws import print_policy, resolve_table_arn
 
+    try:
+        table_arn = resolve_table_arn(table, function_arn)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     print_policy(table_arn, function_arn)
 
 

@@ -17,6 +17,7 @@ from marshmallow import ValidationError
 from marshmallow.validate import Range
 
 from crm2calls.errors import ConfigError
+from crm2calls.phones import NOT_A_REGION, is_region
 from crm2calls.policy import Policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,6 +151,50 @@ def load_settings(*, serving: bool = True, dev_mode: bool = False) -> Settings:
 
     serving: the process will serve webhooks, so WEBHOOK_SECRET is required unless dev_mode.
     """
+    check = check_configuration(serving=serving, dev_mode=dev_mode)
+    if check.problems:
+        raise ConfigError(check.problems)
+    return check.settings
+
+
+@dataclass
+class ConfigCheck:
+    """What `config check` reports: every problem, the warnings, and what did load."""
+
+    problems: list[str]
+    warnings: list[str]
+    settings: Settings | None  # None when there is a problem
+    policy: Policy | None  # the mapping file, when it loaded (even if the environment has problems)
+
+
+# The CRM API settings a source needs to fetch the phone of what its webhooks carry only the id of.
+API_SETTINGS: dict[str, tuple[tuple[str, ...], str]] = {
+    "amocrm": (("AMOCRM_BASE_URL", "AMOCRM_TOKEN"), "new leads"),
+    "bitrix24": (("BITRIX24_WEBHOOK_URL",), "every event"),
+    "hubspot": (("HUBSPOT_TOKEN",), "Webhooks API events"),
+    "pipedrive": (("PIPEDRIVE_API_TOKEN",), "create.lead events"),
+    "zoho": (("ZOHO_CLIENT_ID", "ZOHO_CLIENT_SECRET", "ZOHO_REFRESH_TOKEN"), "notifications"),
+    "close": (("CLOSE_API_KEY",), "every event"),
+}
+
+
+def _missing_api_settings(crm: dict, policy: Policy | None) -> list[str]:
+    """One warning naming the sources leads.toml lists whose API settings are missing: their leads would fail."""
+    gaps = []
+    for source, (names, what) in API_SETTINGS.items():
+        missing = [name for name in names if not crm.get(name.lower())]
+        if policy is not None and source in policy.sources and missing:
+            gaps.append(f"\n      {source}: {', '.join(missing)} (needed for {what})")
+    if not gaps:
+        return []
+    return [
+        "CRM API settings MISSING: leads of these sources that arrive without a phone would wait, then end "
+        "failed (ignore the CRMs you do not use, or delete their [sources.NAME] tables):" + "".join(gaps)
+    ]
+
+
+def check_configuration(*, serving: bool = True, dev_mode: bool = False) -> ConfigCheck:
+    """Read the environment and the mapping file once; collect every problem instead of stopping at the first."""
     env = Env(eager=False)  # collect every problem, then report them all at once
     values = {
         "aimylogic_url": env.str("AIMYLOGIC_URL", "https://app.aimylogic.com").rstrip("/"),
@@ -206,16 +251,18 @@ def load_settings(*, serving: bool = True, dev_mode: bool = False) -> Settings:
     policy = None
     if values.get("leads_config") is not None:
         try:
-            policy = load_policy(Path(values["leads_config"]), values.get("default_region", "RU"))
+            policy = load_policy(Path(values["leads_config"]), values.get("default_region") or "RU")
         except ConfigError as exc:
             problems.extend(exc.problems)
+    warnings = _missing_api_settings(crm, policy)
     if problems:
-        raise ConfigError(problems)
+        return ConfigCheck(problems, warnings, None, policy)
     secret = values.pop("webhook_secret")
     values["leads_config"] = Path(values["leads_config"])
-    return Settings(
+    settings = Settings(
         policy=policy, webhook_secrets=_secrets(secret), dev_mode=dev_mode, crm=CrmSettings(**crm), **values
     )
+    return ConfigCheck(problems, warnings, settings, policy)
 
 
 def _check_values(values: dict, crm: dict, *, serving: bool, dev_mode: bool) -> list[str]:
@@ -233,9 +280,8 @@ def _check_values(values: dict, crm: dict, *, serving: bool, dev_mode: bool) -> 
     _check_url("PUBLIC_BASE_URL", values.get("public_base_url"), problems)
     _check_secret_url("BITRIX24_WEBHOOK_URL", crm.get("bitrix24_webhook_url"), problems)
     region = values.get("default_region")
-    # A shape check only: phonenumbers stays off the cold-start path; `config check` asks it too.
-    if region is not None and not (len(region) == 2 and region.isalpha() and region.isascii()):
-        problems.append(f"DEFAULT_REGION: {region!r} is not a phone region code; use two letters such as RU, US, DE")
+    if region is not None and not is_region(region):
+        problems.append(f"DEFAULT_REGION: {region!r} {NOT_A_REGION}")
     store = values.get("leads_store") or ""
     if not (store.startswith("sqlite:///") or store.startswith("dynamodb://")):
         problems.append("LEADS_STORE: use sqlite:///relative/path.db, sqlite:////absolute/path.db or dynamodb://TABLE")
@@ -283,6 +329,10 @@ def prepare_metrics_dir() -> str | None:
 
 
 def bind_address() -> str:
-    """HOST:PORT for gunicorn's config file, read the same way as everything else."""
+    """HOST:PORT for gunicorn's config file; a bad PORT is left to the master's check, which names it."""
     env = Env()
-    return f"{env.str('HOST', '127.0.0.1')}:{env.int('PORT', 5000)}"
+    try:
+        port = env.int("PORT", 5000)
+    except EnvValidationError:
+        port = 5000  # never bound: on_starting stops gunicorn first, naming PORT
+    return f"{env.str('HOST', '127.0.0.1')}:{port}"

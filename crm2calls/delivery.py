@@ -187,8 +187,8 @@ def _enrich_one(services: Services, record: LeadRecord, owner: str) -> tuple[boo
         # lead as it is, attempts unchanged, and look again after the longest backoff; past the
         # age limit it becomes a dead letter, which `leads retry --failed` revives after the fix.
         log.error(
-            "%s refused our credentials while fetching lead %s: %s (fix the %s_* variables; the lead is kept)",
-            record.source, record.id, exc.message, record.source.upper(),
+            "could not fetch lead %s from %s: %s (fix the %s_* variables; the lead is kept)",
+            record.id, record.source, exc.message, record.source.upper(),
             extra={"fields": {"event": "enrich_auth", "source": record.source, "lead_id": record.id}},
         )
         if _too_old(record, now, policy):

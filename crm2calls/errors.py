@@ -116,6 +116,13 @@ class AuthError(OutboundError):
     """Bad or revoked token (401/403/404): nothing works until a person fixes the token."""
 
 
+class MissingCredentialsError(AuthError):
+    """The API's settings are not set at all: nothing was refused, a person must set them."""
+
+    def __init__(self, service: str, variables: str, how: str):
+        super().__init__(f"{service} API settings are MISSING: set {variables} ({how})")
+
+
 class EnrichmentError(OutboundError):
     """The CRM's API could not give us the lead's phone yet; retryable says whether to try again."""
 

@@ -18,6 +18,7 @@ _BITRIX_PATH = re.compile(r"(/rest/\d+/)[^/\s\"']+")
 # ":<digit>", so "2026-11-26 22:12" (a date and an hour) is not taken for a phone.
 _PHONE_LIKE = re.compile(r"(?<!\d)\+?\(?\d(?:[ ()-]{0,2}\d){8,14}(?!\d|:\d)")
 _NOT_DIGIT = re.compile(r"\D")
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _mask_phone(match: re.Match[str]) -> str:
@@ -77,11 +78,14 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, fields from `extra={"fields": {...}}` merged in."""
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if "\x1b" in message:  # Werkzeug colours its lines for a terminal; a JSON log wants the text
+            message = _ANSI_ESCAPE.sub("", message)
         body: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message,
         }
         body.update(getattr(record, "fields", {}))
         if record.exc_info:

@@ -15,8 +15,11 @@ if TYPE_CHECKING:
     import phonenumbers
 
 
+NOT_A_REGION = "is not a phone region code; use one phonenumbers knows, such as RU, US, DE"
+
+
 def is_region(code: str) -> bool:
-    """True for a region code phonenumbers supports ("RU", "US", ...)."""
+    """True for a region code phonenumbers supports ("RU", "US", ...; not "XX"): start-up checks every one."""
     import phonenumbers
 
     return code in phonenumbers.SUPPORTED_REGIONS
@@ -110,5 +113,6 @@ def pick_phone(
         try:
             return _parse(candidate.value, region)
         except UnusableLeadError as exc:
-            problems.append(f"{mask(candidate.value) or '(no digits)'}: {exc.reason}")
+            masked = mask(candidate.value)
+            problems.append(f"{masked}: {exc.reason}" if masked else "a value with no digits")
     raise UnusableLeadError("phone", "no valid number (" + "; ".join(problems) + ")")

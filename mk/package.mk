@@ -19,7 +19,7 @@ check-package: $(PACKAGE) | $(BIN)/python
 test: check-package
 
 # Deploy the checked zip itself (-z), with the build venv's Zappa: what CI tested is what runs. The role
-# and the table must exist first (README, "Deploy on AWS Lambda"); -z skips Zappa's role management (manage_roles is false).
+# and the table must exist first (docs/deploy-lambda.md); -z skips Zappa's role management (manage_roles is false).
 .PHONY: deploy update
 deploy: check-package
 	build/venv/bin/zappa deploy $(STAGE) -z $(PACKAGE)

@@ -9,6 +9,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
+from crm2calls.phones import NOT_A_REGION, is_region
 from crm2calls.policy import (
     WEEKDAYS,
     CallWindow,
@@ -72,6 +73,13 @@ class HoursField(fields.Dict):
 
 def _fail(message: str) -> bool:
     raise ValidationError(message)
+
+
+def _known_source(name: str) -> None:
+    from crm2calls.sources import SOURCES
+
+    if name not in SOURCES:
+        raise ValidationError(f"no source named {name!r}; the sources are {', '.join(SOURCES)}")
 
 
 class RenamedKeysSchema(Schema):
@@ -219,7 +227,7 @@ class SourceSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    region = fields.String(validate=validate.Regexp(r"^[A-Z]{2}$", error="a two-letter region code such as RU or US"))
+    region = fields.String(validate=lambda code: is_region(code) or _fail(f"{code!r} {NOT_A_REGION}"))
     records_path = fields.String()
     phone_preference = fields.List(fields.String())
     status_ids = fields.List(fields.String())
@@ -256,7 +264,7 @@ class PolicySchema(Schema):
     guards = fields.Nested(GuardsSchema, load_default=GuardPolicy)
     zones = fields.Nested(ZonesSchema, load_default=lambda: {"cities": {}})
     sources = fields.Dict(
-        keys=fields.String(validate=validate.Regexp(r"^[a-z0-9_]+$")),
+        keys=fields.String(validate=_known_source),
         values=fields.Nested(SourceSchema),
         load_default=dict,
     )

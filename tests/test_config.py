@@ -200,14 +200,15 @@ def test_config_check_prints_the_effective_policy_without_secrets():
     assert result.returncode == 0, result.stderr
     assert "Configuration OK." in result.stdout
     assert "WEBHOOK_SECRET: set (2 values: current and previous)" in result.stdout
-    assert "generic: region RU; days mon tue wed thu fri sat" in result.stdout
+    assert "Call window of every source: days mon tue wed thu fri sat" in result.stdout
+    assert "    generic: region RU\n" in result.stdout and "    hubspot: region US\n" in result.stdout
     assert "topsecret" not in result.stdout and "8231.7.x" not in result.stdout
 
 
 def test_config_check_asks_phonenumbers_about_regions():
     result = run_cli("config", "check", env={"WEBHOOK_SECRET": "x", "DRY_RUN": "1", "DEFAULT_REGION": "XX"})
     assert result.returncode == 2
-    assert "phone region 'XX' is unknown" in result.stderr
+    assert "DEFAULT_REGION: 'XX' is not a phone region code" in result.stderr
 
 
 def test_importing_the_app_without_a_secret_stops_start_up():

@@ -27,7 +27,7 @@ def make_policy(data: dict | None = None):
     return build_policy(PolicySchema().load(data or {}), "RU")
 
 
-def render(lead: Lead, data: dict | None = None, source: str = "site", received_at: datetime = RECEIVED):
+def render(lead: Lead, data: dict | None = None, source: str = "generic", received_at: datetime = RECEIVED):
     policy = make_policy(data)
     return render_entry(lead, policy.source(source), policy, received_at)
 
@@ -74,7 +74,7 @@ def test_get_path_keeps_falsy_values():
 
 
 def test_default_fields_and_default_payload():
-    got = lead_from_fields(load("lead_flat.json"), make_policy().source("site"))
+    got = lead_from_fields(load("lead_flat.json"), make_policy().source("generic"))
     assert got.external_id == "1042"
     assert got.phones == [PhoneCandidate("8 (343) 212-34-56")]
     assert (got.name, got.city, got.zone) == ("Анна Петрова", "Екатеринбург", None)
@@ -93,7 +93,7 @@ def test_default_fields_and_default_payload():
 
 NESTED_SOURCE = {
     "sources": {
-        "site": {
+        "generic": {
             "fields": {
                 "id": "lead.id",
                 "phones": ["contacts.0.phones"],
@@ -107,7 +107,7 @@ NESTED_SOURCE = {
 
 
 def test_explicit_fields_and_flat_payload_by_path():
-    got = lead_from_fields(NESTED, make_policy(NESTED_SOURCE).source("site"))
+    got = lead_from_fields(NESTED, make_policy(NESTED_SOURCE).source("generic"))
     assert got.external_id == "L-7"
     assert got.phones == [
         PhoneCandidate("+7 343 212-34-56", "work"),
@@ -118,8 +118,8 @@ def test_explicit_fields_and_flat_payload_by_path():
 
 
 def test_default_payload_leaves_out_the_top_level_of_nested_id_and_phone_paths():
-    source = make_policy({"sources": {"site": {"fields": {"id": "lead.id", "phones": ["contacts.0.phones"]}}}})
-    assert set(lead_from_fields(NESTED, source.source("site")).fields) == {"deal"}
+    source = make_policy({"sources": {"generic": {"fields": {"id": "lead.id", "phones": ["contacts.0.phones"]}}}})
+    assert set(lead_from_fields(NESTED, source.source("generic")).fields) == {"deal"}
 
 
 @pytest.mark.parametrize(
@@ -140,12 +140,12 @@ def test_default_payload_leaves_out_the_top_level_of_nested_id_and_phone_paths()
     ],
 )
 def test_phone_field_shapes(value, candidates):
-    assert lead_from_fields({"phone": value}, make_policy().source("site")).phones == candidates
+    assert lead_from_fields({"phone": value}, make_policy().source("generic")).phones == candidates
 
 
 def test_several_phone_paths_are_read_in_order():
-    data = {"sources": {"site": {"fields": {"phones": ["mobile", "phone"]}}}}
-    got = lead_from_fields({"phone": "8 343", "mobile": "8 912"}, make_policy(data).source("site"))
+    data = {"sources": {"generic": {"fields": {"phones": ["mobile", "phone"]}}}}
+    got = lead_from_fields({"phone": "8 343", "mobile": "8 912"}, make_policy(data).source("generic"))
     assert [c.value for c in got.phones] == ["8 912", "8 343"]
 
 
@@ -210,7 +210,8 @@ def test_russian_mobile_with_no_common_time_at_all_falls_back_and_says_so():
 )
 def test_lead_zone_and_mapped_city_win_over_the_number(record, zone, source):
     policy = make_policy({"zones": {"cities": {"Новосибирск": "Asia/Novosibirsk"}}})
-    rendered = render_entry(lead_from_fields(record, policy.source("site")), policy.source("site"), policy, RECEIVED)
+    generic = policy.source("generic")
+    rendered = render_entry(lead_from_fields(record, generic), generic, policy, RECEIVED)
     assert rendered.entry["gmtZone"] == rendered.zone == zone
     assert rendered.zone_reason.startswith(f"{source}: ")
 
@@ -225,7 +226,7 @@ def test_a_lead_zone_keeps_the_configured_window():
     [
         (None, {"name": "Анна Петрова", "product": "Тариф Бизнес", "vip": True}),
         (
-            {"sources": {"site": {"payload": {"client": "name", "plan": "product"}}}},
+            {"sources": {"generic": {"payload": {"client": "name", "plan": "product"}}}},
             {"client": "Анна Петрова", "plan": "Тариф Бизнес"},
         ),
     ],
@@ -233,7 +234,8 @@ def test_a_lead_zone_keeps_the_configured_window():
 def test_payload_default_and_explicit(data, payload):
     record = {"id": 7, "phone": MOBILE, "name": "Анна Петрова", "product": "Тариф Бизнес", "vip": True}
     policy = make_policy(data)
-    rendered = render_entry(lead_from_fields(record, policy.source("site")), policy.source("site"), policy, RECEIVED)
+    generic = policy.source("generic")
+    rendered = render_entry(lead_from_fields(record, generic), generic, policy, RECEIVED)
     assert rendered.entry["payload"] == payload
 
 
@@ -245,7 +247,7 @@ def test_finish_is_arrival_plus_call_within_hours():
 
 
 def test_source_window_settings_reach_the_entry():
-    data = {"sources": {"site": {"calls": {"retry_interval_minutes": 15, "max_call_attempts": 0, "days": ["sat"]}}}}
+    data = {"sources": {"generic": {"calls": {"retry_interval_minutes": 15, "max_call_attempts": 0, "days": ["sat"]}}}}
     entry = render(lead(MOBILE, zone="Europe/Moscow"), data).entry
     assert (entry["retryIntervalInMinutes"], entry["maxAttempts"], entry["allowedDays"]) == (15, 0, ["sat"])
 

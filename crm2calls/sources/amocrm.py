@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from crm2calls.errors import AuthError, EnrichmentError, ForbiddenError, MalformedRequestError
+from crm2calls.errors import EnrichmentError, ForbiddenError, MalformedRequestError, MissingCredentialsError
 from crm2calls.formdata import parse_php_form, php_list
 from crm2calls.http import DEFAULT_TIMEOUT, CrmHttpClient
 from crm2calls.mapping import scalar_text as _text
@@ -212,9 +212,9 @@ class AmoCrmSource(Source):
         missing = [name for name, value in needed if not value]
         if missing:
             # A configuration gap, like a bad token: keep the lead until a person sets the variables.
-            raise AuthError(
-                f"amoCRM leads need its API to fetch their phone: set {' and '.join(missing)} "
-                "(https://<subdomain>.amocrm.ru and a long-lived token of a private integration)"
+            raise MissingCredentialsError(
+                "amoCRM", " and ".join(missing),
+                "https://<subdomain>.amocrm.ru and a long-lived token of a private integration: leads carry no phone",
             )
         return self.api_client(lambda: CrmHttpClient(
             crm.amocrm_base_url,

@@ -108,7 +108,14 @@ class Source:
             return self._api_clients[name]
 
     def check_content_type(self, request: InboundRequest) -> None:
-        """415 unless the source takes this content type."""
+        """415 unless the source takes this content type; JSON sent as a form (`curl -d`) is told what to send."""
+        looks_like_json = request.body.lstrip()[:1] in (b"{", b"[")
+        if request.content_type in (FORM, "") and JSON in self.content_types and looks_like_json:
+            raise UnsupportedMediaTypeError(
+                f"the body looks like JSON but was sent as {request.content_type or 'a body without Content-Type'} "
+                "(what `curl -d` sends): send the header Content-Type: application/json",
+                field="Content-Type",
+            )
         if request.content_type not in self.content_types:
             allowed = ", ".join(sorted(self.content_types))
             raise UnsupportedMediaTypeError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from crm2calls.errors import AuthError, EnrichmentError, MalformedRequestError, UnauthorizedError
+from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCredentialsError, UnauthorizedError
 from crm2calls.formdata import parse_php_form
 from crm2calls.http import DEFAULT_TIMEOUT, CrmHttpClient
 from crm2calls.mapping import scalar_text as _text
@@ -119,9 +119,9 @@ class Bitrix24Source(Source):
         url = self.settings.crm.bitrix24_webhook_url
         if not url:
             # A configuration gap, like a bad token: keep the lead until a person sets the variable.
-            raise AuthError(
-                "Bitrix24 leads need its REST API to fetch their phone: set BITRIX24_WEBHOOK_URL to an inbound "
-                "webhook URL with the crm scope (https://<portal>/rest/<user>/<code>/)"
+            raise MissingCredentialsError(
+                "Bitrix24", "BITRIX24_WEBHOOK_URL",
+                "inbound webhook URL with the crm scope, https://<portal>/rest/<user>/<code>/: events carry no phone",
             )
         return self.api_client(lambda: CrmHttpClient(
             url, service="Bitrix24", secret_hint="BITRIX24_WEBHOOK_URL", timeout=self.timeout  # noqa: S106

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
-from crm2calls.errors import AuthError, EnrichmentError, MalformedRequestError, UnauthorizedError
+from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCredentialsError, UnauthorizedError
 from crm2calls.http import DEFAULT_TIMEOUT
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
@@ -102,7 +102,9 @@ class CloseSource(Source):
     def _api(self) -> CrmHttpClient:
         api_key = self.settings.crm.close_api_key
         if not api_key:
-            raise AuthError("Close: set CLOSE_API_KEY (Settings → Developer → API keys) to fetch a lead's contacts")
+            raise MissingCredentialsError(
+                "Close", "CLOSE_API_KEY", "Settings → Developer → API keys, to fetch a lead's contacts"
+            )
         from crm2calls.http import CrmHttpClient
 
         return self.api_client(lambda: CrmHttpClient(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
-from crm2calls.errors import AuthError, EnrichmentError, MalformedRequestError, UnauthorizedError
+from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCredentialsError, UnauthorizedError
 from crm2calls.http import DEFAULT_TIMEOUT
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
@@ -212,7 +212,9 @@ class HubSpotSource(Source):
     def _api(self) -> CrmHttpClient:
         token = self.settings.crm.hubspot_token
         if not token:
-            raise AuthError("HubSpot: set HUBSPOT_TOKEN to a private app token with crm.objects.contacts.read")
+            raise MissingCredentialsError(
+                "HubSpot", "HUBSPOT_TOKEN", "a private app token with crm.objects.contacts.read, to fetch the contact"
+            )
         from crm2calls.http import CrmHttpClient
 
         return self.api_client(lambda: CrmHttpClient(

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from crm2calls.config import Settings
-from crm2calls.errors import AuthError, EnrichmentError, MalformedRequestError, UnauthorizedError
+from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCredentialsError, UnauthorizedError
 from crm2calls.http import DEFAULT_TIMEOUT
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
@@ -155,7 +155,9 @@ class PipedriveSource(Source):
     def _api(self) -> CrmHttpClient:
         token = self.settings.crm.pipedrive_api_token
         if not token:
-            raise AuthError("Pipedrive: set PIPEDRIVE_API_TOKEN (Personal preferences → API) to fetch a lead's person")
+            raise MissingCredentialsError(
+                "Pipedrive", "PIPEDRIVE_API_TOKEN", "Personal preferences → API, to fetch a lead's person"
+            )
 
         def build() -> CrmHttpClient:
             from crm2calls.http import CrmHttpClient

@@ -19,6 +19,7 @@ from crm2calls.errors import (
     ConfigError,
     EnrichmentError,
     MalformedRequestError,
+    MissingCredentialsError,
     RejectedError,
     UnauthorizedError,
 )
@@ -147,7 +148,7 @@ class ZohoSource(Source):
         """A valid access token: the cached one, unless expired or `refused`; else a fresh one."""
         crm = self.settings.crm
         if not (crm.zoho_client_id and crm.zoho_client_secret and crm.zoho_refresh_token):
-            raise AuthError(f"Zoho: set {_CREDENTIALS} (a self client in api-console.zoho.com)")
+            raise MissingCredentialsError("Zoho", _CREDENTIALS, "a self client in api-console.zoho.com")
         with self._token_lock:
             if self._token and self._token[0] != refused and self._token[1] > now:
                 return self._token[0]
