@@ -62,7 +62,7 @@ class Services:
         """The adapter for a source name (UnknownSourceError when there is none)."""
         with self._lock:
             if name not in self._sources:
-                from crm2calls.sources import load_source
+                from crm2calls.sources.base import load_source
 
                 self._sources[name] = load_source(name, self.settings)
             return self._sources[name]

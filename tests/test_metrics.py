@@ -512,7 +512,7 @@ def crm(crm_server):
     ],
 )
 def test_each_crm_api_call_counts_once_under_its_result(prometheus, crm, statuses, error, result):
-    from crm2calls.http import CrmHttpClient
+    from crm2calls.sources.client import CrmHttpClient
 
     crm.statuses = list(statuses)
     client = CrmHttpClient(crm.url, service="HubSpot", secret_hint="HUBSPOT_TOKEN", timeout=(1.0, 2.0))
@@ -530,7 +530,7 @@ def test_each_crm_api_call_counts_once_under_its_result(prometheus, crm, statuse
 
 def test_an_unreachable_crm_counts_as_unavailable_under_its_short_name(prometheus):
     from bench.common import free_port
-    from crm2calls.http import CrmHttpClient
+    from crm2calls.sources.client import CrmHttpClient
 
     client = CrmHttpClient(f"http://127.0.0.1:{free_port()}", service="Zoho accounts", secret_hint="ZOHO_*", retries=0)
     with pytest.raises(UnavailableError):

@@ -1,12 +1,9 @@
-"""CRM adapters, imported only when a request for them arrives (Lambda cold starts stay small)."""
+"""CRM adapters, imported only when a request for them arrives (Lambda cold starts stay small).
+
+This package's own module imports nothing: the mapping file's schema reads the names below.
+"""
 
 from __future__ import annotations
-
-from importlib import import_module
-
-from crm2calls.config import Settings
-from crm2calls.errors import UnknownSourceError
-from crm2calls.sources.base import Source
 
 # name -> "module:Class"; a new CRM is one line here, one module, one fixture folder, one test module
 SOURCES: dict[str, str] = {
@@ -20,12 +17,3 @@ SOURCES: dict[str, str] = {
     "zoho": "crm2calls.sources.zoho:ZohoSource",
 }
 
-
-def load_source(name: str, settings: Settings) -> Source:
-    """Build the adapter for `name`, or raise UnknownSourceError (404)."""
-    target = SOURCES.get(name)
-    if target is None:
-        raise UnknownSourceError(f"no source named {name!r}; known: {', '.join(sorted(SOURCES))}", field="source")
-    module_name, class_name = target.split(":")
-    cls = getattr(import_module(module_name), class_name)
-    return cls(settings, settings.policy.source(name))

@@ -14,10 +14,10 @@ from typing import Any
 
 from crm2calls.errors import EnrichmentError, ForbiddenError, MalformedRequestError, MissingCredentialsError
 from crm2calls.formdata import parse_php_form, php_list
-from crm2calls.http import DEFAULT_TIMEOUT, CrmHttpClient
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.sources.base import FORM, Ack, InboundRequest, IntakeResult, Source, payload_for, require_shared_key
+from crm2calls.sources.client import DEFAULT_TIMEOUT, CrmHttpClient
 
 # enum_code of the PHONE field (API v4) -> our phone kinds; webhooks carry only numeric enum ids
 PHONE_KINDS = {"MOB": "mobile", "WORK": "work", "WORKDD": "work", "HOME": "home", "FAX": "fax", "OTHER": "other"}

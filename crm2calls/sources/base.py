@@ -7,15 +7,16 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib import import_module
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from crm2calls.config import Settings
-from crm2calls.errors import EnrichmentError, UnauthorizedError, UnsupportedMediaTypeError
+from crm2calls.errors import EnrichmentError, UnauthorizedError, UnknownSourceError, UnsupportedMediaTypeError
 from crm2calls.model import Lead, LeadEvent, Status
 from crm2calls.policy import SourcePolicy
 
 if TYPE_CHECKING:
-    from crm2calls.http import CrmHttpClient
+    from crm2calls.sources.client import CrmHttpClient
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -165,3 +166,15 @@ def require_shared_key(request: InboundRequest, settings: Settings) -> None:
             "missing or wrong webhook key: add ?key=<WEBHOOK_SECRET> to the URL or send X-Webhook-Secret",
             field="key",
         )
+
+
+def load_source(name: str, settings: Settings) -> Source:
+    """Build the adapter for `name`, or raise UnknownSourceError (404)."""
+    from crm2calls.sources import SOURCES
+
+    target = SOURCES.get(name)
+    if target is None:
+        raise UnknownSourceError(f"no source named {name!r}; known: {', '.join(sorted(SOURCES))}", field="source")
+    module_name, class_name = target.split(":")
+    cls = getattr(import_module(module_name), class_name)
+    return cls(settings, settings.policy.source(name))

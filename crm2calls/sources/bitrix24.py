@@ -13,7 +13,6 @@ from typing import Any
 
 from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCredentialsError, UnauthorizedError
 from crm2calls.formdata import parse_php_form
-from crm2calls.http import DEFAULT_TIMEOUT, CrmHttpClient
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.sources.base import (
@@ -26,6 +25,7 @@ from crm2calls.sources.base import (
     require_shared_key,
     secret_matches,
 )
+from crm2calls.sources.client import DEFAULT_TIMEOUT, CrmHttpClient
 
 EVENTS = {"ONCRMLEADADD": "lead", "ONCRMCONTACTADD": "contact", "ONCRMDEALADD": "deal"}
 UTM_FIELDS = ("UTM_SOURCE", "UTM_MEDIUM", "UTM_CAMPAIGN", "UTM_CONTENT", "UTM_TERM")

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
 from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCredentialsError, UnauthorizedError
-from crm2calls.http import DEFAULT_TIMEOUT
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import JSON, InboundRequest, Source, payload_for, require_shared_key
+from crm2calls.sources.client import DEFAULT_TIMEOUT
 from crm2calls.sources.generic import parse_json
 
 if TYPE_CHECKING:
-    from crm2calls.http import CrmHttpClient
+    from crm2calls.sources.client import CrmHttpClient
 
 TOLERANCE = timedelta(minutes=5)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -105,7 +105,7 @@ class CloseSource(Source):
             raise MissingCredentialsError(
                 "Close", "CLOSE_API_KEY", "Settings → Developer → API keys, to fetch a lead's contacts"
             )
-        from crm2calls.http import CrmHttpClient
+        from crm2calls.sources.client import CrmHttpClient
 
         return self.api_client(lambda: CrmHttpClient(
             self.settings.crm.close_base_url,

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
 from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCredentialsError, UnauthorizedError
-from crm2calls.http import DEFAULT_TIMEOUT
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import JSON, Ack, InboundRequest, IntakeResult, Source, payload_for, require_shared_key
+from crm2calls.sources.client import DEFAULT_TIMEOUT
 from crm2calls.sources.generic import MAX_LEADS_PER_REQUEST, idempotency_key, parse_json
 
 if TYPE_CHECKING:
-    from crm2calls.http import CrmHttpClient
+    from crm2calls.sources.client import CrmHttpClient
 
 TOLERANCE = timedelta(minutes=5)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -215,7 +215,7 @@ class HubSpotSource(Source):
             raise MissingCredentialsError(
                 "HubSpot", "HUBSPOT_TOKEN", "a private app token with crm.objects.contacts.read, to fetch the contact"
             )
-        from crm2calls.http import CrmHttpClient
+        from crm2calls.sources.client import CrmHttpClient
 
         return self.api_client(lambda: CrmHttpClient(
             self.settings.crm.hubspot_base_url,

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from crm2calls.config import Settings
 from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCredentialsError, UnauthorizedError
-from crm2calls.http import DEFAULT_TIMEOUT
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import JSON, InboundRequest, Source, payload_for, require_shared_key, secret_matches
+from crm2calls.sources.client import DEFAULT_TIMEOUT
 from crm2calls.sources.generic import parse_json
 
 if TYPE_CHECKING:
-    from crm2calls.http import CrmHttpClient
+    from crm2calls.sources.client import CrmHttpClient
 
 
 
@@ -160,7 +160,7 @@ class PipedriveSource(Source):
             )
 
         def build() -> CrmHttpClient:
-            from crm2calls.http import CrmHttpClient
+            from crm2calls.sources.client import CrmHttpClient
 
             return CrmHttpClient(
                 self.settings.crm.pipedrive_base_url,

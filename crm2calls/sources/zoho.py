@@ -23,7 +23,6 @@ from crm2calls.errors import (
     RejectedError,
     UnauthorizedError,
 )
-from crm2calls.http import DEFAULT_TIMEOUT
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.policy import SourcePolicy
@@ -36,11 +35,12 @@ from crm2calls.sources.base import (
     require_shared_key,
     secret_matches,
 )
+from crm2calls.sources.client import DEFAULT_TIMEOUT
 from crm2calls.sources.generic import idempotency_key, parse_form, parse_json, records_of
 
 if TYPE_CHECKING:
-    from crm2calls.http import CrmHttpClient
     from crm2calls.services import Services
+    from crm2calls.sources.client import CrmHttpClient
 
 MODULES = ("Leads", "Contacts")
 WATCH_EVENTS = ("Leads.create", "Contacts.create")
@@ -138,7 +138,7 @@ class ZohoSource(Source):
     # Zoho's APIs
 
     def _client(self, base_url: str, service: str) -> CrmHttpClient:
-        from crm2calls.http import CrmHttpClient
+        from crm2calls.sources.client import CrmHttpClient
 
         return self.api_client(
             lambda: CrmHttpClient(base_url, service=service, secret_hint=_CREDENTIALS, timeout=self.timeout), service
