@@ -9,7 +9,7 @@ from typing import Any
 
 
 class Status(StrEnum):
-    """Where a lead is in its life; crm2calls/lifecycle.py owns the transitions, the README explains each."""
+    """Where a lead is in its life; crm2calls/lifecycle.py owns the transitions, docs/operations.md explains each."""
 
     RECEIVED = "received"  # stored; its phone must still be fetched from the CRM (enrichment)
     PENDING = "pending"  # the addPhones entry is rendered and frozen, waiting to be sent

@@ -135,7 +135,7 @@ class SQLiteStore:
             # NORMAL in WAL mode: a commit survives any crash of our processes (SIGKILL included) and
             # never corrupts the file; only a power cut or kernel crash may roll back the last
             # commits. FULL would fsync every commit and cap acknowledgements at a few hundred a
-            # second on ordinary disks; README "Durability" says how to choose FULL.
+            # second on ordinary disks; docs/durability.md says how to choose FULL.
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             # Deleted rows are overwritten with zeros, so `leads forget` leaves no phone in free pages.
             conn.execute("PRAGMA secure_delete = ON")
