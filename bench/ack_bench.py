@@ -1,6 +1,6 @@
 """Webhook ack throughput and latency under gunicorn: our app beside a bare Flask endpoint, same settings, same run.
 
-Ours runs dry (no AIMYLOGIC_TOKEN): every lead is parsed, mapped, stored in SQLite and "delivered"
+Ours runs dry (DRY_RUN=1): every lead is parsed, mapped, stored in SQLite and "delivered"
 by the worker thread to the log, so nothing leaves the machine. Each request carries a new lead id.
 With --metrics ours runs twice, without and with METRICS_TOKEN (Prometheus multiprocess metrics),
 so that their cost on the request path shows beside the same run's figures.
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, app, extra in servers:
             run_dir = workdir / label  # its own store: the runs post the same lead numbers
             run_dir.mkdir()
-            env = {**app_env(run_dir), **extra}  # dry run: no token
+            env = {**app_env(run_dir), **extra}  # DRY_RUN=1: no token
             with Gunicorn(app, env, workdir / f"{label}.log") as server:
                 print(f"{label}: {server.describe()}", flush=True)
                 warm_up(server.port)

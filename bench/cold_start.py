@@ -110,6 +110,7 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": "bench",
         "AWS_SECRET_ACCESS_KEY": "bench",
         "WEBHOOK_SECRET": SECRET,
+        "DRY_RUN": "1",  # nothing to call: the cold start is what is measured
         **extra,
     }
 

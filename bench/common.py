@@ -382,13 +382,14 @@ class Gunicorn:
 
 def app_env(workdir: Path, *, aimylogic_url: str | None = None, token: str | None = None,
             batch_size: int = 250, concurrency: int = 4) -> dict[str, str]:
-    """The environment for `app:app`: its own store and mapping file in workdir; dry run without a token."""
+    """The environment for `app:app`: its own store and mapping file in workdir; a dry run (asked) without a token."""
     return {
         "WEBHOOK_SECRET": SECRET,
         "LEADS_STORE": f"sqlite:///{workdir / 'leads.db'}",  # workdir is absolute: sqlite:////abs/path.db
         "LEADS_CONFIG": str(write_mapping(workdir, batch_size, concurrency)),
         "AIMYLOGIC_URL": aimylogic_url or "https://app.aimylogic.com",
         "AIMYLOGIC_TOKEN": token or "",
+        "DRY_RUN": "0" if token else "1",
         "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
     }
 

@@ -20,7 +20,7 @@ from crm2calls import metrics
 from crm2calls.config import load_settings
 from crm2calls.errors import AuthError, EnrichmentError, RejectedError, UnavailableError
 from tests.conftest import FIXTURES, SECRET, TOKEN
-from tests.emulators.base import LocalServer
+from tests.emulators.crm_api import StandIn
 
 METRICS_TOKEN = "metrics-token-for-tests-0123456789"
 URL = f"/webhooks/generic?key={SECRET}"
@@ -458,28 +458,14 @@ def test_an_unreachable_aimylogic_and_other_operations_are_labelled(prometheus, 
 # CRM API requests, over HTTP to a local stand-in
 
 
-class ScriptedCrm:
+class ScriptedCrm(StandIn):
     """A CRM API on 127.0.0.1 answering each request with the next scripted status."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.statuses: list[int] = []
-        self.hits = 0
-        self._server = LocalServer(self._app)
 
-    def __enter__(self) -> ScriptedCrm:
-        self._server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.stop()
-
-    @property
-    def url(self) -> str:
-        return self._server.url
-
-    @Request.application
-    def _app(self, request: Request) -> Response:
-        self.hits += 1
+    def handle(self, request: Request) -> Response:
         status = self.statuses.pop(0) if self.statuses else 200
         headers = {"Location": "https://elsewhere.example/"} if 300 <= status < 400 else {}
         return Response(json.dumps({"status": status}), status=status, headers=headers, content_type="application/json")
@@ -493,7 +479,7 @@ def crm_server():
 
 @pytest.fixture
 def crm(crm_server):
-    crm_server.statuses, crm_server.hits = [], 0
+    crm_server.statuses, crm_server.hits = [], []
     return crm_server
 
 
@@ -521,7 +507,7 @@ def test_each_crm_api_call_counts_once_under_its_result(prometheus, crm, statuse
     else:
         with pytest.raises(error):
             client.get("/crm/v3/objects/contacts/1")
-    assert crm.hits == len(statuses)
+    assert len(crm.hits) == len(statuses)
     assert value(prometheus, "crm2calls_crm_api_requests_total", crm="hubspot", result=result) == 1
     total = sum(s.value for f in prometheus.registry.collect() for s in f.samples
                 if s.name == "crm2calls_crm_api_requests_total")
