@@ -158,3 +158,15 @@ def test_no_number_of_the_preferred_kinds():
     with pytest.raises(UnusableLeadError) as caught:
         pick(PhoneCandidate(LANDLINE, "work"), preference=("mobile",))
     assert caught.value.reason == "no number of the kinds mobile"
+
+
+def test_is_region_agrees_with_phonenumbers_on_every_two_letter_code():
+    import string
+
+    import phonenumbers
+
+    from crm2calls.phones import is_region
+
+    codes = [a + b for a in string.ascii_uppercase for b in string.ascii_uppercase]
+    assert {code for code in codes if is_region(code)} == {c for c in phonenumbers.SUPPORTED_REGIONS if c in codes}
+    assert not is_region("ru") and not is_region("RUS") and not is_region("")
