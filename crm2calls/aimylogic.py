@@ -212,7 +212,7 @@ class DryRunDialer:
 
         body = [{**_redact_values(entry), "phone": mask(str(entry.get("phone", "")))} for entry in entries]
         log.info(
-            "dry run: AIMYLOGIC_TOKEN is unset, not sending %d entries to addPhones",
+            "dry run: not sending %d entries to addPhones",
             len(entries),
             extra={"fields": {"event": "dry_run", "body": body, "job_ids": ids}},
         )

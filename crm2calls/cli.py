@@ -166,7 +166,7 @@ def serve(host: str | None, port: int | None, dev: bool) -> None:
     services.notify = worker.wake
     app = _state().factory(services=services)
     if settings.dry_run:
-        click.secho("DRY RUN: AIMYLOGIC_TOKEN is not set; addPhones bodies are logged, not sent.", fg="yellow")
+        click.secho("DRY RUN: addPhones bodies are logged, not sent; leads end dry_run.", fg="yellow")
 
     class QuietHandler(WSGIRequestHandler):
         """Our own access log replaces this one, whose lines carry the query string (and the key)."""
@@ -286,6 +286,11 @@ def leads_retry(lead_id: str | None, all_failed: bool, all_dry_run: bool) -> Non
                 f"lead {lead_id} is {record.status}: only {', '.join(sorted(RETRYABLE))} leads can be retried"
             )
         records = [record]
+    settings = svc.settings
+    if any(r.status is Status.DRY_RUN for r in records) and (settings.dry_run or not settings.aimylogic_token):
+        raise click.ClickException(
+            "dry-run leads are retried to be sent for real: set AIMYLOGIC_TOKEN (and unset DRY_RUN) first"
+        )
     outcomes: dict[str, int] = {}
     with click.progressbar(records, label="retrying", file=sys.stderr) as bar:
         for record in bar:

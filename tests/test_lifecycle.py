@@ -363,3 +363,16 @@ def test_a_split_stops_starting_requests_at_the_time_budget_and_the_rest_waits(m
     assert report.requests == 1
     assert statuses(services) == {"pending": 4}  # refused once, split, then left for the next pass
     assert services.store.get(bad.id).attempts == 0
+
+
+def test_dry_run_leads_are_not_retried_without_a_token_to_send_them(make, aimylogic):
+    from app import create_app
+
+    dry = make(dry_run=True)
+    lead = post_lead(app_client(dry), "+79123456789", "1").get_json()["leads"][0]
+    deliver_pending(dry)
+
+    result = create_app(services=dry).test_cli_runner().invoke(args=["leads", "retry", "--dry-run"])
+
+    assert result.exit_code == 1 and "set AIMYLOGIC_TOKEN (and unset DRY_RUN) first" in result.output
+    assert dry.store.get(lead["lead_id"]).status is Status.DRY_RUN
