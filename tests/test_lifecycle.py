@@ -376,3 +376,31 @@ def test_dry_run_leads_are_not_retried_without_a_token_to_send_them(make, aimylo
 
     assert result.exit_code == 1 and "set AIMYLOGIC_TOKEN (and unset DRY_RUN) first" in result.output
     assert dry.store.get(lead["lead_id"]).status is Status.DRY_RUN
+
+
+def test_a_held_lead_is_counted_by_the_guards_once(make, aimylogic, clock):
+    guards = {"calls_per_minute": 1, "calls_per_day": 0, "per_number_per_day": 2, "per_number_per_week": 0,
+              "per_number_per_month": 0}  # fmt: skip
+    services = make(guards=guards)
+    policy = replace(services.settings.policy, duplicate_window_hours=0)  # count the caps, not the slot
+    services.settings = replace(services.settings, policy=policy)
+    client = app_client(services)
+    clock.now = clock.now.replace(second=0)
+    assert post_lead(client, "+79123456780", "a").get_json()["leads"][0]["status"] == "accepted"
+    held = post_lead(client, "+79123456781", "b").get_json()["leads"][0]
+    assert services.store.get(held["lead_id"]).status is Status.HELD  # the minute's one call is taken
+    deliver_pending(services)
+    for _ in range(3):  # held passes while the minute lasts count nothing
+        clock.advance(seconds=10)
+        deliver_pending(services)
+
+    clock.advance(minutes=1)
+    deliver_pending(services)  # admitted now: counted once for the number
+    clock.advance(minutes=1)
+    second = post_lead(client, "+79123456781", "c").get_json()["leads"][0]
+    clock.advance(minutes=1)
+    third = post_lead(client, "+79123456781", "d").get_json()["leads"][0]
+
+    assert services.store.get(held["lead_id"]).status is Status.SENT
+    assert second["status"] == "accepted"  # the number's second call of the day
+    assert third["status"] == "rejected" and "per-number cap" in third["reason"]
