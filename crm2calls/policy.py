@@ -70,8 +70,7 @@ class DeliveryPolicy:
     backoff_base_seconds: float = 5.0
     backoff_cap_seconds: float = 300.0
     lease_seconds: int = 120
-    poll_seconds: float = 2.0
-    linger_seconds: float = 0.5  # after a new lead wakes the worker, wait this long to fill batches
+    poll_seconds: float = 2.0  # how often the local worker looks for due retries when no new lead wakes it
     enrich_max_attempts: int = 6
 
 
