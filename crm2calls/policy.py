@@ -86,6 +86,14 @@ class GuardPolicy:
 
 
 @dataclass(frozen=True)
+class HealthPolicy:
+    """When /healthz calls the backlog degraded."""
+
+    max_waiting_minutes: int = 10  # the oldest lead waiting to be sent is older than this
+    max_backlog: int = 1000  # more leads than this wait to be sent
+
+
+@dataclass(frozen=True)
 class Policy:
     """The whole mapping file."""
 
@@ -98,6 +106,7 @@ class Policy:
     cities: dict[str, str]  # casefolded city or region name -> IANA zone
     defaults: SourcePolicy  # used for sources the file does not list
     sources: dict[str, SourcePolicy] = field(default_factory=dict)
+    health: HealthPolicy = field(default_factory=HealthPolicy)
 
     def source(self, name: str) -> SourcePolicy:
         """The policy of a source, or the defaults under its name."""

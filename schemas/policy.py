@@ -16,6 +16,7 @@ from crm2calls.policy import (
     DeliveryPolicy,
     FieldMap,
     GuardPolicy,
+    HealthPolicy,
     Interval,
     Policy,
     SourcePolicy,
@@ -226,6 +227,20 @@ class GuardsSchema(Schema):
         return GuardPolicy(**data)
 
 
+class HealthThresholdsSchema(Schema):
+    """[health]: when /healthz calls the backlog degraded."""
+
+    class Meta:
+        unknown = RAISE
+
+    max_waiting_minutes = fields.Integer(strict=True, validate=validate.Range(min=1))
+    max_backlog = fields.Integer(strict=True, validate=validate.Range(min=1))
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> HealthPolicy:
+        return HealthPolicy(**data)
+
+
 class SourceSchema(Schema):
     """[sources.X]: overrides for one source."""
 
@@ -267,6 +282,7 @@ class PolicySchema(Schema):
     calls = fields.Nested(CallsSchema, load_default=lambda: CallsSchema().load({}))
     delivery = fields.Nested(DeliverySchema, load_default=DeliveryPolicy)
     guards = fields.Nested(GuardsSchema, load_default=GuardPolicy)
+    health = fields.Nested(HealthThresholdsSchema, load_default=HealthPolicy)
     zones = fields.Nested(ZonesSchema, load_default=lambda: {"cities": {}})
     sources = fields.Dict(
         keys=fields.String(validate=_known_source),
@@ -337,6 +353,7 @@ def build_policy(data: dict[str, Any], default_region: str) -> Policy:
         cities={k.casefold(): v for k, v in data["zones"]["cities"].items()},
         defaults=defaults,
         sources=sources,
+        health=data["health"],
     )
 
 
