@@ -8,22 +8,34 @@ the webhook's answer. The naive forwarder (a bare Flask endpoint calling addPhon
 answers, same gunicorn settings) is the floor: its entries arrive before its answer, so its
 figures are negative.
 
-    .venv/bin/python -m bench.speed_bench [--slow-leads N] [--fast-leads N] [--burst-leads N] [--quick]
+    .venv/bin/python -m bench.speed_bench [--slow-leads N] [--fast-leads N] [--burst-leads N] [--quick] [--lambda]
+
+With --lambda the same leads also go through the Lambda path, last: API events through Zappa's
+handler in this process, the store in DynamoDB at moto's server, and the asynchronous delivery task
+started through boto3 at a local Invoke API that runs it at once in a thread (on AWS another
+instance would run it, after its own start-up). Leads whose entry has not arrived within 30 s were
+left to the scheduled sweep (every minute on AWS, none in the bench).
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import json
+import os
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.burst_bench import add_phones_requests, emulator_with_memoised_zone_check
 from bench.common import (
     REQUEST_TIMEOUT,
+    ROOT,
+    SECRET,
     TOKEN,
     WEBHOOK_PATH,
     Gunicorn,
@@ -34,7 +46,9 @@ from bench.common import (
     stop_on_sigterm,
     verdict,
     warm_up,
+    write_mapping,
 )
+from tests.emulators.base import LocalServer
 
 TARGET_P50_MS = 20.0
 TARGET_P99_MS = 100.0
@@ -78,6 +92,7 @@ def stamping_emulator() -> object:
 class Run:
     """One paced run: when each lead was acknowledged, and what the emulator saw."""
 
+    posted: int = 0  # leads the run posted
     acks: dict[int, float] = field(default_factory=dict)  # lead index -> perf_counter() after the answer
     statuses: dict[int, int] = field(default_factory=dict)
     speeds_ms: list[float] = field(default_factory=list)
@@ -89,41 +104,52 @@ class Run:
         return percentile(self.speeds_ms, share)
 
 
-def paced_post(port: int, indexes: list[int], run: str, rate: float, senders: int) -> Run:
-    """Post lead i at start + i/rate (rate 0: at once) from `senders` keep-alive connections; record each answer."""
-    result = Run()
+def http_sender(port: int, run: str) -> Callable[[int], int | None]:
+    """POST lead `index` over one keep-alive connection per sending thread; its status, None on a failure."""
+    local = threading.local()
+    headers = {"Content-Type": "application/json"}
+
+    def send(index: int) -> int | None:
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+        try:
+            local.conn.request("POST", WEBHOOK_PATH, body=lead_body(index, run), headers=headers)
+            response = local.conn.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException):
+            local.conn.close()
+            return None
+        return response.status
+
+    return send
+
+
+def paced(indexes: list[int], rate: float, senders: int, send: Callable[[int], int | None]) -> Run:
+    """Send lead i at start + i/rate (rate 0: at once) from `senders` threads; record each acknowledgement."""
+    result = Run(posted=len(indexes))
     lock = threading.Lock()
     queue = iter(enumerate(indexes))
     start = time.perf_counter() + 0.2
-    headers = {"Content-Type": "application/json"}
 
-    def send() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
-        try:
-            while True:
-                with lock:
-                    item = next(queue, None)
-                if item is None:
-                    return
-                number, index = item
-                if rate:  # 0: as fast as the senders can
-                    time.sleep(max(0.0, start + number / rate - time.perf_counter()))
-                try:
-                    conn.request("POST", WEBHOOK_PATH, body=lead_body(index, run), headers=headers)
-                    response = conn.getresponse()
-                    response.read()
-                except (OSError, http.client.HTTPException):
-                    conn.close()
-                    continue
-                acked = time.perf_counter()
-                with lock:
-                    result.statuses[response.status] = result.statuses.get(response.status, 0) + 1
-                    if response.status == 202:
-                        result.acks[index] = acked
-        finally:
-            conn.close()
+    def work() -> None:
+        while True:
+            with lock:
+                item = next(queue, None)
+            if item is None:
+                return
+            number, index = item
+            if rate:  # 0: as fast as the senders can
+                time.sleep(max(0.0, start + number / rate - time.perf_counter()))
+            status = send(index)
+            acked = time.perf_counter()
+            if status is None:
+                continue
+            with lock:
+                result.statuses[status] = result.statuses.get(status, 0) + 1
+                if status == 202:
+                    result.acks[index] = acked
 
-    threads = [threading.Thread(target=send, daemon=True) for _ in range(senders)]
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(senders)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -131,10 +157,10 @@ def paced_post(port: int, indexes: list[int], run: str, rate: float, senders: in
     return result
 
 
-def measure(server: Gunicorn, emulator: object, indexes: list[int], run: str, rate: float, senders: int) -> Run:
+def measure(emulator: object, indexes: list[int], rate: float, senders: int, send: Callable[[int], int | None]) -> Run:
     """One paced run against a warm server; waits for the entries, then computes the speeds."""
     requests_before = add_phones_requests(emulator)
-    result = paced_post(server.port, indexes, run, rate, senders)
+    result = paced(indexes, rate, senders, send)
     deadline = time.monotonic() + DELIVERY_WAIT
     wanted = [entry_phone(index) for index in result.acks]
     while time.monotonic() < deadline and not all(phone in emulator.arrived for phone in wanted):
@@ -163,8 +189,87 @@ def run_server(label: str, app: str, env_of: object, workdir: Path, levels: list
             for name, rate, senders, count in levels:
                 indexes = list(range(start, start + count))
                 start += count
-                results[name] = measure(server, emulator, indexes, f"{label}-{name}", rate, senders)
+                results[name] = measure(emulator, indexes, rate, senders, http_sender(server.port, f"{label}-{name}"))
             return results, server.describe()
+
+
+def lambda_invoke_api(handler: Callable[[dict, object], object], context: object) -> LocalServer:
+    """Lambda's Invoke API on 127.0.0.1 that runs each asynchronous invocation at once, in a thread of its own.
+
+    Here the delivery task runs in this process, beside the webhook invocations: on AWS it would run in
+    another instance, after the invocation's own start-up.
+    """
+    from werkzeug.wrappers import Request, Response
+
+    @Request.application
+    def invoke(request: Request) -> Response:
+        payload = json.loads(request.get_data())
+        task = threading.Thread(target=handler, args=(payload, context), daemon=True)
+        task.start()
+        server.tasks.append(task)
+        return Response(b"", status=202)
+
+    server = LocalServer(invoke)
+    server.tasks = []  # the started delivery tasks, joined before the store goes away
+    return server
+
+
+def run_lambda(workdir: Path, levels: list[tuple[str, float, int, int]], offset: int) -> tuple[dict[str, Run], str]:
+    """Webhook events through Zappa's handler in this process: the store in DynamoDB (moto's server), the
+    kick through boto3 to a local Invoke API that runs Zappa's task message through the same handler."""
+    import boto3
+    import zappa.asynchronous
+    from zappa.cli import ZappaCLI
+    from zappa.handler import LambdaHandler
+
+    from crm2calls.aws import create_table
+    from tests.servers import moto_server
+    from tests.test_lambda_handler import FUNCTION, STAGE, Context, http_event
+
+    settings = workdir / "zappa"
+    (settings / "module").mkdir(parents=True)
+    (settings / "zappa_settings.json").write_text((ROOT / "zappa_settings.json").read_text())
+    cwd = Path.cwd()
+    os.chdir(settings)  # Zappa scans the working directory for websocket handlers
+    try:
+        cli = ZappaCLI()
+        cli.api_stage, cli.load_credentials = STAGE, False
+        cli.load_settings("zappa_settings.json")
+        (settings / "module" / "zappa_settings.py").write_text(cli.get_zappa_settings_string())
+    finally:
+        os.chdir(cwd)
+    sys.path.insert(0, str(settings / "module"))
+    results = {}
+    with moto_server() as endpoint, stamping_emulator() as emulator:
+        os.environ.update({
+            "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "eu-central-1", "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_LAMBDA_FUNCTION_NAME": FUNCTION, "WEBHOOK_SECRET": SECRET,
+            "AIMYLOGIC_TOKEN": TOKEN, "AIMYLOGIC_URL": emulator.url, "LEADS_CONFIG": str(write_mapping(settings)),
+            "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        })
+        os.environ.pop("DRY_RUN", None)
+        create_table(f"crm2calls-{STAGE}-leads")
+        with lambda_invoke_api(LambdaHandler.lambda_handler, Context()) as invoke_api:
+            zappa.asynchronous.LAMBDA_CLIENT = boto3.client("lambda", endpoint_url=invoke_api.url)
+
+            def sender(run: str) -> Callable[[int], int | None]:
+                def send(index: int) -> int | None:
+                    event = http_event("function_url", "POST", "/webhooks/generic", f"key={SECRET}",
+                                       lead_body(index, run))
+                    return int(LambdaHandler.lambda_handler(event, Context())["statusCode"])
+
+                return send
+
+            sender("warm")(offset - 1)  # the cold start, and the first kick
+            time.sleep(2.0)
+            start = offset
+            for name, rate, senders, count in levels:
+                indexes = list(range(start, start + count))
+                start += count
+                results[name] = measure(emulator, indexes, rate, senders, sender(f"lambda-{name}"))
+            for task in invoke_api.tasks:
+                task.join(60)
+    return results, f"Zappa's handler in this process, stage {STAGE}, DynamoDB at moto's server, async task in a thread"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-leads", type=int, default=1000,
                         help="leads as fast as 16 senders can (default 1000)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 leads at 1/s, 200 at 100/s, 200 at once")
+    parser.add_argument("--lambda", dest="on_lambda", action="store_true",
+                        help="also the Lambda path, at the two steady rates (at most 200 leads at 100/s)")
     args = parser.parse_args(argv)
     slow, fast, burst = (5, 200, 200) if args.quick else (
         max(args.slow_leads, 1), max(args.fast_leads, 1), max(args.burst_leads, 1))
@@ -197,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         ):
             runs[label], described = run_server(label, app, env_of, workdir, levels, offset * 1_000_000)
             print(f"{label}: {described}", flush=True)
+        if args.on_lambda:  # last: Zappa's handler changes this process's environment and logging
+            steady = [(name, rate, senders, min(count, 200)) for name, rate, senders, count in levels if rate]
+            runs["lambda"], described = run_lambda(workdir, steady, 2_000_000)
+            print(f"lambda: {described}", flush=True)
     report(runs, levels)
     return 0
 
@@ -206,11 +317,13 @@ def report(runs: dict[str, dict[str, Run]], levels: list[tuple[str, float, int, 
     print("\nspeed to lead: from the client reading the webhook's 202 to the emulator receiving the entry "
           "(negative: the entry arrived before the answer)")
     rows = []
-    for name, _, _, count in levels:
+    for name, *_ in levels:
         for label, results in runs.items():
+            if name not in results:
+                continue
             run = results[name]
             status = " ".join(f"{code}:{n}" for code, n in sorted(run.statuses.items())) or "-"
-            rows.append([label, name, f"{len(run.acks)}/{count}", f"{run.p(0.5):.1f}", f"{run.p(0.99):.1f}",
+            rows.append([label, name, f"{len(run.acks)}/{run.posted}", f"{run.p(0.5):.1f}", f"{run.p(0.99):.1f}",
                          f"{max(run.speeds_ms, default=0.0):.1f}", run.missing, run.requests, status])
     print_table(["server", "load", "acked", "p50 ms", "p99 ms", "max ms", "not arrived", "addPhones", "statuses"],
                 rows)
