@@ -17,6 +17,7 @@ from crm2calls.errors import ConfigError, Crm2CallsError, UnusableLeadError
 from crm2calls.model import Status
 from crm2calls.policy import Policy, SourcePolicy
 from crm2calls.services import Services
+from crm2calls.stats import GROUPINGS, funnel
 
 config_cli = AppGroup("config", help="Check the configuration.")
 dialer_cli = AppGroup("dialer", help="Talk to Aimylogic directly.")
@@ -239,6 +240,20 @@ def leads_list(status: str | None, source: str | None, since: str | None, limit:
         f"totals{f' ({asked})' if asked else ''}: "
         + (", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "no leads")
     )
+
+
+@leads_cli.command("stats")
+@click.option("--since", default="7d", show_default=True, help="Leads that arrived within this age: 24h, 7d, 30d.")
+@click.option("--by", type=click.Choice(GROUPINGS), default=None, help="One row per group.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+def leads_stats(since: str, by: str | None, as_json: bool) -> None:
+    """The funnel: received, sent, where the rest stand; rejection reasons ranked; speed to lead p50/p95."""
+
+    svc = _services()
+    now = svc.clock()
+    after = now - parse_age(since)
+    report = funnel(svc.store.list(since=after, limit=1_000_000_000), by, after, now)
+    click.echo(json.dumps(report.document(), ensure_ascii=False, indent=2) if as_json else report.table())
 
 
 @leads_cli.command("show")

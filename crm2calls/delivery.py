@@ -23,8 +23,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm2calls import guards, lifecycle, metrics
+from crm2calls import guards, health, lifecycle, metrics
 from crm2calls.errors import AuthError, EnrichmentError, RejectedError, StoreError, UnavailableError
+from crm2calls.guards import CAMPAIGN_META
 from crm2calls.logs import redact
 from crm2calls.model import LeadEvent, LeadRecord, Status
 from crm2calls.policy import DeliveryPolicy
@@ -32,7 +33,6 @@ from crm2calls.services import Services
 
 log = logging.getLogger("crm2calls.delivery")
 
-CAMPAIGN_META = "campaign"  # {"paused", "reason", "since", "retry_at"} while Aimylogic refuses us
 
 
 @dataclass
@@ -121,6 +121,7 @@ def _report_state(services: Services, report: PassReport) -> None:
     store = services.store
     oldest = store.oldest_waiting()
     held = report.paused or bool(store.get_meta(guards.GUARD_META))
+    health.record_pass(services, oldest, store.backlog())
     metrics.delivery_pass()
     metrics.oldest_waiting(guards.DEFAULT_CAMPAIGN, (services.clock() - oldest).total_seconds() if oldest else 0.0)
     metrics.campaign_held(guards.DEFAULT_CAMPAIGN, held)
@@ -191,6 +192,7 @@ def _enrich_one(services: Services, record: LeadRecord, owner: str) -> tuple[boo
             record.id, record.source, exc.message, record.source.upper(),
             extra={"fields": {"event": "enrich_auth", "source": record.source, "lead_id": record.id}},
         )
+        health.crm_refused(services, record.source, exc.message, now)
         if _too_old(record, now, policy):
             return False, _saved(lifecycle.fail, services, record, now, exc.message, owner=owner)
         until = now + timedelta(seconds=policy.backoff_cap_seconds)
@@ -202,6 +204,7 @@ def _enrich_one(services: Services, record: LeadRecord, owner: str) -> tuple[boo
         if record.attempts >= policy.enrich_max_attempts:
             return False, _saved(lifecycle.fail, services, record, now, message, owner=owner)
         return False, _saved(_retry, services, record, now, message, None, owner)
+    health.crm_accepted(services, record.source)
     return True, _saved(lifecycle.enriched, services, record, lead, now, owner)
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("crm2calls.guards")
 
 GUARD_META = "guard"  # {"holding", "reason", "until"} while the rate cap holds leads
+CAMPAIGN_META = "campaign"  # {"paused", "reason", "since", "retry_at"} while Aimylogic refuses the token
 
 
 DEFAULT_CAMPAIGN = "default"  # the campaign of AIMYLOGIC_TOKEN

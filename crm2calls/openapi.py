@@ -56,7 +56,7 @@ def build_spec(sources: dict[str, Source]) -> dict[str, Any]:
     )
     plugin.map_to_openapi_type(PhoneField, "string", None)
     plugin.map_to_openapi_type(InstantField, "string", "date-time")
-    for name in ("Error", "LeadsAck", "CountAck", "Health", "Unavailable", "Preview"):
+    for name in ("Error", "LeadsAck", "CountAck", "Health", "Preview"):
         spec.components.schema(name, schema=getattr(api, f"{name}Schema"))
     spec.components.security_scheme(
         "key", {"type": "apiKey", "in": "query", "name": "key", "description": "WEBHOOK_SECRET in the URL."}
@@ -109,7 +109,12 @@ def build_spec(sources: dict[str, Source]) -> dict[str, Any]:
         operations={
             "get": {
                 "operationId": "health",
-                "summary": "Ready, dry run, paused delivery, held leads; counts per status on request",
+                "summary": "One health document: ok, degraded or failing, with reasons; cheap enough to poll",
+                "description": (
+                    "The same document on every platform, from single-item reads (the latest delivery pass "
+                    "records the backlog), so a monitor may poll it every ten seconds. docs/operations.md "
+                    "lists every reason code, what it means and what to do."
+                ),
                 "parameters": [
                     {
                         "name": "counts",
@@ -120,8 +125,8 @@ def build_spec(sources: dict[str, Source]) -> dict[str, Any]:
                     }
                 ],
                 "responses": {
-                    "200": _json("Ready.", "Health"),
-                    "503": _json("The lead store is unavailable.", "Unavailable"),
+                    "200": _json("ok or degraded: the reasons say what needs attention.", "Health"),
+                    "503": _json("failing: the lead store cannot be reached.", "Health"),
                 },
             }
         },

@@ -70,8 +70,7 @@ class DeliveryPolicy:
     backoff_base_seconds: float = 5.0
     backoff_cap_seconds: float = 300.0
     lease_seconds: int = 120
-    poll_seconds: float = 2.0
-    linger_seconds: float = 0.5  # after a new lead wakes the worker, wait this long to fill batches
+    poll_seconds: float = 2.0  # how often the local worker looks for due retries when no new lead wakes it
     enrich_max_attempts: int = 6
 
 
@@ -87,6 +86,14 @@ class GuardPolicy:
 
 
 @dataclass(frozen=True)
+class HealthPolicy:
+    """When /healthz calls the backlog degraded."""
+
+    max_waiting_minutes: int = 10  # the oldest lead waiting to be sent is older than this
+    max_backlog: int = 1000  # more leads than this wait to be sent
+
+
+@dataclass(frozen=True)
 class Policy:
     """The whole mapping file."""
 
@@ -99,6 +106,7 @@ class Policy:
     cities: dict[str, str]  # casefolded city or region name -> IANA zone
     defaults: SourcePolicy  # used for sources the file does not list
     sources: dict[str, SourcePolicy] = field(default_factory=dict)
+    health: HealthPolicy = field(default_factory=HealthPolicy)
 
     def source(self, name: str) -> SourcePolicy:
         """The policy of a source, or the defaults under its name."""

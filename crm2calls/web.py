@@ -26,11 +26,6 @@ from crm2calls.sources.base import Ack, InboundRequest, Source, secret_matches
 bp = Blueprint("webhooks", __name__)
 log = logging.getLogger("crm2calls.web")
 _openapi_lock = threading.Lock()
-DRY_RUN_REASON = (
-    "DRY_RUN is on outside development: every addPhones body is logged and nothing is sent, so nobody is "
-    "called. Set AIMYLOGIC_TOKEN and unset DRY_RUN, then `flask --app app leads retry --dry-run` sends "
-    "the leads the dry run logged."
-)
 
 
 def services() -> Services:
@@ -97,32 +92,18 @@ def openapi() -> Response:
 
 
 @bp.get("/healthz")
-def healthz() -> Response | tuple[Response, int]:
-    """Ready, and what an operator must know: dry run, paused delivery, held leads; ?counts=1 adds counts.
+def healthz() -> tuple[Response, int]:
+    """One health document, the same on every platform, from a few single-item reads; ?counts=1 adds counts.
 
-    Counting scans the whole table on DynamoDB, so a monitor polling every minute should not ask for it.
+    Counting scans the whole table on DynamoDB, so a monitor polling every ten seconds should not ask for it.
     """
+    from crm2calls import health
+
     svc = services()
-    reasons = []
-    if svc.settings.dry_run and not svc.settings.dev_mode:
-        reasons.append({"code": "dry_run", "message": DRY_RUN_REASON})
-    status = "degraded" if reasons else "ok"
-    body: dict[str, Any] = {"status": status, "reasons": reasons, "dry_run": svc.settings.dry_run}
-    try:
-        store = svc.store
-        campaign = store.get_meta("campaign")
-        body["delivery"] = {"paused": bool(campaign and campaign.get("paused"))}
-        if campaign and campaign.get("paused"):
-            body["delivery"]["reason"] = campaign.get("reason")
-        guard = store.get_meta("guard")
-        if guard and guard.get("holding"):
-            body["guard"] = {"holding": True, "reason": guard.get("reason"), "until": guard.get("until")}
-        if request.args.get("counts") in ("1", "true", "yes"):
-            body["leads"] = store.count_by_status()
-    except Exception:
-        log.exception("health check: the lead store is unavailable")
-        return jsonify({"status": "unavailable", "reason": "the lead store is unavailable"}), 503
-    return jsonify(body)
+    body, status = health.check(svc)
+    if status == 200 and request.args.get("counts") in ("1", "true", "yes"):
+        body["leads"] = svc.store.count_by_status()
+    return jsonify(body), status
 
 
 def verified(source_name: str) -> tuple[Services, Source, InboundRequest]:

@@ -1,5 +1,10 @@
 """The local delivery worker: a background thread that runs delivery passes (serve and gunicorn only).
 
+It sends the way a database commits a group: a wake with nothing in flight starts a pass at once,
+and leads that arrive while its addPhones request is out go together in the pass's next round
+(deliver_pending claims again until nothing is due). A trickle goes out one lead per request within
+milliseconds; a burst fills batches by itself, since each round takes as long as its request.
+
 Started explicitly by the serve command and gunicorn's post_worker_init hook, never at import
 time; on Lambda the async task and the schedule call deliver_pending() instead.
 """
@@ -17,7 +22,7 @@ log = logging.getLogger("crm2calls.worker")
 
 
 class DeliveryWorker:
-    """Run deliver_pending() every poll_seconds, or at once when wake() is called (services.notify)."""
+    """Run deliver_pending() at once when wake() is called (services.notify), else every poll_seconds."""
 
     def __init__(self, services: Services):
         self.services = services
@@ -52,12 +57,10 @@ class DeliveryWorker:
     def _run(self) -> None:
         policy = self.services.settings.policy.delivery
         while not self._stop.is_set():
-            self._wake.clear()  # a wake() during the pass below triggers the next one at once
+            self._wake.clear()  # a wake() during the pass below starts the next one at once
             try:
                 deliver_pending(self.services)
             except Exception as exc:  # the store or a bug: log it and try again next round
                 log.error("delivery pass failed: %s", redact(f"{type(exc).__name__}: {exc}"), exc_info=True)
-            if self._wake.wait(policy.poll_seconds):
-                # Woken by a new lead: let the burst it belongs to arrive, so that a pass sends
-                # full batches rather than one addPhones request per lead.
-                self._stop.wait(policy.linger_seconds)
+            # No linger: waiting for a fuller batch would cost every lead of a trickle that wait.
+            self._wake.wait(policy.poll_seconds)

@@ -52,40 +52,62 @@ class CountAckSchema(Schema):
     leads = fields.Integer(required=True, validate=validate.Range(min=0), metadata={"description": "Events taken."})
 
 
-class DeliveryStateSchema(Schema):
-    """Whether delivery to Aimylogic is paused, and why."""
-
-    paused = fields.Boolean(required=True)
-    reason = fields.String(allow_none=True)
+REASON_CODES = [
+    "store_unreachable",
+    "delivery_stalled",
+    "lead_waiting_too_long",
+    "backlog_high",
+    "token_refused",
+    "campaign_held",
+    "crm_credentials_refused",
+    "dry_run",
+]
 
 
 class ReasonSchema(Schema):
-    """Why the service is not simply ok, and what to do."""
+    """Why the service is not simply ok, and what to do (docs/operations.md lists every code)."""
 
-    code = fields.String(required=True, validate=validate.OneOf(["dry_run"]))
+    code = fields.String(required=True, validate=validate.OneOf(REASON_CODES))
     message = fields.String(required=True)
 
 
-class HealthSchema(Schema):
-    """GET /healthz when ready: ok, or degraded with its reasons."""
+class CampaignHealthSchema(Schema):
+    """One campaign's delivery."""
 
-    status = fields.String(required=True, validate=validate.OneOf(["ok", "degraded"]))
+    aimylogic = fields.String(
+        required=True, allow_none=True,
+        metadata={"description": "The campaign's last known status at Aimylogic (inProcess, paused, ...), or null."},
+    )
+    delivery = fields.String(
+        required=True, allow_none=True, validate=validate.OneOf(["sending", "held", "token_refused"]),
+        metadata={"description": "sending; held by a spend guard; or paused: Aimylogic refused the token."},
+    )
+    held = fields.Integer(required=True, validate=validate.Range(min=0), metadata={"description": "Leads held back."})
+
+
+class HealthSchema(Schema):
+    """GET /healthz: ok, degraded (200) or failing (503), with its reasons; the same on every platform."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ok", "degraded", "failing"]))
     reasons = fields.List(fields.Nested(ReasonSchema), required=True)
     dry_run = fields.Boolean(required=True, metadata={"description": "Entries are logged, nothing is sent."})
+    campaigns = fields.Dict(
+        keys=fields.String(), values=fields.Nested(CampaignHealthSchema), required=True,
+        metadata={"description": "By campaign name; empty when the lead store cannot be reached."},
+    )
+    oldest_waiting_s = fields.Integer(
+        required=True, allow_none=True, validate=validate.Range(min=0),
+        metadata={"description": "Age of the oldest lead waiting to be sent (held ones aside); null before a pass."},
+    )
+    backlog = fields.Integer(
+        required=True, allow_none=True, validate=validate.Range(min=0),
+        metadata={"description": "Leads waiting to be sent, as the latest delivery pass saw them; null before one."},
+    )
     leads = fields.Dict(
         keys=fields.String(validate=validate.OneOf(STATUSES)),
         values=fields.Integer(),
         metadata={"description": "Leads per status, only with ?counts=1 (a full table scan on DynamoDB)."},
     )
-    delivery = fields.Nested(DeliveryStateSchema, required=True)
-    guard = fields.Dict(metadata={"description": "Present while a guard holds leads back."})
-
-
-class UnavailableSchema(Schema):
-    """GET /healthz when the lead store cannot be reached."""
-
-    status = fields.String(required=True, validate=validate.OneOf(["unavailable"]))
-    reason = fields.String(required=True)
 
 
 class PreviewLeadSchema(Schema):

@@ -16,6 +16,7 @@ from crm2calls.policy import (
     DeliveryPolicy,
     FieldMap,
     GuardPolicy,
+    HealthPolicy,
     Interval,
     Policy,
     SourcePolicy,
@@ -83,14 +84,16 @@ def _known_source(name: str) -> None:
 
 
 class RenamedKeysSchema(Schema):
-    """A section whose keys a release renamed: the old key is refused with the new one's name."""
+    """A section whose keys a release renamed or removed: the old key is refused, naming what replaces it."""
 
     RENAMED: dict[str, str] = {}
+    REMOVED: dict[str, str] = {}  # old key -> what to use instead
 
     @pre_load
     def _refuse_renamed(self, data: Any, **kwargs: Any) -> Any:
         if isinstance(data, dict):
             errors = {old: [f"renamed: use {new}"] for old, new in self.RENAMED.items() if old in data}
+            errors |= {old: [f"removed: {instead}"] for old, instead in self.REMOVED.items() if old in data}
             if errors:
                 raise ValidationError(errors)
         return data
@@ -183,6 +186,10 @@ class DeliverySchema(RenamedKeysSchema):
     """[delivery]."""
 
     RENAMED = {"max_attempts": "max_send_attempts (addPhones attempts before a lead fails)"}
+    REMOVED = {
+        "linger_seconds": "a woken worker now sends at once, and leads that arrive while a request is out "
+        "go in the next one; batch_size and concurrency shape the batches (delete the key)",
+    }
 
     class Meta:
         unknown = RAISE
@@ -195,8 +202,7 @@ class DeliverySchema(RenamedKeysSchema):
     backoff_base_seconds = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
     backoff_cap_seconds = fields.Float(validate=validate.Range(min=1))
     lease_seconds = fields.Integer(strict=True, validate=validate.Range(min=10))
-    poll_seconds = fields.Float(validate=validate.Range(min=0.05))
-    linger_seconds = fields.Float(validate=validate.Range(min=0, max=10))
+    poll_seconds = fields.Float(validate=validate.Range(min=0.05, max=60))
     enrich_max_attempts = fields.Integer(strict=True, validate=validate.Range(min=1))
 
     @post_load
@@ -219,6 +225,20 @@ class GuardsSchema(Schema):
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> GuardPolicy:
         return GuardPolicy(**data)
+
+
+class HealthThresholdsSchema(Schema):
+    """[health]: when /healthz calls the backlog degraded."""
+
+    class Meta:
+        unknown = RAISE
+
+    max_waiting_minutes = fields.Integer(strict=True, validate=validate.Range(min=1))
+    max_backlog = fields.Integer(strict=True, validate=validate.Range(min=1))
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> HealthPolicy:
+        return HealthPolicy(**data)
 
 
 class SourceSchema(Schema):
@@ -262,6 +282,7 @@ class PolicySchema(Schema):
     calls = fields.Nested(CallsSchema, load_default=lambda: CallsSchema().load({}))
     delivery = fields.Nested(DeliverySchema, load_default=DeliveryPolicy)
     guards = fields.Nested(GuardsSchema, load_default=GuardPolicy)
+    health = fields.Nested(HealthThresholdsSchema, load_default=HealthPolicy)
     zones = fields.Nested(ZonesSchema, load_default=lambda: {"cities": {}})
     sources = fields.Dict(
         keys=fields.String(validate=_known_source),
@@ -332,6 +353,7 @@ def build_policy(data: dict[str, Any], default_region: str) -> Policy:
         cities={k.casefold(): v for k, v in data["zones"]["cities"].items()},
         defaults=defaults,
         sources=sources,
+        health=data["health"],
     )
 
 

@@ -139,6 +139,8 @@ def test_secrets_never_appear_in_repr(clean_env):
         ("renamed_call_attempts.toml", "renamed_call_attempts.toml: calls.max_attempts: renamed: use max_call"),
         ("renamed_send_attempts.toml", "renamed_send_attempts.toml: delivery.max_attempts: renamed: use max_send"),
         ("renamed_source_attempts.toml", "renamed_source_attempts.toml: sources.site.calls.max_attempts: renamed"),
+        ("removed_linger.toml", "removed_linger.toml: delivery.linger_seconds: removed: a woken worker now sends at"),
+        ("zero_waiting.toml", "zero_waiting.toml: health.max_waiting_minutes: Must be greater than or equal to 1"),
         ("zero_backoff.toml", "zero_backoff.toml: delivery.backoff_base_seconds: Must be greater than 0"),
         ("string_batch.toml", "string_batch.toml: delivery.batch_size: Not a valid integer."),
         ("bad_city_zone.toml", 'bad_city_zone.toml: zones.cities.Тверь: "Moscow" is not an IANA zone id'),

@@ -499,6 +499,38 @@ def test_worker_delivers_when_woken(make):
     assert not worker.alive
 
 
+def add_phones_requests(emulator) -> list[list[dict]]:
+    return [request.json() for request in list(emulator.requests) if request.path.endswith("/addPhones")]
+
+
+def test_worker_sends_at_once_and_groups_what_arrives_while_a_request_is_out(make, aimylogic):
+    services = make(poll_seconds=60)
+    worker = DeliveryWorker(services)
+    services.notify = worker.wake
+    worker.start()
+    try:
+        assert wait_for(lambda: worker.alive)
+        time.sleep(0.1)  # the first (empty) pass is over: only wake() starts the next one
+        aimylogic.record_then_hang(30)  # the first request is taken, its answer held until recover()
+        first = add_lead(services, 1)
+        woken = time.monotonic()
+        services.notify()
+        assert wait_for(lambda: aimylogic.hanging == 1)
+        # A worker that lingered after a wake (0.5 s before) would not have sent yet.
+        assert time.monotonic() - woken < 0.4
+        later = [add_lead(services, n) for n in range(2, 6)]
+        for _ in later:
+            services.notify()
+        assert len(add_phones_requests(aimylogic)) == 1  # nothing more leaves while the request is out
+        aimylogic.recover()
+        assert wait_for(lambda: all(services.store.get(r.id).status is Status.SENT for r in [first, *later]))
+    finally:
+        worker.stop(timeout=5)
+    sent = add_phones_requests(aimylogic)
+    assert [len(body) for body in sent] == [1, 4]
+    assert {entry["phone"] for entry in sent[1]} == {f"7912{n:07d}" for n in range(2, 6)}
+
+
 def test_worker_survives_a_failing_pass(make, caplog, tmp_path):
     services = make(poll_seconds=60)
     real = open_store(services.settings.leads_store)

@@ -71,11 +71,13 @@ def test_health_says_the_guard_is_holding_leads(guarded, clock):
     clock.advance(minutes=1)
     deliver_pending(services)  # the worker re-admits one held lead and holds the other again
     body = client.get("/healthz?counts=1").get_json()
-    assert body["guard"]["holding"] is True and "1 new calls a minute" in body["guard"]["reason"]
+    assert body["campaigns"]["default"] == {"aimylogic": None, "delivery": "held", "held": 1}
+    [reason] = [reason for reason in body["reasons"] if reason["code"] == "campaign_held"]
+    assert "1 new calls a minute" in reason["message"]
     assert body["leads"]["held"] == 1
     clock.advance(minutes=1)
     deliver_pending(services)
-    assert "guard" not in client.get("/healthz").get_json()
+    assert client.get("/healthz").get_json()["campaigns"]["default"]["delivery"] == "sending"
 
 
 def test_per_number_cap_across_sources_and_days(guarded, aimylogic, clock):

@@ -12,7 +12,7 @@ from crm2calls.model import Status
 from crm2calls.sources import SOURCES
 from crm2calls.sources.base import IntakeResult
 from schemas.api import ErrorSchema, HealthSchema, LeadsAckSchema, LeadSummarySchema, PreviewSchema
-from tests.conftest import FIXTURES, SECRET
+from tests.conftest import FIXTURES, ROOT, SECRET
 
 WEBHOOK = "/webhooks/{source}"
 
@@ -66,6 +66,18 @@ def test_each_source_success_answer_is_documented_with_its_own_status_and_media_
     for name in SOURCES:
         ack = services.source(name).acknowledge([])
         assert ack.content_type.split(";")[0] in responses[str(ack.status)]["content"], name
+
+
+def test_the_health_check_is_described_as_one_document_with_every_reason_code(spec):
+    responses = spec["paths"]["/healthz"]["get"]["responses"]
+    for status in ("200", "503"):
+        assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Health"}
+    health = spec["components"]["schemas"]["Health"]["properties"]
+    assert set(health) == {"status", "reasons", "dry_run", "campaigns", "oldest_waiting_s", "backlog", "leads"}
+    assert health["status"]["enum"] == ["ok", "degraded", "failing"]
+    documented = (ROOT / "docs" / "operations.md").read_text()
+    codes = spec["components"]["schemas"]["Reason"]["properties"]["code"]["enum"]
+    assert codes and all(f"| `{code}` |" in documented for code in codes)
 
 
 @pytest.mark.parametrize("status", list(Status))

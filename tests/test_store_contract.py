@@ -17,7 +17,7 @@ import pytest
 from crm2calls.errors import StoreError
 from crm2calls.model import END_STATUSES, LeadRecord, Status
 from crm2calls.store import open_store
-from crm2calls.store.base import SCHEMA_VERSION, ClaimRefusedError, Claims, Counter, LeadStore
+from crm2calls.store.base import SCHEMA_VERSION, Backlog, ClaimRefusedError, Claims, Counter, LeadStore
 from tests.servers import aws_env, moto_endpoint  # noqa: F401  (fixtures)
 
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
@@ -500,6 +500,19 @@ def test_oldest_waiting_is_the_oldest_lead_not_yet_sent_held_ones_aside(store: L
     store.claim(Status.PENDING, T0 + 3 * MIN, 60, 1, "worker")  # sending still waits
     store.update(replace(store.get("lead-4"), status=Status.FAILED, next_attempt_at=None), owner=None)
     assert store.oldest_waiting() == T0 + 3 * MIN
+
+
+def test_backlog_counts_the_unsent_leads_and_the_held_ones_apart(store: LeadStore) -> None:
+    assert store.backlog() == Backlog(waiting=0, held=0)
+    statuses = [Status.RECEIVED, Status.PENDING, Status.PENDING, Status.HELD, Status.SENT, Status.REJECTED]
+    for n, status in enumerate(statuses):
+        store.insert(lead(n, status=status, next_attempt_at=None if status in (Status.SENT, Status.REJECTED) else T0))
+    assert store.backlog() == Backlog(waiting=3, held=1)
+    store.claim(Status.PENDING, T0, 60, 1, "worker")  # sending still waits
+    assert store.backlog() == Backlog(waiting=3, held=1)
+    store.update(replace(store.get("lead-1"), status=Status.SENT, next_attempt_at=None), owner=None)
+    store.update(replace(store.get("lead-3"), status=Status.PENDING), owner=None)  # a held lead admitted
+    assert store.backlog() == Backlog(waiting=3, held=0)
 
 
 def test_count_by_status_lists_every_status(store: LeadStore) -> None:

@@ -43,6 +43,14 @@ class Claims:
 NO_CLAIMS = Claims()
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """Leads not yet sent: waiting (received, pending, sending) and held back by a guard on purpose."""
+
+    waiting: int
+    held: int
+
+
 class ClaimRefusedError(Crm2CallsError):
     """A claim of a write was refused (slot held by another lead, counter at its limit); nothing was written.
 
@@ -105,6 +113,9 @@ class LeadStore(Protocol):
 
     def oldest_waiting(self) -> datetime | None:
         """When the oldest lead still waiting to be sent (received, pending, sending) arrived; held leads aside."""
+
+    def backlog(self) -> Backlog:
+        """How many leads wait to be sent, and how many are held; reads only the unsent leads (the due index)."""
 
     def count_by_status(self) -> dict[str, int]:
         """How many leads are in each status (for /healthz and `leads list`)."""

@@ -29,7 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from crm2calls.errors import StoreError
 from crm2calls.model import END_STATUSES, LeadRecord, Status
-from crm2calls.store.base import KEY_TTL, NO_CLAIMS, SCHEMA_VERSION, ClaimRefusedError, Claims
+from crm2calls.store.base import KEY_TTL, NO_CLAIMS, SCHEMA_VERSION, Backlog, ClaimRefusedError, Claims
 from crm2calls.store.records import MUTABLE_COLUMNS, Row, from_row, iso, to_row
 
 DUE_INDEX = "due"
@@ -560,6 +560,29 @@ class DynamoDBStore:
                     break
                 query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return datetime.fromisoformat(oldest) if oldest else None
+
+    @_store_errors
+    def backlog(self) -> Backlog:
+        """How many leads wait to be sent, and how many are held: counting Queries on the `due` index, no Scan."""
+        counts = {}
+        for status in (Status.RECEIVED, Status.PENDING, Status.SENDING, Status.HELD):
+            query: dict[str, Any] = {
+                "TableName": self.table,
+                "IndexName": DUE_INDEX,
+                "KeyConditionExpression": "#status = :status",
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": {":status": {"S": status.value}},
+                "Select": "COUNT",
+            }
+            counts[status] = 0
+            while True:
+                page = self._client.query(**query)
+                counts[status] += page["Count"]
+                if "LastEvaluatedKey" not in page:
+                    break
+                query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        held = counts.pop(Status.HELD)
+        return Backlog(waiting=sum(counts.values()), held=held)
 
     @_store_errors
     def count_by_status(self) -> dict[str, int]:

@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from crm2calls.errors import StoreError
 from crm2calls.model import END_STATUSES, LeadRecord, Status
-from crm2calls.store.base import NO_CLAIMS, SCHEMA_VERSION, ClaimRefusedError, Claims
+from crm2calls.store.base import NO_CLAIMS, SCHEMA_VERSION, Backlog, ClaimRefusedError, Claims
 from crm2calls.store.records import COLUMNS, MUTABLE_COLUMNS, from_row, iso, parse_iso, to_row
 
 WAITING = (Status.RECEIVED.value, Status.PENDING.value, Status.SENDING.value)
@@ -290,6 +290,17 @@ class SQLiteStore:
             "SELECT MIN(created_at) FROM leads WHERE status IN (?, ?, ?)", WAITING
         ).fetchone()  # the due index narrows it to the backlog
         return parse_iso(row[0]) if row[0] else None
+
+    @_store_errors
+    def backlog(self) -> Backlog:
+        """How many leads wait to be sent, and how many are held (the due index: no table scan)."""
+        counts = dict(
+            self._conn().execute(
+                "SELECT status, COUNT(*) FROM leads WHERE status IN (?, ?, ?, ?) GROUP BY status",
+                (*WAITING, Status.HELD.value),
+            ).fetchall()
+        )
+        return Backlog(waiting=sum(counts.get(status, 0) for status in WAITING), held=counts.get(Status.HELD.value, 0))
 
     @_store_errors
     def count_by_status(self) -> dict[str, int]:
