@@ -15,7 +15,7 @@ from flask.cli import AppGroup
 from crm2calls.config import MISSING_SHARED_KEY, Settings, check_configuration, is_loopback, load_settings
 from crm2calls.errors import ConfigError, Crm2CallsError, UnusableLeadError
 from crm2calls.model import Status
-from crm2calls.policy import Policy, SourcePolicy
+from crm2calls.policy import DEFAULT_CAMPAIGN, Policy, SourcePolicy
 from crm2calls.services import Services
 
 config_cli = AppGroup("config", help="Check the configuration.")
@@ -113,6 +113,14 @@ def describe_environment(settings: Settings) -> str:
     ])  # fmt: skip
 
 
+def _route(source: SourcePolicy) -> str:
+    if source.campaign_by is None:
+        return "" if source.campaign == DEFAULT_CAMPAIGN else f"; campaign {source.campaign}"
+    route = source.campaign_by
+    pairs = ", ".join(f"{value} -> {campaign}" for value, campaign in route.map.items())
+    return f"; campaign by {route.field} ({pairs}; otherwise {route.default or source.campaign})"
+
+
 def describe_policy(policy: Policy) -> str:
     """The mapping file as it is applied, in words."""
     d, g = policy.delivery, policy.guards
@@ -132,10 +140,15 @@ def describe_policy(policy: Policy) -> str:
     ]
     common = _window(policy.defaults)
     lines.append(f"  Call window of every source: {common}")
+    campaigns = [f"{name} ({policy.campaigns.get(name, 'AIMYLOGIC_TOKEN')})" for name in policy.campaign_names()]
+    lines.append(f"  Campaigns: {', '.join(campaigns)}")
     lines.append("  Sources:")
     for source in policy.sources.values():
         own = _window(source)
-        lines.append(f"    {source.name}: region {source.region}" + (f"; own window: {own}" if own != common else ""))
+        lines.append(
+            f"    {source.name}: region {source.region}{_route(source)}"
+            + (f"; own window: {own}" if own != common else "")
+        )
     lines.append(f"    any other source: region {policy.defaults.region}")
     return "\n".join(lines)
 

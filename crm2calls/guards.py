@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from crm2calls.model import Status
-from crm2calls.policy import GuardPolicy
+from crm2calls.policy import DEFAULT_CAMPAIGN, GuardPolicy
 from crm2calls.store.base import Counter
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ log = logging.getLogger("crm2calls.guards")
 GUARD_META = "guard"  # {"holding", "reason", "until"} while the rate cap holds leads
 
 
-DEFAULT_CAMPAIGN = "default"  # the campaign of AIMYLOGIC_TOKEN
 DRY_RUN_SLOTS = "dry-run"  # a dry run's slots: never the campaigns' own
 
 

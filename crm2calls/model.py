@@ -50,6 +50,7 @@ class Lead:
     zone: str | None = None  # a time zone the lead itself gives (IANA id or UTC offset)
     city: str | None = None  # a city or region the mapping file may map to a zone
     region: str | None = None  # phone region for national numbers, when the source knows it
+    route: str | None = None  # the value of the source's campaign_by field, as text: picks the campaign
 
 
 @dataclass

@@ -17,7 +17,16 @@ from crm2calls.formdata import parse_php_form, php_list
 from crm2calls.http import DEFAULT_TIMEOUT, CrmHttpClient
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
-from crm2calls.sources.base import FORM, Ack, InboundRequest, IntakeResult, Source, payload_for, require_shared_key
+from crm2calls.sources.base import (
+    FORM,
+    Ack,
+    InboundRequest,
+    IntakeResult,
+    Source,
+    payload_for,
+    require_shared_key,
+    route_value,
+)
 
 # enum_code of the PHONE field (API v4) -> our phone kinds; webhooks carry only numeric enum ids
 PHONE_KINDS = {"MOB": "mobile", "WORK": "work", "WORKDD": "work", "HOME": "home", "FAX": "fax", "OTHER": "other"}
@@ -196,6 +205,7 @@ class AmoCrmSource(Source):
             external_id=lead_id or contact_id,
             phones=webhook_phones(contact),
             fields=payload_for(default, crm_object, self.policy),
+            route=route_value(crm_object, self.policy),
             name=name,
             region=self.policy.region,
         )
@@ -268,6 +278,7 @@ class AmoCrmSource(Source):
             external_id=_text((lead or contact).get("id")),
             phones=api_phones(contact),
             fields=payload_for(default, crm_object, self.policy),
+            route=route_value(crm_object, self.policy),
             name=name,
             region=self.policy.region,
         )

@@ -154,6 +154,18 @@ def payload_for(default: dict[str, Any], crm_object: dict[str, Any], policy: Sou
     return {key: value for key, value in mapped.items() if value is not None}
 
 
+def route_value(data: Any, policy: SourcePolicy) -> str | None:
+    """The value of the source's campaign_by field as text (3002 and "3002" alike); None without one."""
+    if policy.campaign_by is None:
+        return None
+    from crm2calls.mapping import get_path, scalar_text
+
+    value = get_path(data, policy.campaign_by.field)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return scalar_text(value)
+
+
 def require_shared_key(request: InboundRequest, settings: Settings) -> None:
     """Check WEBHOOK_SECRET from ?key= or the X-Webhook-Secret header, in constant time."""
     if settings.dev_mode and not settings.webhook_secrets:

@@ -24,6 +24,7 @@ from crm2calls.sources.base import (
     Source,
     payload_for,
     require_shared_key,
+    route_value,
     secret_matches,
 )
 
@@ -185,6 +186,7 @@ class Bitrix24Source(Source):
             external_id=entity_id,
             phones=phones_of(person),
             fields=payload_for(default, records, self.policy),
+            route=route_value(records, self.policy),
             name=name,
             city=_text(person.get("ADDRESS_CITY")) or _text(person.get("ADDRESS_REGION")),
             region=self.policy.region,

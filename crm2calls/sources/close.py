@@ -19,7 +19,7 @@ from crm2calls.http import DEFAULT_TIMEOUT
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.policy import SourcePolicy
-from crm2calls.sources.base import JSON, InboundRequest, Source, payload_for, require_shared_key
+from crm2calls.sources.base import JSON, InboundRequest, Source, payload_for, require_shared_key, route_value
 from crm2calls.sources.generic import parse_json
 
 if TYPE_CHECKING:
@@ -152,6 +152,7 @@ class CloseSource(Source):
             external_id=lead_id,
             phones=phones,
             fields=payload_for(default, data, self.policy),
+            route=route_value(data, self.policy),
             name=name,
             region=self.policy.region,
         )

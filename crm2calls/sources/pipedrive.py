@@ -19,7 +19,15 @@ from crm2calls.http import DEFAULT_TIMEOUT
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.policy import SourcePolicy
-from crm2calls.sources.base import JSON, InboundRequest, Source, payload_for, require_shared_key, secret_matches
+from crm2calls.sources.base import (
+    JSON,
+    InboundRequest,
+    Source,
+    payload_for,
+    require_shared_key,
+    route_value,
+    secret_matches,
+)
 from crm2calls.sources.generic import parse_json
 
 if TYPE_CHECKING:
@@ -147,6 +155,7 @@ class PipedriveSource(Source):
             external_id=person_id,
             phones=phones,
             fields=payload_for(default, person, self.policy),
+            route=route_value(person, self.policy),
             name=name,
             city=city,
             region=self.policy.region,

@@ -12,7 +12,7 @@ from typing import Any
 
 from crm2calls.errors import ForbiddenError, MalformedRequestError
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
-from crm2calls.sources.base import Ack, InboundRequest, IntakeResult, Source, payload_for
+from crm2calls.sources.base import Ack, InboundRequest, IntakeResult, Source, payload_for, route_value
 from crm2calls.sources.generic import MAX_LEADS_PER_REQUEST
 
 SOAP_XML = "text/xml"  # SOAP 1.1, as the outbound messaging WSDL binds it
@@ -124,6 +124,7 @@ class SalesforceSource(Source):
             external_id=record_id,
             phones=phones,
             fields=payload_for(default, fields, self.policy),
+            route=route_value(fields, self.policy),
             name=name,
             city=_text(fields.get("City")) or _text(fields.get("MailingCity")),
             region=self.policy.region,

@@ -34,6 +34,7 @@ from crm2calls.sources.base import (
     Source,
     payload_for,
     require_shared_key,
+    route_value,
     secret_matches,
 )
 from crm2calls.sources.generic import idempotency_key, parse_form, parse_json, records_of
@@ -216,6 +217,7 @@ class ZohoSource(Source):
             external_id=record_id,
             phones=phones,
             fields=payload_for(default, record, self.policy),
+            route=route_value(record, self.policy),
             name=name,
             city=_text(record.get("City")) or _text(record.get("Mailing_City")),
             region=self.policy.region,
