@@ -14,7 +14,7 @@ from flask.cli import AppGroup
 
 from crm2calls.config import MISSING_SHARED_KEY, Settings, check_configuration, is_loopback, load_settings
 from crm2calls.errors import ConfigError, Crm2CallsError, UnusableLeadError
-from crm2calls.model import Status
+from crm2calls.model import LeadRecord, Status
 from crm2calls.policy import DEFAULT_CAMPAIGN, Policy, SourcePolicy
 from crm2calls.services import Services
 
@@ -198,14 +198,17 @@ def serve(host: str | None, port: int | None, dev: bool) -> None:
 @dialer_cli.command("test")
 @click.argument("phone")
 @click.option("--payload", default="{}", help='JSON object passed to the bot, e.g. \'{"name": "Alex"}\'.')
-def dialer_test(phone: str, payload: str) -> None:
-    """Place ONE real test call through the campaign (checks the token and the campaign end to end)."""
+@click.option("--campaign", default=DEFAULT_CAMPAIGN, show_default=True, help="The campaign to call through.")
+def dialer_test(phone: str, payload: str, campaign: str) -> None:
+    """Place ONE real test call through a campaign (checks its token and the campaign end to end)."""
     from crm2calls.aimylogic import AimylogicClient
     from crm2calls.phones import mask, normalize
 
     settings = _services().settings
-    if settings.dry_run:
-        raise click.UsageError("AIMYLOGIC_TOKEN is not set: there is no campaign to call through.")
+    _known_campaign(settings, campaign)
+    token = settings.campaign_token(campaign)
+    if settings.dry_run or not token:
+        raise click.UsageError(f"{settings.token_env(campaign)} is not set: there is no campaign to call through.")
     try:
         number = normalize(phone, settings.default_region)
     except UnusableLeadError as exc:
@@ -217,11 +220,20 @@ def dialer_test(phone: str, payload: str) -> None:
     if not isinstance(extra, dict):
         raise click.ClickException('--payload: give a JSON object of the bot\'s variables, e.g. \'{"name": "Alex"}\'')
     try:
-        job = AimylogicClient(settings.aimylogic_url, settings.aimylogic_token).test_call(number, extra)
+        client = AimylogicClient(
+            settings.aimylogic_url, token, campaign=campaign, token_env=settings.token_env(campaign)
+        )
+        job = client.test_call(number, extra)
     except Crm2CallsError as exc:
         click.secho(f"Test call to {mask(number)} failed: {exc}", fg="red", err=True)
         sys.exit(1)
-    click.secho(f"Test call to {mask(number)} queued: job {job}", fg="green")
+    click.secho(f"Test call to {mask(number)} queued in campaign {campaign}: job {job}", fg="green")
+
+
+def _known_campaign(settings: Settings, campaign: str | None) -> None:
+    if campaign is not None and campaign not in settings.policy.campaign_names():
+        names = ", ".join(settings.policy.campaign_names())
+        raise click.BadParameter(f"no campaign {campaign!r}; the campaigns are {names}", param_hint="--campaign")
 
 
 @leads_cli.command("list")
@@ -229,24 +241,28 @@ def dialer_test(phone: str, payload: str) -> None:
 @click.option("--source", default=None)
 @click.option("--since", default=None, help="Only leads newer than this age: 2h, 7d.")
 @click.option("--limit", default=50, show_default=True)
-def leads_list(status: str | None, source: str | None, since: str | None, limit: int) -> None:
+@click.option("--campaign", default=None, help="Only leads of this campaign.")
+def leads_list(status: str | None, source: str | None, since: str | None, limit: int, campaign: str | None) -> None:
     """A table of leads, newest first, phones masked."""
     svc = _services()
+    _known_campaign(svc.settings, campaign)
     after = svc.clock() - parse_age(since) if since else None
-    records = svc.store.list(Status(status) if status else None, source, after, limit)
-    click.echo(f"{'id':24} {'created (UTC)':19} {'source':10} {'status':9} {'att':>3} {'phone':15} last error")
+    records = svc.store.list(Status(status) if status else None, source, after, limit, campaign=campaign)
+    click.echo(
+        f"{'id':24} {'created (UTC)':19} {'source':10} {'campaign':10} {'status':9} {'att':>3} {'phone':15} last error"
+    )
     for r in records:
         error = " ".join((r.last_error or "").split())  # in full: its end says what to fix
         click.echo(
-            f"{r.id:24} {r.created_at:%Y-%m-%d %H:%M:%S} {r.source[:10]:10} {r.status.value:9} {r.attempts:>3} "
-            f"{(r.phone_masked or '-'):15} {error}"
+            f"{r.id:24} {r.created_at:%Y-%m-%d %H:%M:%S} {r.source[:10]:10} {r.campaign[:10]:10} {r.status.value:9} "
+            f"{r.attempts:>3} {(r.phone_masked or '-'):15} {error}"
         )
-    if status or source or since:  # the totals of what was asked for, not of the whole store
-        matching = svc.store.list(Status(status) if status else None, source, after, 1_000_000_000)
+    if status or source or since or campaign:  # the totals of what was asked for, not of the whole store
+        matching = svc.store.list(Status(status) if status else None, source, after, 1_000_000_000, campaign=campaign)
         counts = dict(Counter(r.status.value for r in matching))
     else:
         counts = svc.store.count_by_status()
-    filters = (("status", status), ("source", source), ("since", since))
+    filters = (("status", status), ("source", source), ("since", since), ("campaign", campaign))
     asked = ", ".join(f"{name} {value}" for name, value in filters if value)
     click.echo(
         f"totals{f' ({asked})' if asked else ''}: "
@@ -261,11 +277,14 @@ def leads_show(lead_id: str, reveal: bool) -> None:
     """One lead: its status, the entry that is (or was) sent, its history."""
     from crm2calls.logs import redact
 
-    record = _services().store.get(lead_id)
+    svc = _services()
+    record = svc.store.get(lead_id)
     if record is None:
         raise click.ClickException(f"no lead {lead_id}")
     click.echo(f"lead {record.id}  source {record.source}  ref {record.ref}  key {record.key}")
-    click.echo(f"status {record.status.value}  attempts {record.attempts}  job {record.job_id or '-'}")
+    click.echo(
+        f"campaign {record.campaign}  status {record.status.value}  attempts {record.attempts}  {_job(svc, record)}"
+    )
     click.echo(f"created {record.created_at.isoformat()}  next attempt {record.next_attempt_at}")
     if record.last_error:
         click.echo(f"last error: {record.last_error}")
@@ -275,6 +294,21 @@ def leads_show(lead_id: str, reveal: bool) -> None:
     click.echo("history:")
     for step in record.history:
         click.echo(f"  {step['at']}  {step['status']:9} {step.get('note', '')}")
+
+
+def _job(svc: Services, record: LeadRecord) -> str:
+    """The job id and which token placed it; a job of a replaced token is said to be one."""
+    if not record.job_id:
+        return "job -"
+    if not record.job_token:
+        return f"job {record.job_id}"
+    from crm2calls.aimylogic import token_fingerprint
+
+    token = svc.settings.campaign_token(record.campaign)
+    if token and token_fingerprint(token) != record.job_token:
+        replaced = "since replaced: reports and cancels cannot reach it"
+        return f"job {record.job_id} (placed by token {record.job_token}, {replaced})"
+    return f"job {record.job_id} (token {record.job_token})"
 
 
 @leads_cli.command("retry")

@@ -90,6 +90,10 @@ class LeadRecord:
     # Follow-up work after the send (polling the job, writing an outcome back, cancelling), each with
     # its own due time: {"poll": datetime, ...}. next_attempt_at is the lead's own next step.
     work: dict[str, datetime] = field(default_factory=dict)
+    campaign: str = "default"  # the Aimylogic campaign it goes to, chosen when its entry is rendered
+    # A fingerprint of the token that placed job_id (never the token): polling and cancelling use the
+    # campaign's token only while it is still this one.
+    job_token: str | None = None
 
     @property
     def final(self) -> bool:

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
 
-from crm2calls import metrics
+from crm2calls import campaigns, metrics
 from crm2calls.errors import (
     Crm2CallsError,
     RequestError,
@@ -110,7 +110,8 @@ def healthz() -> Response | tuple[Response, int]:
     body: dict[str, Any] = {"status": status, "reasons": reasons, "dry_run": svc.settings.dry_run}
     try:
         store = svc.store
-        campaign = store.get_meta("campaign")
+        campaign = campaigns.refused(svc)
+        body["campaigns"] = campaigns.health(svc)
         body["delivery"] = {"paused": bool(campaign and campaign.get("paused"))}
         if campaign and campaign.get("paused"):
             body["delivery"]["reason"] = campaign.get("reason")

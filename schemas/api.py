@@ -66,6 +66,17 @@ class ReasonSchema(Schema):
     message = fields.String(required=True)
 
 
+class CampaignHealthSchema(Schema):
+    """One campaign in /healthz."""
+
+    aimylogic = fields.String(
+        allow_none=True, required=True, metadata={"description": "Aimylogic's last known status; null before asked."}
+    )
+    delivery = fields.String(required=True, validate=validate.OneOf(["sending", "held", "token_refused"]))
+    held = fields.Integer(required=True, metadata={"description": "Its leads held, as the last delivery pass counted."})
+    reason = fields.String(metadata={"description": "Why it is not sending, and what fixes it."})
+
+
 class HealthSchema(Schema):
     """GET /healthz when ready: ok, or degraded with its reasons."""
 
@@ -79,6 +90,7 @@ class HealthSchema(Schema):
     )
     delivery = fields.Nested(DeliveryStateSchema, required=True)
     guard = fields.Dict(metadata={"description": "Present while a guard holds leads back."})
+    campaigns = fields.Dict(keys=fields.String(), values=fields.Nested(CampaignHealthSchema), required=True)
 
 
 class UnavailableSchema(Schema):
