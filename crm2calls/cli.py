@@ -230,6 +230,57 @@ def dialer_test(phone: str, payload: str, campaign: str) -> None:
     click.secho(f"Test call to {mask(number)} queued in campaign {campaign}: job {job}", fg="green")
 
 
+@dialer_cli.command("status")
+def dialer_status() -> None:
+    """Each campaign: Aimylogic's status and counters, and what delivery does with its leads (exit 1 on a problem)."""
+    from crm2calls import campaigns
+    from crm2calls.aimylogic import AimylogicClient
+
+    svc = _services()
+    settings = svc.settings
+    if settings.dry_run:
+        raise click.UsageError("a dry run (DRY_RUN=1, or no AIMYLOGIC_TOKEN) has no campaign to ask")
+    headers = ("campaign", "aimylogic", "delivery", "held", "name", "total", "processed", "in process", "retry")
+    rows, notes, problem = [], [], False
+    for name in settings.policy.campaign_names():
+        state = campaigns.state(svc, name)
+        token = settings.campaign_token(name)
+        row = [name, "-", state.get("delivery", campaigns.SENDING), str(state.get("held", 0)), "-", "-", "-", "-", "-"]
+        if not token:
+            row[1], problem = "no token", True
+            notes.append(f"{name}: {settings.token_env(name)} is not set")
+        else:
+            client = AimylogicClient(settings.aimylogic_url, token, campaign=name, token_env=settings.token_env(name))
+            try:
+                details = client.campaign_details()
+            except Crm2CallsError as exc:
+                row[1], problem = "unreachable", True
+                notes.append(f"{name}: {exc}")
+            else:
+                report = details.get("shortReport") if isinstance(details.get("shortReport"), dict) else {}
+                row[1], row[4] = str(details.get("status", "?")), str(details.get("name", "?"))[:24]
+                keys = ("totalNumbers", "processedNumbers", "inProcessCalls", "retryCalls")
+                row[5:] = [str(report.get(key, "-")) for key in keys]
+                if row[1] in campaigns.CLOSED:
+                    problem = True
+                    notes.append(f"{name}: {row[1]} in Aimylogic: give it a new end date, or a new campaign's "
+                                 f"token in {settings.token_env(name)}; its leads are held, not rejected")  # fmt: skip
+                elif row[1] == "paused":
+                    notes.append(f"{name}: paused in Aimylogic: its leads are held and go out when it runs again")
+        if state.get("delivery") == campaigns.TOKEN_REFUSED:
+            problem = True
+            notes.append(f"{name}: {state.get('reason')}")
+        rows.append(row)
+    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
+    click.echo("  ".join(header.ljust(width) for header, width in zip(headers, widths, strict=True)))
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    for note in notes:
+        click.secho(f"  - {note}", fg="red" if problem else "yellow")
+    if problem:
+        sys.exit(1)
+
+
 def _known_campaign(settings: Settings, campaign: str | None) -> None:
     if campaign is not None and campaign not in settings.policy.campaign_names():
         names = ", ".join(settings.policy.campaign_names())

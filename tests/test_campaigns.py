@@ -255,3 +255,76 @@ def test_health_lists_every_campaign(make, aimylogic):
     assert set(body["campaigns"]) == {"default", "renewals", "english"}
     assert body["campaigns"]["renewals"]["delivery"] == "held" and body["campaigns"]["renewals"]["held"] == 1
     assert body["delivery"] == {"paused": False}
+
+
+# Commands
+
+
+def cli(services):
+    from app import create_app
+
+    return create_app(services=services).test_cli_runner()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_dialer_status_shows_each_campaign_with_its_counters(make, aimylogic):
+    services = make()
+    for n in range(2):
+        post(services, n, "renewals")
+    deliver_pending(services)
+    aimylogic.set_status("finished", ENGLISH)
+
+    result = cli(services).invoke(args=["dialer", "status"])
+
+    assert result.exit_code == 1, result.output  # a finished campaign is a problem to fix
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["campaign", "aimylogic", "delivery", "held", "name", "total", "processed", "in",
+                                "process", "retry"]  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in lines[1:4]}
+    assert rows["renewals"][:6] == ["renewals", "inProcess", "sending", "0", "Renewals", "2"]
+    assert rows["english"][1] == "finished" and rows["default"][1] == "inProcess"
+    assert "english: finished in Aimylogic: give it a new end date" in result.output
+    assert "AIMYLOGIC_TOKEN_ENGLISH" in result.output
+    assert all(token not in result.output for token in (TOKEN, RENEWALS, ENGLISH))
+    assert aimylogic.count("details", RENEWALS) == 1
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_dialer_status_names_a_refused_token(make, aimylogic):
+    services = make(tokens={"renewals": "0000.0000.old", "english": ENGLISH})
+    result = cli(services).invoke(args=["dialer", "status"])
+    assert result.exit_code == 1
+    assert "renewals  unreachable" in result.output or "renewals: Aimylogic refused the token" in result.output
+    assert "AIMYLOGIC_TOKEN_RENEWALS" in result.output and "0000.0000.old" not in result.output
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_leads_list_and_show_name_the_campaign_and_the_token_of_the_job(make, aimylogic):
+    services = make()
+    post(services, 1, "renewals")
+    lead = post(services, 2, "default")
+    deliver_pending(services)
+
+    listed = cli(services).invoke(args=["leads", "list", "--campaign", "renewals"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.count(" renewals ") == 1 and "totals (campaign renewals): sent 1" in listed.output
+    unknown = cli(services).invoke(args=["leads", "list", "--campaign", "renewal"])
+    assert unknown.exit_code == 2 and "the campaigns are default, english, renewals" in unknown.output
+
+    shown = cli(services).invoke(args=["leads", "show", lead["lead_id"]])
+    assert "campaign default  status sent" in shown.output
+    assert f"(token {token_fingerprint(TOKEN)})" in shown.output and TOKEN not in shown.output
+
+    replaced = type(services)(replace(services.settings, aimylogic_token="9999.0000.new"), clock=services.clock)
+    shown = cli(replaced).invoke(args=["leads", "show", lead["lead_id"]])
+    assert f"placed by token {token_fingerprint(TOKEN)}, since replaced" in shown.output
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_dialer_test_calls_through_the_named_campaign(make, aimylogic):
+    services = make()
+    result = cli(services).invoke(args=["dialer", "test", "+79123456789", "--campaign", "renewals"])
+    assert result.exit_code == 0, result.output
+    assert "queued in campaign renewals" in result.output
+    [request] = aimylogic.requests
+    assert request.path == f"/api/crmCalls/campaign/{RENEWALS}/test/addPhone" and RENEWALS not in result.output
