@@ -53,6 +53,17 @@ def verdict(services: Services, campaign: str, now: datetime, *, fresh: bool = F
 
     fresh: ask Aimylogic now whatever the cache holds (a send was just refused).
     """
+    settings = services.settings
+    declared = campaign in settings.policy.campaign_names()
+    if not settings.dry_run and not (declared and settings.campaign_token(campaign)):
+        # Declared once and gone from leads.toml, or its variable unset where the start-up check does not run
+        # (a CLI pass): nothing to send with; its leads wait for the fix, or expire at their window.
+        until = now + timedelta(seconds=settings.policy.delivery.backoff_cap_seconds)
+        if not declared:
+            reason = f"campaign {campaign} is not in leads.toml: declare [campaigns.{campaign}] again to send its leads"
+        else:
+            reason = f"{settings.token_env(campaign)} is not set: campaign {campaign} has no token"
+        return Verdict(campaign, False, HELD, reason, until)
     doc = state(services, campaign)
     retry_at = doc.get("retry_at")
     if doc.get("delivery") == TOKEN_REFUSED and retry_at and now < datetime.fromisoformat(retry_at):

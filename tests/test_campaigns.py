@@ -328,3 +328,17 @@ def test_dialer_test_calls_through_the_named_campaign(make, aimylogic):
     assert "queued in campaign renewals" in result.output
     [request] = aimylogic.requests
     assert request.path == f"/api/crmCalls/campaign/{RENEWALS}/test/addPhone" and RENEWALS not in result.output
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_leads_of_a_campaign_no_longer_declared_wait_instead_of_stopping_delivery(make, aimylogic, campaigns_policy):
+    services = make()
+    post(services, 1, "english")
+    post(services, 2, "default")
+    gone = replace(campaigns_policy, campaigns={"renewals": "AIMYLOGIC_TOKEN_RENEWALS"})
+    later = type(services)(replace(services.settings, policy=gone), clock=services.clock)
+
+    report = deliver_pending(later)
+
+    assert report.sent == 1 and statuses_of(later, "english") == {"held": 1}
+    assert "declare [campaigns.english] again" in leads_of(later, "english")[0].last_error
