@@ -342,3 +342,35 @@ def test_leads_of_a_campaign_no_longer_declared_wait_instead_of_stopping_deliver
 
     assert report.sent == 1 and statuses_of(later, "english") == {"held": 1}
     assert "declare [campaigns.english] again" in leads_of(later, "english")[0].last_error
+
+
+def test_an_amocrm_lead_is_routed_by_its_pipeline_read_from_the_api(make_app, aimylogic, tmp_path):
+    from tests.emulators.amocrm import AmoCrmEmulator
+    from tests.test_source_amocrm import CONTACT, URL, api, wire
+
+    mapping = tmp_path / "leads.toml"
+    mapping.write_text(
+        """
+[campaigns.renewals]
+token_env = "AIMYLOGIC_TOKEN_RENEWALS"
+
+[sources.amocrm.campaign_by]
+field = "lead.pipeline_id"
+map = { "3001" = "default", "3002" = "renewals" }
+""",
+        encoding="utf-8",
+    )
+    aimylogic.add_campaign(RENEWALS, "Renewals")
+    with AmoCrmEmulator() as amo:
+        amo.add_lead({**api("api_lead.json"), "pipeline_id": 3002}, [(CONTACT, True)])  # a number, as amoCRM sends it
+        amo.add_contact(api("api_contact.json"))
+        services, client = make_app(
+            amocrm_base_url=amo.url, amocrm_token=amo.token, policy=load_policy(mapping, "RU"),
+            campaign_tokens={"renewals": RENEWALS},
+        )  # fmt: skip
+        client.post(URL, data=wire("lead_add.form"), content_type="application/x-www-form-urlencoded")
+        deliver_pending(services)
+
+    [lead] = services.store.list()
+    assert lead.campaign == "renewals" and lead.status is Status.SENT
+    assert aimylogic.jobs_of(RENEWALS) == [lead.job_id] and aimylogic.jobs_of(TOKEN) == []
