@@ -194,10 +194,9 @@ def health(services: Services) -> dict[str, dict[str, Any]]:
     return found
 
 
-def refused(services: Services) -> dict[str, Any] | None:
-    """The state of the first campaign whose token Aimylogic refuses, if any (/healthz's delivery.paused)."""
-    for campaign in services.settings.policy.campaign_names():
-        doc = state(services, campaign)
-        if doc.get("delivery") == TOKEN_REFUSED:
-            return doc
+def refused(states: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Of health()'s campaigns, the first whose token Aimylogic refuses, as /healthz's delivery: paused, reason."""
+    for entry in states.values():
+        if entry["delivery"] == TOKEN_REFUSED:
+            return {"paused": True, "reason": entry.get("reason")}
     return None

@@ -110,6 +110,8 @@ def describe_environment(settings: Settings) -> str:
         f"  Store: {settings.leads_store}",
         f"  Mapping file: {settings.leads_config}",
         f"  Default phone region: {settings.default_region}",
+        *(f"  Campaign {name}: {variable} {_secret_state(settings.campaign_tokens.get(name))}"
+          for name, variable in sorted(settings.policy.campaigns.items())),
     ])  # fmt: skip
 
 

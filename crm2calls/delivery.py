@@ -336,8 +336,8 @@ def _send_batch(
         except AuthError as exc:
             report.count(None, requests=1)
             until = services.clock() + timedelta(seconds=services.settings.policy.delivery.backoff_cap_seconds)
-            _hold(services, [group, *queue], campaigns.Verdict(campaign, False, campaigns.TOKEN_REFUSED,
-                                                               exc.message, until), owner, report)  # fmt: skip
+            refused = campaigns.Verdict(campaign, False, campaigns.TOKEN_REFUSED, exc.message, until)
+            _hold(services, [group, *queue], refused, owner, report)
             return exc
         except Exception as exc:  # UnavailableError, or a bug: the leads are retried, the pass goes on
             report.count(None, requests=1)

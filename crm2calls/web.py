@@ -110,8 +110,8 @@ def healthz() -> Response | tuple[Response, int]:
     body: dict[str, Any] = {"status": status, "reasons": reasons, "dry_run": svc.settings.dry_run}
     try:
         store = svc.store
-        campaign = campaigns.refused(svc)
         body["campaigns"] = campaigns.health(svc)
+        campaign = campaigns.refused(body["campaigns"])
         body["delivery"] = {"paused": bool(campaign and campaign.get("paused"))}
         if campaign and campaign.get("paused"):
             body["delivery"]["reason"] = campaign.get("reason")

@@ -111,4 +111,5 @@ def test_config_check_lists_campaigns_without_their_tokens(clean_env):
     assert result.returncode == 0, result.stderr
     assert "Campaigns: default (AIMYLOGIC_TOKEN), english (AIMYLOGIC_TOKEN_ENGLISH)" in result.stdout
     assert "generic: region RU; campaign by lead.pipeline_id" in result.stdout
+    assert "Campaign renewals: AIMYLOGIC_TOKEN_RENEWALS set" in result.stdout
     assert "secret" not in result.stdout
