@@ -268,12 +268,13 @@ def _delivery_stage(services: Services, owner: str, report: PassReport, deadline
         return len(claimed)
     with ThreadPoolExecutor(max_workers=policy.concurrency) as pool:
         results = list(pool.map(lambda batch: _send_batch(services, *batch, owner, report, deadline), batches))
-    refused = {campaign: result for (campaign, _), result in zip(batches, results, strict=True)
-               if isinstance(result, AuthError)}  # fmt: skip
-    for campaign, exc in refused.items():
-        campaigns.token_refused(services, campaign, exc, services.clock())
-    for campaign in {campaign for (campaign, _), result in zip(batches, results, strict=True) if result is True}:
-        campaigns.accepted(services, campaign)
+    for campaign in dict.fromkeys(name for name, _ in batches):
+        mine = [result for (name, _), result in zip(batches, results, strict=True) if name == campaign]
+        refusal = next((result for result in mine if isinstance(result, AuthError)), None)
+        if refusal is not None:  # a refused token outweighs another batch's acceptance
+            campaigns.token_refused(services, campaign, refusal, services.clock())
+        elif any(result is True for result in mine):
+            campaigns.accepted(services, campaign)
     return len(claimed)
 
 
@@ -362,11 +363,13 @@ def _send_batch(
 
 def _passes_schema(record: LeadRecord) -> bool:
     """Does the entry pass our own outbound schema? If not, a refusal of it alone is surely about it."""
+    from marshmallow import ValidationError
+
     from schemas.phone_entry import validate_entry
 
     try:
         validate_entry(json.loads(record.entry))
-    except Exception:
+    except ValidationError:
         return False
     return True
 
