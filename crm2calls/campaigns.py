@@ -171,27 +171,31 @@ def accepted(services: Services, campaign: str) -> None:
                     extra={"fields": {"event": "delivery_resumed", "campaign": campaign}})  # fmt: skip
 
 
-def record_held(services: Services) -> dict[str, int]:
-    """Count each campaign's held leads into its document (written only when it changed); return the counts."""
+def record_held(services: Services) -> dict[str, dict[str, Any]]:
+    """Count each campaign's held leads into its document (written only when it changed); return health()."""
     counts = services.store.held_by_campaign()
+    found = {}
     for campaign in services.settings.policy.campaign_names():
         doc = state(services, campaign)
         if doc.get("held", 0) != counts.get(campaign, 0):
-            services.store.put_meta(meta_name(campaign), {**doc, "held": counts.get(campaign, 0)})
-    return counts
+            doc = {**doc, "held": counts.get(campaign, 0)}
+            services.store.put_meta(meta_name(campaign), doc)
+        found[campaign] = _health_entry(doc)
+    return found
 
 
 def health(services: Services) -> dict[str, dict[str, Any]]:
     """Per campaign: Aimylogic's last known status, our delivery state, how many leads are held (one read each)."""
-    found = {}
-    for campaign in services.settings.policy.campaign_names():
-        doc = state(services, campaign)
-        delivery = doc.get("delivery", SENDING)
-        entry = {"aimylogic": doc.get("aimylogic"), "delivery": delivery, "held": doc.get("held", 0)}
-        if entry["delivery"] != SENDING:
-            entry["reason"] = doc.get("reason")
-        found[campaign] = entry
-    return found
+    return {
+        campaign: _health_entry(state(services, campaign)) for campaign in services.settings.policy.campaign_names()
+    }
+
+
+def _health_entry(doc: dict[str, Any]) -> dict[str, Any]:
+    entry = {"aimylogic": doc.get("aimylogic"), "delivery": doc.get("delivery", SENDING), "held": doc.get("held", 0)}
+    if entry["delivery"] != SENDING:
+        entry["reason"] = doc.get("reason")
+    return entry
 
 
 def refused(states: dict[str, dict[str, Any]]) -> dict[str, Any] | None:

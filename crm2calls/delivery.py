@@ -119,8 +119,7 @@ def _report_state(services: Services, report: PassReport) -> None:
     store = services.store
     oldest = store.oldest_waiting()
     guard_holds = bool(store.get_meta(guards.GUARD_META))
-    campaigns.record_held(services)
-    states = campaigns.health(services)
+    states = campaigns.record_held(services)
     report.paused = any(state["delivery"] == campaigns.TOKEN_REFUSED for state in states.values())
     metrics.delivery_pass()
     metrics.oldest_waiting(guards.DEFAULT_CAMPAIGN, (services.clock() - oldest).total_seconds() if oldest else 0.0)
