@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 
@@ -16,7 +17,9 @@ from crm2calls import campaigns
 from crm2calls.aimylogic import token_fingerprint
 from crm2calls.config import load_policy
 from crm2calls.delivery import deliver_pending
+from crm2calls.guards import phone_key, slot_name
 from crm2calls.model import Status
+from crm2calls.store.base import ClaimRefusedError, Claims
 from tests.conftest import FIXTURES, SECRET, TOKEN
 from tests.servers import aws_env, moto_endpoint  # noqa: F401  (fixtures)
 from tests.test_delivery import add_lead, add_leads
@@ -374,3 +377,23 @@ map = { "3001" = "default", "3002" = "renewals" }
     [lead] = services.store.list()
     assert lead.campaign == "renewals" and lead.status is Status.SENT
     assert aimylogic.jobs_of(RENEWALS) == [lead.job_id] and aimylogic.jobs_of(TOKEN) == []
+
+
+def test_a_dry_run_keeps_each_campaigns_slots_apart_from_the_real_ones(make_services, campaigns_policy, tmp_path):
+    services = make_services(policy=campaigns_policy, dry_run=True, leads_store=f"sqlite:///{tmp_path / 'dry.db'}")
+    first = post(services, 1, "default", phone="+79120000001")
+    other = post(services, 2, "renewals", phone="+79120000001")
+    again = post(services, 3, "renewals", phone="+79120000001")
+
+    assert (first["status"], other["status"], again["status"]) == ("accepted", "accepted", "duplicate")
+    assert deliver_pending(services).dry_run == 2
+    held = services.store.get(other["lead_id"])
+
+    probe = replace(held, id="probe", key="probe:1", status=Status.DUPLICATE)
+    # The campaign's real slot is free: a dry run never told a real lead "duplicate"...
+    services.store.insert(probe, Claims(slot_name(phone_key("79120000001"), "renewals"), timedelta(hours=24)))
+    with pytest.raises(ClaimRefusedError):  # the dry run's own slot for renewals is taken
+        services.store.insert(
+            replace(probe, id="probe-2", key="probe:2"),
+            Claims(slot_name(phone_key("79120000001"), "dry-run.renewals"), timedelta(hours=24)),
+        )
