@@ -389,7 +389,7 @@ def app_env(workdir: Path, *, aimylogic_url: str | None = None, token: str | Non
         "LEADS_CONFIG": str(write_mapping(workdir, batch_size, concurrency)),
         "AIMYLOGIC_URL": aimylogic_url or "https://app.aimylogic.com",
         "AIMYLOGIC_TOKEN": token or "",
-        "DRY_RUN": "0" if token else "1",
+        "DRY_RUN": "0" if token else "1",  # a serving process without a token must be told it is a dry run
         "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
     }
 

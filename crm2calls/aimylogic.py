@@ -6,6 +6,7 @@ log line or repr built here ever contains a URL: messages name the host at most.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("crm2calls.aimylogic")
 
 AUTH_MESSAGE = (
-    "Aimylogic refused the campaign token (HTTP {status}): copy a fresh token from "
-    "Outbound calls → Campaign from CRM system → Integration into AIMYLOGIC_TOKEN"
+    "Aimylogic refused the token of campaign {campaign} (HTTP {status}): copy a fresh token from "
+    "Outbound calls → Campaign from CRM system → Integration into {token_env}"
 )
 MAX_MESSAGE = 500  # characters of an error body kept in exceptions and last_error
 
@@ -40,6 +41,11 @@ class Dialer(Protocol):
 
     def add_phones(self, entries: list[dict]) -> list[str]:
         """Send entries; return the job ids Aimylogic created."""
+
+
+def token_fingerprint(token: str) -> str:
+    """Eight hex digits that tell tokens apart in the store and logs; too short to confirm a guessed token."""
+    return hashlib.sha256(b"crm2calls token:" + token.encode()).hexdigest()[:8]
 
 
 class AimylogicClient:
@@ -53,6 +59,8 @@ class AimylogicClient:
         timeout: tuple[float, float] = (3.05, 30.0),
         session: requests.Session | None = None,
         clock: Clock = utcnow,
+        campaign: str = "default",
+        token_env: str = "AIMYLOGIC_TOKEN",  # noqa: S107 (a variable's name)
     ):
         import requests
         from requests.adapters import HTTPAdapter
@@ -60,6 +68,8 @@ class AimylogicClient:
 
         self.base_url = base_url.rstrip("/")
         self._token = token
+        self.campaign, self.token_env = campaign, token_env
+        self.fingerprint = token_fingerprint(token)
         self.timeout = timeout
         self.clock = clock
         self.host = urlsplit(self.base_url).netloc
@@ -75,7 +85,7 @@ class AimylogicClient:
         install_record_redaction()
 
     def __repr__(self) -> str:
-        return f"AimylogicClient(base_url={self.base_url!r})"
+        return f"AimylogicClient(base_url={self.base_url!r}, campaign={self.campaign!r})"
 
     def add_phones(self, entries: list[dict]) -> list[str]:
         """POST entries to addPhones; return the created job ids as strings, in request order."""
@@ -100,6 +110,17 @@ class AimylogicClient:
     def campaign_status(self) -> str:
         """The campaign's status: planned, inProcess, finished, paused or deleted."""
         return _bare_string(self._call("GET", f"/api/calls/campaign/{self._token}/status"))
+
+    def campaign_details(self) -> dict[str, Any]:
+        """The campaign's name, status and shortReport counters (GET /api/calls/campaign/{token})."""
+        response = self._call("GET", f"/api/calls/campaign/{self._token}")
+        try:
+            details = response.json()
+        except ValueError:
+            details = None
+        if not isinstance(details, dict):
+            raise UnavailableError("Aimylogic campaign: the answer is not a JSON object")
+        return details
 
     def _call(self, method: str, path: str, entries: int = 0, **kwargs: Any) -> requests.Response:
         what = path.rsplit("/", 1)[-1]
@@ -149,7 +170,7 @@ class AimylogicClient:
                 "check AIMYLOGIC_URL (use https://app.aimylogic.com)"
             )
         if status in (401, 403, 404):
-            raise AuthError(AUTH_MESSAGE.format(status=status))
+            raise AuthError(AUTH_MESSAGE.format(status=status, campaign=self.campaign, token_env=self.token_env))
         retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock())
         if status in (408, 425, 429) or status >= 500:
             raise UnavailableError(f"Aimylogic {what}: HTTP {status}{self._body(response, ': ')}", retry_after)
@@ -230,13 +251,18 @@ def _redact_values(value: Any) -> Any:
     return value
 
 
-def make_dialer(settings: Settings) -> Dialer:
+def make_dialer(settings: Settings, campaign: str = "default") -> Dialer:
     """The dry-run dialer when a dry run was asked for, else a client for the campaign."""
     from crm2calls.config import NO_CAMPAIGN_TOKEN
     from crm2calls.errors import ConfigError
 
     if settings.dry_run:
         return DryRunDialer()
-    if not settings.aimylogic_token:
-        raise ConfigError([NO_CAMPAIGN_TOKEN])
-    return AimylogicClient(settings.aimylogic_url, settings.aimylogic_token)
+    token = settings.campaign_token(campaign)
+    if not token:
+        if campaign == "default":
+            raise ConfigError([NO_CAMPAIGN_TOKEN])
+        raise ConfigError([f"{settings.token_env(campaign)}: required to send leads to campaign {campaign}"])
+    return AimylogicClient(
+        settings.aimylogic_url, token, campaign=campaign, token_env=settings.token_env(campaign)
+    )

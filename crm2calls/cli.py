@@ -14,8 +14,8 @@ from flask.cli import AppGroup
 
 from crm2calls.config import MISSING_SHARED_KEY, Settings, check_configuration, is_loopback, load_settings
 from crm2calls.errors import ConfigError, Crm2CallsError, UnusableLeadError
-from crm2calls.model import Status
-from crm2calls.policy import Policy, SourcePolicy
+from crm2calls.model import LeadRecord, Status
+from crm2calls.policy import DEFAULT_CAMPAIGN, Policy, SourcePolicy
 from crm2calls.services import Services
 from crm2calls.stats import GROUPINGS, funnel
 
@@ -111,7 +111,17 @@ def describe_environment(settings: Settings) -> str:
         f"  Store: {settings.leads_store}",
         f"  Mapping file: {settings.leads_config}",
         f"  Default phone region: {settings.default_region}",
+        *(f"  Campaign {name}: {variable} {_secret_state(settings.campaign_tokens.get(name))}"
+          for name, variable in sorted(settings.policy.campaigns.items())),
     ])  # fmt: skip
+
+
+def _route(source: SourcePolicy) -> str:
+    if source.campaign_by is None:
+        return "" if source.campaign == DEFAULT_CAMPAIGN else f"; campaign {source.campaign}"
+    route = source.campaign_by
+    pairs = ", ".join(f"{value} -> {campaign}" for value, campaign in route.map.items())
+    return f"; campaign by {route.field} ({pairs}; otherwise {route.default or source.campaign})"
 
 
 def describe_policy(policy: Policy) -> str:
@@ -133,10 +143,15 @@ def describe_policy(policy: Policy) -> str:
     ]
     common = _window(policy.defaults)
     lines.append(f"  Call window of every source: {common}")
+    campaigns = [f"{name} ({policy.campaigns.get(name, 'AIMYLOGIC_TOKEN')})" for name in policy.campaign_names()]
+    lines.append(f"  Campaigns: {', '.join(campaigns)}")
     lines.append("  Sources:")
     for source in policy.sources.values():
         own = _window(source)
-        lines.append(f"    {source.name}: region {source.region}" + (f"; own window: {own}" if own != common else ""))
+        lines.append(
+            f"    {source.name}: region {source.region}{_route(source)}"
+            + (f"; own window: {own}" if own != common else "")
+        )
     lines.append(f"    any other source: region {policy.defaults.region}")
     return "\n".join(lines)
 
@@ -186,14 +201,17 @@ def serve(host: str | None, port: int | None, dev: bool) -> None:
 @dialer_cli.command("test")
 @click.argument("phone")
 @click.option("--payload", default="{}", help='JSON object passed to the bot, e.g. \'{"name": "Alex"}\'.')
-def dialer_test(phone: str, payload: str) -> None:
-    """Place ONE real test call through the campaign (checks the token and the campaign end to end)."""
+@click.option("--campaign", default=DEFAULT_CAMPAIGN, show_default=True, help="The campaign to call through.")
+def dialer_test(phone: str, payload: str, campaign: str) -> None:
+    """Place ONE real test call through a campaign (checks its token and the campaign end to end)."""
     from crm2calls.aimylogic import AimylogicClient
     from crm2calls.phones import mask, normalize
 
     settings = _services().settings
-    if settings.dry_run:
-        raise click.UsageError("AIMYLOGIC_TOKEN is not set: there is no campaign to call through.")
+    _known_campaign(settings, campaign)
+    token = settings.campaign_token(campaign)
+    if settings.dry_run or not token:
+        raise click.UsageError(f"{settings.token_env(campaign)} is not set: there is no campaign to call through.")
     try:
         number = normalize(phone, settings.default_region)
     except UnusableLeadError as exc:
@@ -205,11 +223,71 @@ def dialer_test(phone: str, payload: str) -> None:
     if not isinstance(extra, dict):
         raise click.ClickException('--payload: give a JSON object of the bot\'s variables, e.g. \'{"name": "Alex"}\'')
     try:
-        job = AimylogicClient(settings.aimylogic_url, settings.aimylogic_token).test_call(number, extra)
+        client = AimylogicClient(
+            settings.aimylogic_url, token, campaign=campaign, token_env=settings.token_env(campaign)
+        )
+        job = client.test_call(number, extra)
     except Crm2CallsError as exc:
         click.secho(f"Test call to {mask(number)} failed: {exc}", fg="red", err=True)
         sys.exit(1)
-    click.secho(f"Test call to {mask(number)} queued: job {job}", fg="green")
+    click.secho(f"Test call to {mask(number)} queued in campaign {campaign}: job {job}", fg="green")
+
+
+@dialer_cli.command("status")
+def dialer_status() -> None:
+    """Each campaign: Aimylogic's status and counters, and what delivery does with its leads (exit 1 on a problem)."""
+    from crm2calls import campaigns
+    from crm2calls.aimylogic import AimylogicClient
+
+    svc = _services()
+    settings = svc.settings
+    if settings.dry_run:
+        raise click.UsageError("a dry run (DRY_RUN=1, or no AIMYLOGIC_TOKEN) has no campaign to ask")
+    headers = ("campaign", "aimylogic", "delivery", "held", "name", "total", "processed", "in process", "retry")
+    rows, notes, problem = [], [], False
+    for name in settings.policy.campaign_names():
+        state = campaigns.state(svc, name)
+        token = settings.campaign_token(name)
+        row = [name, "-", state.get("delivery", campaigns.SENDING), str(state.get("held", 0)), "-", "-", "-", "-", "-"]
+        if not token:
+            row[1], problem = "no token", True
+            notes.append(f"{name}: {settings.token_env(name)} is not set")
+        else:
+            client = AimylogicClient(settings.aimylogic_url, token, campaign=name, token_env=settings.token_env(name))
+            try:
+                details = client.campaign_details()
+            except Crm2CallsError as exc:
+                row[1], problem = "unreachable", True
+                notes.append(f"{name}: {exc}")
+            else:
+                report = details.get("shortReport") if isinstance(details.get("shortReport"), dict) else {}
+                row[1], row[4] = str(details.get("status", "?")), str(details.get("name", "?"))[:24]
+                keys = ("totalNumbers", "processedNumbers", "inProcessCalls", "retryCalls")
+                row[5:] = [str(report.get(key, "-")) for key in keys]
+                if row[1] in campaigns.CLOSED:
+                    problem = True
+                    notes.append(f"{name}: {row[1]} in Aimylogic: give it a new end date, or a new campaign's "
+                                 f"token in {settings.token_env(name)}; its leads are held, not rejected")  # fmt: skip
+                elif row[1] == "paused":
+                    notes.append(f"{name}: paused in Aimylogic: its leads are held and go out when it runs again")
+        if state.get("delivery") == campaigns.TOKEN_REFUSED:
+            problem = True
+            notes.append(f"{name}: {state.get('reason')}")
+        rows.append(row)
+    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
+    click.echo("  ".join(header.ljust(width) for header, width in zip(headers, widths, strict=True)))
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    for note in notes:
+        click.secho(f"  - {note}", fg="red" if problem else "yellow")
+    if problem:
+        sys.exit(1)
+
+
+def _known_campaign(settings: Settings, campaign: str | None) -> None:
+    if campaign is not None and campaign not in settings.policy.campaign_names():
+        names = ", ".join(settings.policy.campaign_names())
+        raise click.BadParameter(f"no campaign {campaign!r}; the campaigns are {names}", param_hint="--campaign")
 
 
 @leads_cli.command("list")
@@ -217,24 +295,28 @@ def dialer_test(phone: str, payload: str) -> None:
 @click.option("--source", default=None)
 @click.option("--since", default=None, help="Only leads newer than this age: 2h, 7d.")
 @click.option("--limit", default=50, show_default=True)
-def leads_list(status: str | None, source: str | None, since: str | None, limit: int) -> None:
+@click.option("--campaign", default=None, help="Only leads of this campaign.")
+def leads_list(status: str | None, source: str | None, since: str | None, limit: int, campaign: str | None) -> None:
     """A table of leads, newest first, phones masked."""
     svc = _services()
+    _known_campaign(svc.settings, campaign)
     after = svc.clock() - parse_age(since) if since else None
-    records = svc.store.list(Status(status) if status else None, source, after, limit)
-    click.echo(f"{'id':24} {'created (UTC)':19} {'source':10} {'status':9} {'att':>3} {'phone':15} last error")
+    records = svc.store.list(Status(status) if status else None, source, after, limit, campaign=campaign)
+    click.echo(
+        f"{'id':24} {'created (UTC)':19} {'source':10} {'campaign':10} {'status':9} {'att':>3} {'phone':15} last error"
+    )
     for r in records:
         error = " ".join((r.last_error or "").split())  # in full: its end says what to fix
         click.echo(
-            f"{r.id:24} {r.created_at:%Y-%m-%d %H:%M:%S} {r.source[:10]:10} {r.status.value:9} {r.attempts:>3} "
-            f"{(r.phone_masked or '-'):15} {error}"
+            f"{r.id:24} {r.created_at:%Y-%m-%d %H:%M:%S} {r.source[:10]:10} {r.campaign[:10]:10} {r.status.value:9} "
+            f"{r.attempts:>3} {(r.phone_masked or '-'):15} {error}"
         )
-    if status or source or since:  # the totals of what was asked for, not of the whole store
-        matching = svc.store.list(Status(status) if status else None, source, after, 1_000_000_000)
+    if status or source or since or campaign:  # the totals of what was asked for, not of the whole store
+        matching = svc.store.list(Status(status) if status else None, source, after, 1_000_000_000, campaign=campaign)
         counts = dict(Counter(r.status.value for r in matching))
     else:
         counts = svc.store.count_by_status()
-    filters = (("status", status), ("source", source), ("since", since))
+    filters = (("status", status), ("source", source), ("since", since), ("campaign", campaign))
     asked = ", ".join(f"{name} {value}" for name, value in filters if value)
     click.echo(
         f"totals{f' ({asked})' if asked else ''}: "
@@ -263,11 +345,14 @@ def leads_show(lead_id: str, reveal: bool) -> None:
     """One lead: its status, the entry that is (or was) sent, its history."""
     from crm2calls.logs import redact
 
-    record = _services().store.get(lead_id)
+    svc = _services()
+    record = svc.store.get(lead_id)
     if record is None:
         raise click.ClickException(f"no lead {lead_id}")
     click.echo(f"lead {record.id}  source {record.source}  ref {record.ref}  key {record.key}")
-    click.echo(f"status {record.status.value}  attempts {record.attempts}  job {record.job_id or '-'}")
+    click.echo(
+        f"campaign {record.campaign}  status {record.status.value}  attempts {record.attempts}  {_job(svc, record)}"
+    )
     click.echo(f"created {record.created_at.isoformat()}  next attempt {record.next_attempt_at}")
     if record.last_error:
         click.echo(f"last error: {record.last_error}")
@@ -277,6 +362,21 @@ def leads_show(lead_id: str, reveal: bool) -> None:
     click.echo("history:")
     for step in record.history:
         click.echo(f"  {step['at']}  {step['status']:9} {step.get('note', '')}")
+
+
+def _job(svc: Services, record: LeadRecord) -> str:
+    """The job id and which token placed it; a job of a replaced token is said to be one."""
+    if not record.job_id:
+        return "job -"
+    if not record.job_token:
+        return f"job {record.job_id}"
+    from crm2calls.aimylogic import token_fingerprint
+
+    token = svc.settings.campaign_token(record.campaign)
+    if token and token_fingerprint(token) != record.job_token:
+        replaced = "since replaced: reports and cancels cannot reach it"
+        return f"job {record.job_id} (placed by token {record.job_token}, {replaced})"
+    return f"job {record.job_id} (token {record.job_token})"
 
 
 @leads_cli.command("retry")

@@ -18,7 +18,7 @@ from marshmallow.validate import Range
 
 from crm2calls.errors import ConfigError
 from crm2calls.phones import NOT_A_REGION, is_region
-from crm2calls.policy import Policy
+from crm2calls.policy import DEFAULT_CAMPAIGN, Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LEADS_CONFIG = ROOT / "leads.toml"
@@ -80,6 +80,18 @@ class Settings:
     crm: CrmSettings = field(default_factory=CrmSettings)
     # Entries are logged, not sent: only when asked (DRY_RUN=1), or by `make run` without a token.
     dry_run: bool = False
+    # The tokens of the campaigns leads.toml declares, read from their token_env variables; default aside.
+    campaign_tokens: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def campaign_token(self, campaign: str) -> str | None:
+        """The token of a campaign: AIMYLOGIC_TOKEN for default, else its token_env's value."""
+        if campaign == DEFAULT_CAMPAIGN:
+            return self.aimylogic_token
+        return self.campaign_tokens.get(campaign)
+
+    def token_env(self, campaign: str) -> str:
+        """The environment variable that holds a campaign's token (for messages)."""
+        return self.policy.campaigns.get(campaign, "AIMYLOGIC_TOKEN") if self.policy else "AIMYLOGIC_TOKEN"
 
 
 MISSING_SHARED_KEY = (
@@ -254,15 +266,38 @@ def check_configuration(*, serving: bool = True, dev_mode: bool = False) -> Conf
             policy = load_policy(Path(values["leads_config"]), values.get("default_region") or "RU")
         except ConfigError as exc:
             problems.extend(exc.problems)
+    tokens: dict[str, str] = {}
+    if policy is not None:
+        tokens = _campaign_tokens(policy, Path(values["leads_config"]).name, problems, serving, values)
     warnings = _missing_api_settings(crm, policy)
     if problems:
         return ConfigCheck(problems, warnings, None, policy)
     secret = values.pop("webhook_secret")
     values["leads_config"] = Path(values["leads_config"])
     settings = Settings(
-        policy=policy, webhook_secrets=_secrets(secret), dev_mode=dev_mode, crm=CrmSettings(**crm), **values
+        policy=policy,
+        webhook_secrets=_secrets(secret),
+        dev_mode=dev_mode,
+        crm=CrmSettings(**crm),
+        campaign_tokens=tokens,
+        **values,
     )
     return ConfigCheck(problems, warnings, settings, policy)
+
+
+def _campaign_tokens(policy: Policy, file: str, problems: list[str], serving: bool, values: dict) -> dict[str, str]:
+    """The token of each declared campaign, from its token_env; an unset one is a problem where leads are sent."""
+    tokens = {}
+    for name, variable in sorted(policy.campaigns.items()):
+        token = os.environ.get(variable, "").strip()
+        if token:
+            tokens[name] = token
+        elif serving and not values.get("dry_run"):
+            problems.append(
+                f"{file}: campaigns.{name}.token_env: {variable} is not set; set it to the token of campaign "
+                f"{name} (Outbound calls → Campaign from CRM system → Integration), or DRY_RUN=1"
+            )
+    return tokens
 
 
 def _check_values(values: dict, crm: dict, *, serving: bool, dev_mode: bool) -> list[str]:

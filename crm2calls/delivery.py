@@ -23,16 +23,14 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm2calls import guards, health, lifecycle, metrics
+from crm2calls import campaigns, guards, health, lifecycle, metrics
 from crm2calls.errors import AuthError, EnrichmentError, RejectedError, StoreError, UnavailableError
-from crm2calls.guards import CAMPAIGN_META
 from crm2calls.logs import redact
 from crm2calls.model import LeadEvent, LeadRecord, Status
 from crm2calls.policy import DeliveryPolicy
 from crm2calls.services import Services
 
 log = logging.getLogger("crm2calls.delivery")
-
 
 
 @dataclass
@@ -49,7 +47,7 @@ class PassReport:
     failed: int = 0
     expired: int = 0
     requests: int = 0  # addPhones calls
-    paused: bool = False  # delivery is paused (Aimylogic refused the token) at the end of the pass
+    paused: bool = False  # Aimylogic refused a campaign's token during the pass: its leads are held
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, status: Status | None, requests: int = 0) -> None:
@@ -120,11 +118,14 @@ def _report_state(services: Services, report: PassReport) -> None:
     """What monitoring reads after every pass, empty ones included (a silent gauge means nothing runs)."""
     store = services.store
     oldest = store.oldest_waiting()
-    held = report.paused or bool(store.get_meta(guards.GUARD_META))
+    guard_holds = bool(store.get_meta(guards.GUARD_META))
+    states = campaigns.record_held(services)
+    report.paused = any(state["delivery"] == campaigns.TOKEN_REFUSED for state in states.values())
     health.record_pass(services, oldest, store.backlog())
     metrics.delivery_pass()
     metrics.oldest_waiting(guards.DEFAULT_CAMPAIGN, (services.clock() - oldest).total_seconds() if oldest else 0.0)
-    metrics.campaign_held(guards.DEFAULT_CAMPAIGN, held)
+    for campaign, state in states.items():
+        metrics.campaign_held(campaign, guard_holds or state["delivery"] != campaigns.SENDING)
 
 
 def _saved(
@@ -216,7 +217,16 @@ def _admission_stage(services: Services, owner: str, report: PassReport) -> int:
     now = services.clock()
     records = services.store.claim(Status.HELD, now, policy.lease_seconds, policy.batch_size, owner)
     holding = False
+    verdicts: dict[str, campaigns.Verdict] = {}
     for record in records:
+        if record.campaign not in verdicts:
+            verdicts[record.campaign] = campaigns.verdict(services, record.campaign, now)
+        verdict = verdicts[record.campaign]
+        if not verdict.send:  # its campaign still cannot take it
+            status = _saved(lifecycle.hold, services, record, now, verdict.reason, verdict.until, owner=owner)
+            report.count(None if status is Status.HELD else status)
+            report.held += status is Status.HELD
+            continue
         status = _saved(lifecycle.admit_held, services, record, now, owner)
         if status is Status.PENDING:
             report.admitted += 1
@@ -230,20 +240,14 @@ def _admission_stage(services: Services, owner: str, report: PassReport) -> int:
     return len(records)
 
 
-# Delivery: PENDING leads (and SENDING ones whose worker died) to addPhones, in batches.
+# Delivery: PENDING leads (and SENDING ones whose worker died) to addPhones, in batches of one campaign each.
 
 
 def _delivery_stage(services: Services, owner: str, report: PassReport, deadline: float | None) -> int:
     store, policy = services.store, services.settings.policy.delivery
     now = services.clock()
-    pause = store.get_meta(CAMPAIGN_META)
-    if pause and now < datetime.fromisoformat(pause["retry_at"]):
-        report.paused = True
-        return 0
-    # While paused, a single batch probes whether the token works again.
-    limit = policy.batch_size if pause else policy.batch_size * policy.concurrency
-    claimed = store.claim(Status.PENDING, now, policy.lease_seconds, limit, owner)
-    ready = []
+    claimed = store.claim(Status.PENDING, now, policy.lease_seconds, policy.batch_size * policy.concurrency, owner)
+    ready: dict[str, list[LeadRecord]] = {}
     for record in claimed:
         if record.phone_key and guards.is_blocked(services, record.phone_key):
             # A number blocked after its lead was accepted is still never called.
@@ -252,31 +256,53 @@ def _delivery_stage(services: Services, owner: str, report: PassReport, deadline
         elif lifecycle.window_closed(record, now):
             report.count(_saved(lifecycle.expire, services, record, now, owner=owner))
         else:
-            ready.append(record)
-    batches = [ready[i : i + policy.batch_size] for i in range(0, len(ready), policy.batch_size)]
+            ready.setdefault(record.campaign, []).append(record)
+    batches: list[tuple[str, list[LeadRecord]]] = []
+    for campaign, records in ready.items():
+        # Aimylogic's status first (cached for a minute): a paused or finished campaign's leads are held,
+        # not sent into a refusal that would cost requests and could reject them.
+        verdict = campaigns.verdict(services, campaign, now)
+        if not verdict.send:
+            _hold(services, [records], verdict, owner, report)
+            continue
+        batches += [(campaign, records[i : i + policy.batch_size]) for i in range(0, len(records), policy.batch_size)]
     if not batches:
         return len(claimed)
     with ThreadPoolExecutor(max_workers=policy.concurrency) as pool:
-        results = list(pool.map(lambda batch: _send_batch(services, batch, owner, report, deadline), batches))
-    if any(isinstance(result, AuthError) for result in results):
-        _pause(services, next(r for r in results if isinstance(r, AuthError)), services.clock(), pause)
-        report.paused = True
-    elif pause and any(result is True for result in results):
-        store.put_meta(CAMPAIGN_META, None)
-        log.warning("Aimylogic accepts the campaign token again: delivery resumed")
-        report.paused = False
+        results = list(pool.map(lambda batch: _send_batch(services, *batch, owner, report, deadline), batches))
+    for campaign in dict.fromkeys(name for name, _ in batches):
+        mine = [result for (name, _), result in zip(batches, results, strict=True) if name == campaign]
+        refusal = next((result for result in mine if isinstance(result, AuthError)), None)
+        if refusal is not None:  # a refused token outweighs another batch's acceptance
+            campaigns.token_refused(services, campaign, refusal, services.clock())
+        elif any(result is True for result in mine):
+            campaigns.accepted(services, campaign)
     return len(claimed)
 
 
 def _send_batch(
-    services: Services, records: list[LeadRecord], owner: str, report: PassReport, deadline: float | None
+    services: Services,
+    campaign: str,
+    records: list[LeadRecord],
+    owner: str,
+    report: PassReport,
+    deadline: float | None,
 ) -> bool | AuthError | None:
-    """Send a batch as frozen, recording each answer as it comes; split a refused batch to find its bad entries.
+    """Send a batch of one campaign as frozen, recording each answer as it comes; split a refusal about entries.
 
-    A 400 adds nothing, so the halves that are sent again hold only entries Aimylogic has not taken.
+    A refusal first asks Aimylogic for the campaign's status: a paused, finished or deleted campaign holds
+    the whole batch (a handful of requests, no lead rejected for it); only a running campaign's refusal
+    is about entries, and is split to find them. A 400 adds nothing, so the halves sent again hold only
+    entries Aimylogic has not taken. How Aimylogic answers addPhones for a paused campaign is UNKNOWN
+    (docs: aimylogic-calls-api.md a.8): a 200 queues the entries there (they are called when it runs
+    again), a 400 or a 503 leads to the status check here, and either way no lead is rejected or spends
+    an attempt for the campaign's state.
     Returns True when Aimylogic accepted something, the AuthError that refused the token, or None.
     """
+    dialer = services.dialer_for(campaign)
+    fingerprint = getattr(dialer, "fingerprint", None)
     budget, requests, accepted = split_budget(len(records)), 0, False
+    checked = False  # the campaign's status was asked after a refusal of this send
     queue = [records]
     while queue:
         group = queue.pop(0)
@@ -291,10 +317,16 @@ def _send_batch(
             if not group:
                 continue
         try:
-            ids = services.dialer.add_phones([json.loads(record.entry) for record in group])
+            ids = dialer.add_phones([json.loads(record.entry) for record in group])
         except RejectedError as exc:
             requests += 1
             report.count(None, requests=1)
+            if not checked and (len(group) > 1 or _passes_schema(group[0])):
+                checked = True
+                verdict = campaigns.verdict(services, campaign, services.clock(), fresh=True)
+                if not verdict.send:
+                    _hold(services, [group, *queue], verdict, owner, report)
+                    return accepted
             if len(group) > 1:
                 middle = len(group) // 2
                 queue[:0] = [group[:middle], group[middle:]]
@@ -306,12 +338,20 @@ def _send_batch(
             continue
         except AuthError as exc:
             report.count(None, requests=1)
-            _paused(services, [group, *queue], exc, owner)
+            until = services.clock() + timedelta(seconds=services.settings.policy.delivery.backoff_cap_seconds)
+            refused = campaigns.Verdict(campaign, False, campaigns.TOKEN_REFUSED, exc.message, until)
+            _hold(services, [group, *queue], refused, owner, report)
             return exc
         except Exception as exc:  # UnavailableError, or a bug: the leads are retried, the pass goes on
             report.count(None, requests=1)
             if not isinstance(exc, UnavailableError):
                 log.error("sending a batch failed: %s", redact(repr(exc)), exc_info=exc)
+            elif not checked:  # a paused campaign may answer 503: hold its leads rather than spend attempts
+                checked = True
+                verdict = campaigns.verdict(services, campaign, services.clock(), fresh=True)
+                if not verdict.send:
+                    _hold(services, [group, *queue], verdict, owner, report)
+                    return accepted
             _unavailable(services, [group, *queue], exc, owner, report)
             return accepted
         requests += 1
@@ -319,8 +359,33 @@ def _send_batch(
         report.count(None, requests=1)
         now = services.clock()
         for record, job_id in zip(group, _job_ids(ids, len(group)), strict=True):
-            report.count(_saved(lifecycle.sent, services, record, job_id, now, owner))
+            report.count(_saved(lifecycle.sent, services, record, job_id, now, owner, fingerprint))
     return accepted
+
+
+def _passes_schema(record: LeadRecord) -> bool:
+    """Does the entry pass our own outbound schema? If not, a refusal of it alone is surely about it."""
+    from marshmallow import ValidationError
+
+    from schemas.phone_entry import validate_entry
+
+    try:
+        validate_entry(json.loads(record.entry))
+    except ValidationError:
+        return False
+    return True
+
+
+def _hold(
+    services: Services, groups: list[list[LeadRecord]], verdict: campaigns.Verdict, owner: str, report: PassReport
+) -> None:
+    """Leads whose campaign cannot take them now: held, attempts unchanged (or expired past their window)."""
+    now = services.clock()
+    for record in (record for group in groups for record in group):
+        status = _saved(lifecycle.hold, services, record, now, verdict.reason, verdict.until, owner=owner)
+        report.count(None if status is Status.HELD else status)
+        report.held += status is Status.HELD
+        report.paused = report.paused or verdict.delivery == campaigns.TOKEN_REFUSED
 
 
 def _renewed(services: Services, groups: list[list[LeadRecord]], owner: str) -> list[list[LeadRecord]]:
@@ -343,15 +408,6 @@ def _defer(services: Services, groups: list[list[LeadRecord]], owner: str, repor
     delay = services.settings.policy.delivery.backoff_base_seconds
     for record in (record for group in groups for record in group):
         report.count(_saved(lifecycle.retry_later, services, record, now, delay, message, owner=owner))
-
-
-def _paused(services: Services, groups: list[list[LeadRecord]], exc: AuthError, owner: str) -> None:
-    """The token was refused: every lead waits, attempts unchanged (the lead did nothing wrong)."""
-    now = services.clock()
-    message = "delivery paused: Aimylogic refused the campaign token"
-    for record in (record for group in groups for record in group):
-        record.last_error = exc.message
-        _saved(lifecycle.retry_later, services, record, now, 0, message, owner=owner)
 
 
 def _unavailable(
@@ -378,25 +434,6 @@ def _job_ids(ids: list[str], count: int) -> list[str | None]:
         "addPhones answered %d job ids for %d entries: each lead of the batch keeps all of them", len(ids), count
     )
     return [",".join(ids) or None] * count
-
-
-def _pause(services: Services, exc: AuthError, now: datetime, pause: dict | None) -> None:
-    policy = services.settings.policy.delivery
-    retry_at = now + timedelta(seconds=policy.backoff_cap_seconds)
-    services.store.put_meta(
-        CAMPAIGN_META,
-        {
-            "paused": True,
-            "reason": exc.message,
-            "since": pause["since"] if pause else now.isoformat(),
-            "retry_at": retry_at.isoformat(),
-        },
-    )
-    log.error(
-        "DELIVERY PAUSED: %s. Leads are kept and retried from %s; fix AIMYLOGIC_TOKEN (or AIMYLOGIC_URL) and restart",
-        exc.message, retry_at.isoformat(timespec="seconds"),
-        extra={"fields": {"event": "delivery_paused", "retry_at": retry_at.isoformat()}},
-    )
 
 
 def _retry(

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from crm2calls.model import Status
-from crm2calls.policy import GuardPolicy
+from crm2calls.policy import DEFAULT_CAMPAIGN, GuardPolicy
 from crm2calls.store.base import Counter
 
 if TYPE_CHECKING:
@@ -23,10 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("crm2calls.guards")
 
 GUARD_META = "guard"  # {"holding", "reason", "until"} while the rate cap holds leads
-CAMPAIGN_META = "campaign"  # {"paused", "reason", "since", "retry_at"} while Aimylogic refuses the token
 
 
-DEFAULT_CAMPAIGN = "default"  # the campaign of AIMYLOGIC_TOKEN
 DRY_RUN_SLOTS = "dry-run"  # a dry run's slots: never the campaigns' own
 
 

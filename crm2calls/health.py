@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from crm2calls.guards import CAMPAIGN_META, DEFAULT_CAMPAIGN, GUARD_META
+from crm2calls.guards import DEFAULT_CAMPAIGN, GUARD_META
 from crm2calls.logs import redact
 
 if TYPE_CHECKING:
     from crm2calls.services import Services
-    from crm2calls.store.base import Backlog, LeadStore
+    from crm2calls.store.base import Backlog
 
 log = logging.getLogger("crm2calls.health")
 
@@ -84,34 +84,34 @@ def crm_accepted(services: Services, source: str) -> None:
         services.store.put_meta(CRM_AUTH_META, rest or None)
 
 
-def campaign_states(store: LeadStore, last_pass: dict[str, Any] | None) -> tuple[dict[str, dict], list[Reason]]:
-    """Each campaign's state and the reasons it gives; today one campaign, the token's ("default").
+def campaign_states(services: Services) -> tuple[dict[str, dict], list[Reason]]:
+    """Each campaign's state (crm2calls/campaigns.py keeps one document per campaign) and the reasons it gives."""
+    from crm2calls import campaigns
 
-    The one place that knows where campaign state lives: per-campaign state replaces this function.
-    """
-    pause = store.get_meta(CAMPAIGN_META) or {}
-    guard = store.get_meta(GUARD_META) or {}
+    states = campaigns.health(services)
+    guard = services.store.get_meta(GUARD_META) or {}
     reasons = []
-    if pause.get("paused"):
-        delivery = "token_refused"
-        reasons.append(Reason(
-            "token_refused",
-            f"campaign {DEFAULT_CAMPAIGN}: {pause.get('reason')}. Delivery is paused since {pause.get('since')}; leads "
-            f"are kept and a probe is sent from {pause.get('retry_at')}. Copy a fresh token into AIMYLOGIC_TOKEN "
-            "(or fix AIMYLOGIC_URL) and restart.",
-        ))
-    elif guard.get("holding"):
-        delivery = "held"
+    for name, entry in states.items():
+        if entry["delivery"] == campaigns.TOKEN_REFUSED:
+            variable = "AIMYLOGIC_TOKEN" if name == DEFAULT_CAMPAIGN else "the campaign's token_env variable"
+            reasons.append(Reason(
+                "token_refused",
+                f"campaign {name}: {entry.get('reason')}. Its delivery is paused, leads are kept and a probe is "
+                f"sent now and then; copy a fresh token into {variable} (or fix AIMYLOGIC_URL) and restart.",
+            ))
+        elif entry["delivery"] == campaigns.HELD:
+            reasons.append(Reason("campaign_held", f"campaign {name}: {entry.get('reason')}"))
+    if guard.get("holding"):
+        for entry in states.values():
+            if entry["delivery"] == campaigns.SENDING:
+                entry["delivery"] = campaigns.HELD  # the spend guards hold every campaign alike
         reasons.append(Reason(
             "campaign_held",
-            f"campaign {DEFAULT_CAMPAIGN}: {guard.get('reason')}; leads are held until {guard.get('until')}, not "
-            "dropped. If the traffic is real, raise the cap in [guards] of leads.toml; if not, a webhook URL may "
-            "have leaked: rotate WEBHOOK_SECRET.",
+            f"{guard.get('reason')}; leads are held until {guard.get('until')}, not dropped. If the traffic is "
+            "real, raise the cap in [guards] of leads.toml; if not, a webhook URL may have leaked: rotate "
+            "WEBHOOK_SECRET.",
         ))
-    else:
-        delivery = "sending"
-    state = {"aimylogic": pause.get("aimylogic_status"), "delivery": delivery, "held": (last_pass or {}).get("held", 0)}
-    return {DEFAULT_CAMPAIGN: state}, reasons
+    return states, reasons
 
 
 def check(services: Services) -> tuple[dict[str, Any], int]:
@@ -124,7 +124,7 @@ def check(services: Services) -> tuple[dict[str, Any], int]:
     try:
         store = services.store
         last = store.get_meta(HEALTH_META)
-        body["campaigns"], campaign_reasons = campaign_states(store, last)
+        body["campaigns"], campaign_reasons = campaign_states(services)
         refused = store.get_meta(CRM_AUTH_META) or {}
     except Exception as exc:  # the check must answer whatever the store raises
         log.error("health check: the lead store is unreachable: %s", redact(f"{type(exc).__name__}: {exc}"))

@@ -7,7 +7,7 @@ the store refuses leaves the record as it was and logs nothing.
 
     received --enriched--> pending | held | duplicate | rejected      (or stays received, or failed)
     pending  --claimed by a worker (the store)--> sending
-    sending  --> sent | dry_run | pending (retry later) | rejected | failed | expired
+    sending  --> sent | dry_run | pending (retry later) | held (its campaign) | rejected | failed | expired
     held     --> pending | held | rejected | expired
     failed, rejected, expired, dry_run --`leads retry`--> admitted anew (a fresh calling window)
 
@@ -41,7 +41,7 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     ),
     Status.PENDING: frozenset({Status.SENDING}),
     Status.SENDING: frozenset(
-        {Status.SENT, Status.DRY_RUN, Status.PENDING, Status.REJECTED, Status.FAILED, Status.EXPIRED}
+        {Status.SENT, Status.DRY_RUN, Status.PENDING, Status.HELD, Status.REJECTED, Status.FAILED, Status.EXPIRED}
     ),
     Status.HELD: frozenset({Status.PENDING, Status.HELD, Status.DUPLICATE, Status.REJECTED, Status.EXPIRED}),
     Status.SENT: frozenset(),
@@ -88,7 +88,9 @@ def _slot(services: Services, record: LeadRecord) -> str | None:
     rule work and then, with a token, is not told "duplicate" by leads that were never called."""
     if not record.phone_key:
         return None
-    campaign = guards.DRY_RUN_SLOTS if services.settings.dry_run else guards.DEFAULT_CAMPAIGN
+    campaign = record.campaign
+    if services.settings.dry_run:
+        campaign = guards.DRY_RUN_SLOTS if campaign == guards.DEFAULT_CAMPAIGN else f"{guards.DRY_RUN_SLOTS}.{campaign}"
     return guards.slot_name(record.phone_key, campaign)
 
 
@@ -198,14 +200,16 @@ def _render(services: Services, record: LeadRecord, lead: Lead) -> str:
     from crm2calls.phones import mask
 
     policy = services.settings.policy
+    source = policy.source(record.source)
+    record.campaign = source.campaign_for(lead.route)
     try:
-        rendered = render_entry(lead, policy.source(record.source), policy, record.created_at)
+        rendered = render_entry(lead, source, policy, record.created_at)
     finally:
         record.raw = None  # the frozen entry is all delivery needs; drop the CRM's raw data
     record.entry = json.dumps(rendered.entry, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     record.phone_masked = mask(rendered.phone)
     record.phone_key = guards.phone_key(rendered.phone)
-    return f"zone {rendered.zone} ({rendered.zone_reason})"
+    return f"campaign {record.campaign}; zone {rendered.zone} ({rendered.zone_reason})"
 
 
 def accept_new(
@@ -247,7 +251,23 @@ def admit_held(services: Services, record: LeadRecord, now: datetime, owner: str
     def write(status: Status, text: str, claims: Claims) -> bool:
         return save(services, record, status, now, text, owner=owner, claims=claims)
 
-    return _admit(services, record, now, "admitted by the spend guards", write)
+    note = f"campaign {record.campaign} sends again" if _counted(record) else "admitted by the spend guards"
+    return _admit(services, record, now, note, write)
+
+
+def hold(services: Services, record: LeadRecord, now: datetime, reason: str, until: datetime, *, owner: str) -> bool:
+    """Its campaign cannot take it now (paused, finished, token refused): held until `until`, or expired.
+
+    Attempts unchanged: the lead did nothing wrong. Held again for the same reason, it writes no history
+    line, so a lead waiting out a long pause keeps a readable history.
+    """
+    if window_closed(record, now):
+        return expire(services, record, now, owner=owner)
+    if record.status is Status.HELD and record.last_error == reason:
+        return postpone(services, record, until, reason, owner=owner)
+    record.last_error, record.next_attempt_at = reason, until
+    note = f"{reason}; held, looked at again {until:%H:%M:%S} UTC"
+    return save(services, record, Status.HELD, now, note, owner=owner)
 
 
 def requeue(services: Services, record: LeadRecord, now: datetime) -> bool:
@@ -280,10 +300,13 @@ def window_closed(record: LeadRecord, now: datetime) -> bool:
     return datetime.fromisoformat(json.loads(record.entry)["finishDateTime"]) <= now
 
 
-def sent(services: Services, record: LeadRecord, job_id: str | None, now: datetime, owner: str) -> bool:
-    """Aimylogic accepted the entry: record its job id, even if this worker lost the lease meanwhile."""
+def sent(
+    services: Services, record: LeadRecord, job_id: str | None, now: datetime, owner: str, job_token: str | None = None
+) -> bool:
+    """Aimylogic accepted the entry: record its job id (and which token placed it), even if the lease was lost."""
     record.attempts += 1
     record.job_id, record.last_error, record.next_attempt_at = job_id, None, None
+    record.job_token = job_token
     status, note = Status.SENT, f"job {job_id}"
     if services.settings.dry_run:
         record.job_id, status, note = None, Status.DRY_RUN, "dry run: the entry was logged, not sent"

@@ -117,6 +117,7 @@ def log_transition(record: LeadRecord, note: str = "", **fields: Any) -> None:
         "event": "lead",
         "lead_id": record.id,
         "source": record.source,
+        "campaign": record.campaign,
         "ref": record.ref,
         "status": str(record.status),
         "attempt": record.attempts,

@@ -47,8 +47,19 @@ def _candidates(value: Any) -> list[PhoneCandidate]:
     return found
 
 
+def route_value(data: Any, policy: SourcePolicy) -> str | None:
+    """The value of the source's campaign_by field as text (3002 and "3002" alike); None without one."""
+    if policy.campaign_by is None:
+        return None
+    value = get_path(data, policy.campaign_by.field)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return scalar_text(value)
+
+
 def lead_from_fields(record: dict, policy: SourcePolicy) -> Lead:
     """The generic mapping: read id, phones, name, zone and city by the source's paths, and build the payload."""
+
     paths = policy.fields
     phones = [c for path in paths.phones for c in _candidates(get_path(record, path))]
     if policy.payload is None:  # every filled top-level field, except the id and the phones (as payload_for does)
@@ -64,6 +75,7 @@ def lead_from_fields(record: dict, policy: SourcePolicy) -> Lead:
         name=scalar_text(get_path(record, paths.name)) if paths.name else None,
         zone=scalar_text(get_path(record, paths.zone)) if paths.zone else None,
         city=scalar_text(get_path(record, paths.city)) if paths.city else None,
+        route=route_value(record, policy),
     )
 
 
@@ -85,13 +97,14 @@ def render_entry(lead: Lead, source: SourcePolicy, policy: Policy, received_at: 
     """Build and validate the addPhones entry for a lead; UnusableLeadError when it cannot be called."""
     window = source.window
     phone, number = pick_phone(lead.phones, lead.region or source.region, source.phone_preference)
-    zones, zones_from = resolve_zones(lead, policy.cities, number, policy.default_zone)
-    plan = plan_window(zones, window, received_at, policy.default_zone)
+    fallback = source.default_zone or policy.default_zone
+    zones, zones_from = resolve_zones(lead, policy.cities, number, fallback)
+    plan = plan_window(zones, window, received_at, fallback)
     if not plan.common:
         # The configured hours share no time across the zones (a Russian mobile spans 10 hours):
         # the safe hours usually do, and keep every candidate customer out of the night.
         safe = replace(window, hours={"default": (policy.safe_hours,)})
-        safe_plan = plan_window(zones, safe, received_at, policy.default_zone)
+        safe_plan = plan_window(zones, safe, received_at, fallback)
         if safe_plan.common:
             plan = replace(safe_plan, reason=f"configured hours share no time; safe {safe_plan.reason}")
     start = received_at.replace(microsecond=0)  # whole seconds: Aimylogic needs no more

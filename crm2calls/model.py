@@ -50,6 +50,7 @@ class Lead:
     zone: str | None = None  # a time zone the lead itself gives (IANA id or UTC offset)
     city: str | None = None  # a city or region the mapping file may map to a zone
     region: str | None = None  # phone region for national numbers, when the source knows it
+    route: str | None = None  # the value of the source's campaign_by field, as text: picks the campaign
 
 
 @dataclass
@@ -89,6 +90,10 @@ class LeadRecord:
     # Follow-up work after the send (polling the job, writing an outcome back, cancelling), each with
     # its own due time: {"poll": datetime, ...}. next_attempt_at is the lead's own next step.
     work: dict[str, datetime] = field(default_factory=dict)
+    campaign: str = "default"  # the Aimylogic campaign it goes to, chosen when its entry is rendered
+    # A fingerprint of the token that placed job_id (never the token): polling and cancelling use the
+    # campaign's token only while it is still this one.
+    job_token: str | None = None
 
     @property
     def final(self) -> bool:

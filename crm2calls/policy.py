@@ -45,6 +45,18 @@ class FieldMap:
     city: str | None = "city"
 
 
+DEFAULT_CAMPAIGN = "default"  # the campaign of AIMYLOGIC_TOKEN
+
+
+@dataclass(frozen=True)
+class CampaignRoute:
+    """[sources.X.campaign_by]: the campaign chosen by a field of the lead, its values compared as text."""
+
+    field: str  # a dotted path, read like the source's payload mapping
+    map: dict[str, str]  # field value as text -> campaign name
+    default: str | None = None  # for values not in map; None: the source's campaign
+
+
 @dataclass(frozen=True)
 class SourcePolicy:
     """Everything one source needs to turn its leads into phone entries."""
@@ -57,6 +69,17 @@ class SourcePolicy:
     records_path: str | None  # where a JSON body holds its array of leads
     phone_preference: tuple[str, ...]  # phone kinds in order; "primary" and "any" are special
     status_ids: tuple[str, ...] = ()  # amoCRM leads[status]: stage ids that trigger a call
+    campaign: str = DEFAULT_CAMPAIGN  # where its leads go, unless campaign_by routes them
+    campaign_by: CampaignRoute | None = None
+    default_zone: str | None = None  # None: [calls] default_zone
+
+    def campaign_for(self, value: str | None) -> str:
+        """The campaign of a lead whose campaign_by field reads `value` (as text; None when missing)."""
+        if self.campaign_by is None:
+            return self.campaign
+        if value is not None and value in self.campaign_by.map:
+            return self.campaign_by.map[value]
+        return self.campaign_by.default or self.campaign
 
 
 @dataclass(frozen=True)
@@ -107,9 +130,14 @@ class Policy:
     defaults: SourcePolicy  # used for sources the file does not list
     sources: dict[str, SourcePolicy] = field(default_factory=dict)
     health: HealthPolicy = field(default_factory=HealthPolicy)
+    campaigns: dict[str, str] = field(default_factory=dict)  # [campaigns.NAME] -> token_env; default aside
 
     def source(self, name: str) -> SourcePolicy:
         """The policy of a source, or the defaults under its name."""
         if name in self.sources:
             return self.sources[name]
         return replace(self.defaults, name=name)
+
+    def campaign_names(self) -> tuple[str, ...]:
+        """Every campaign: default first, then the declared ones."""
+        return (DEFAULT_CAMPAIGN, *sorted(self.campaigns))

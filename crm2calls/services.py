@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
+from crm2calls.policy import DEFAULT_CAMPAIGN
 
 if TYPE_CHECKING:
     from crm2calls.aimylogic import Dialer
@@ -26,7 +27,7 @@ class Services:
     dialer_factory: Callable[[], Dialer] | None = None
     notify: Callable[[], None] = lambda: None  # wakes the local delivery worker after a store write
     _store: LeadStore | None = field(default=None, repr=False)
-    _dialer: Dialer | None = field(default=None, repr=False)
+    _dialers: dict[str, Dialer] = field(default_factory=dict, repr=False)
     _sources: dict[str, Source] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -47,16 +48,20 @@ class Services:
 
     @property
     def dialer(self) -> Dialer:
-        """The Aimylogic client, or the dry-run dialer in a dry run (ConfigError without a token)."""
+        """The default campaign's Aimylogic client, or the dry-run dialer in a dry run (ConfigError without a token)."""
+        return self.dialer_for(DEFAULT_CAMPAIGN)
+
+    def dialer_for(self, campaign: str) -> Dialer:
+        """A campaign's Aimylogic client (dialer_factory, when given, serves every campaign)."""
         with self._lock:
-            if self._dialer is None:
+            if campaign not in self._dialers:
                 if self.dialer_factory is not None:
-                    self._dialer = self.dialer_factory()
+                    self._dialers[campaign] = self.dialer_factory()
                 else:
                     from crm2calls.aimylogic import make_dialer
 
-                    self._dialer = make_dialer(self.settings)
-            return self._dialer
+                    self._dialers[campaign] = make_dialer(self.settings, campaign)
+            return self._dialers[campaign]
 
     def source(self, name: str) -> Source:
         """The adapter for a source name (UnknownSourceError when there is none)."""

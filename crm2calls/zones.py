@@ -221,7 +221,8 @@ def _plan(
     target = fallback if fallback in zones else zones[0]
     per_day = _day_intervals(_rotate(common, _offset_minutes(target, now)))
     if not per_day:
-        plan = _configured(fallback, window, f"no hour is common to the {len(zones)} zones; fallback zone")
+        # One of the number's own zones, never a zone it cannot be in (a US number, Moscow's hours).
+        plan = _configured(target, window, f"no hour is common to the {len(zones)} zones; fallback zone")
         return replace(plan, common=False)
     days = tuple(per_day)
     if len(set(per_day.values())) == 1:

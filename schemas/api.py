@@ -72,7 +72,7 @@ class ReasonSchema(Schema):
 
 
 class CampaignHealthSchema(Schema):
-    """One campaign's delivery."""
+    """One campaign in /healthz."""
 
     aimylogic = fields.String(
         required=True, allow_none=True,
@@ -83,6 +83,7 @@ class CampaignHealthSchema(Schema):
         metadata={"description": "sending; held by a spend guard; or paused: Aimylogic refused the token."},
     )
     held = fields.Integer(required=True, validate=validate.Range(min=0), metadata={"description": "Leads held back."})
+    reason = fields.String(metadata={"description": "Why it is not sending, and what fixes it."})
 
 
 class HealthSchema(Schema):

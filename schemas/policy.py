@@ -11,8 +11,10 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_l
 
 from crm2calls.phones import NOT_A_REGION, is_region
 from crm2calls.policy import (
+    DEFAULT_CAMPAIGN,
     WEEKDAYS,
     CallWindow,
+    CampaignRoute,
     DeliveryPolicy,
     FieldMap,
     GuardPolicy,
@@ -241,6 +243,41 @@ class HealthThresholdsSchema(Schema):
         return HealthPolicy(**data)
 
 
+_CAMPAIGN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def _campaign_name(name: str) -> None:
+    if not _CAMPAIGN_NAME.match(name):
+        raise ValidationError(f"{name!r}: use lower-case letters, digits, - and _ (at most 40), e.g. renewals")
+    if name == DEFAULT_CAMPAIGN:
+        raise ValidationError("the default campaign is AIMYLOGIC_TOKEN; declare only the others here")
+
+
+class CampaignSchema(Schema):
+    """[campaigns.NAME]: a campaign and the environment variable that holds its token."""
+
+    class Meta:
+        unknown = RAISE
+
+    token_env = fields.String(
+        required=True,
+        validate=lambda name: bool(_ENV_NAME.match(name))
+        or _fail(f"{name!r} is not an environment variable name; e.g. AIMYLOGIC_TOKEN_RENEWALS"),
+    )
+
+
+class CampaignBySchema(Schema):
+    """[sources.X.campaign_by]: route leads to campaigns by a field's value."""
+
+    class Meta:
+        unknown = RAISE
+
+    field = fields.String(required=True, validate=validate.Length(min=1))
+    map = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    default = fields.String()
+
+
 class SourceSchema(Schema):
     """[sources.X]: overrides for one source."""
 
@@ -254,6 +291,18 @@ class SourceSchema(Schema):
     fields_ = fields.Nested(FieldMapSchema, data_key="fields")
     payload = fields.Dict(keys=fields.String(validate=validate.Length(min=1)), values=fields.String())
     calls = fields.Nested(WindowOverrideSchema)
+    campaign = fields.String()
+    campaign_by = fields.Nested(CampaignBySchema)
+    default_zone = fields.String()
+
+    @validates_schema
+    def _zone_exists(self, data: dict[str, Any], **kwargs: Any) -> None:
+        from crm2calls.zones import is_iana_zone
+
+        if "default_zone" in data and not is_iana_zone(data["default_zone"]):
+            raise ValidationError(
+                f'"{data["default_zone"]}" is not an IANA zone id (e.g. America/New_York)', "default_zone"
+            )
 
 
 class ZonesSchema(Schema):
@@ -289,6 +338,35 @@ class PolicySchema(Schema):
         values=fields.Nested(SourceSchema),
         load_default=dict,
     )
+    campaigns = fields.Dict(
+        keys=fields.String(validate=_campaign_name), values=fields.Nested(CampaignSchema), load_default=dict
+    )
+
+    @validates_schema(skip_on_field_errors=False)  # reported with every other problem, all at once
+    def _campaigns_exist(self, data: dict[str, Any], **kwargs: Any) -> None:
+        known = {DEFAULT_CAMPAIGN, *(data.get("campaigns") or {})}
+        hint = f"the campaigns are {', '.join(sorted(known))}; declare others as [campaigns.NAME] token_env = \"VAR\""
+        problems: dict[str, Any] = {}
+        for name, source in (data.get("sources") or {}).items():
+            found: dict[str, Any] = {}
+            if source.get("campaign", DEFAULT_CAMPAIGN) not in known:
+                found["campaign"] = [f"no campaign named {source['campaign']!r}; {hint}"]
+            route = source.get("campaign_by")
+            if route:
+                routed: dict[str, Any] = {}
+                if not route["map"]:
+                    routed["map"] = ['names no campaign; map field values to campaigns, e.g. { "3002" = "renewals" }']
+                bad = {value: campaign for value, campaign in route["map"].items() if campaign not in known}
+                for value, campaign in bad.items():
+                    routed.setdefault("map", {})[value] = [f"no campaign named {campaign!r}; {hint}"]
+                if "default" in route and route["default"] not in known:
+                    routed["default"] = [f"no campaign named {route['default']!r}; {hint}"]
+                if routed:
+                    found["campaign_by"] = routed
+            if found:
+                problems[name] = found
+        if problems:
+            raise ValidationError(problems, "sources")
 
     @validates_schema
     def _sources_within_safe_hours(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -342,6 +420,9 @@ def build_policy(data: dict[str, Any], default_region: str) -> Policy:
             records_path=src.get("records_path") or None,
             phone_preference=tuple(src.get("phone_preference", calls["phone_preference"])),
             status_ids=tuple(src.get("status_ids", ())),
+            campaign=src.get("campaign", DEFAULT_CAMPAIGN),
+            campaign_by=_route(src.get("campaign_by")),
+            default_zone=src.get("default_zone"),
         )
     return Policy(
         default_zone=calls["default_zone"],
@@ -354,7 +435,14 @@ def build_policy(data: dict[str, Any], default_region: str) -> Policy:
         defaults=defaults,
         sources=sources,
         health=data["health"],
+        campaigns={name: campaign["token_env"] for name, campaign in data["campaigns"].items()},
     )
+
+
+def _route(data: dict[str, Any] | None) -> CampaignRoute | None:
+    if not data:
+        return None
+    return CampaignRoute(field=data["field"], map=dict(data["map"]), default=data.get("default"))
 
 
 def flatten_errors(messages: Any, prefix: str = "") -> list[str]:

@@ -124,7 +124,7 @@ def test_dialer_test_says_when_the_token_is_refused(make_services, aimylogic):
     services = make_services(aimylogic_url=aimylogic.url, aimylogic_token="0000.0000.wrong")
     result = create_app(services=services).test_cli_runner().invoke(args=["dialer", "test", "+79123456789"])
     assert result.exit_code == 1
-    assert "refused the campaign token" in result.output and "0000.0000.wrong" not in result.output
+    assert "refused the token of campaign default" in result.output and "0000.0000.wrong" not in result.output
 
 
 def test_payload_must_be_json(make_services):

@@ -13,7 +13,8 @@ from datetime import timedelta
 import pytest
 
 from crm2calls.aimylogic import DryRunDialer
-from crm2calls.delivery import CAMPAIGN_META, deliver_pending
+from crm2calls.campaigns import meta_name as campaign_meta
+from crm2calls.delivery import deliver_pending
 from crm2calls.errors import AuthError, EnrichmentError, StoreError, UnavailableError
 from crm2calls.guards import phone_key, slot_name
 from crm2calls.intake import new_lead_id
@@ -289,36 +290,50 @@ def test_one_invalid_entry_is_isolated_and_the_rest_delivered(make, aimylogic):
 # A refused token
 
 
-def test_auth_error_pauses_delivery_until_the_token_works(make, aimylogic, clock, caplog):
+def test_a_refused_token_holds_its_campaign_until_the_token_works(make, aimylogic, clock, caplog):
     services = make(batch_size=2, concurrency=4)
     leads = add_leads(services, 5)
-    aimylogic.fail_next(401, times=4)
+    aimylogic.fail_next(401, times=2, only="status")  # the check before the pass, then the probe after CAP
     start = clock()
 
     first = deliver_pending(services)
-    pause = services.store.get_meta(CAMPAIGN_META)
+    state = services.store.get_meta(campaign_meta("default"))
 
-    assert first.paused and first.requests == 3
-    assert pause["paused"] and "AIMYLOGIC_TOKEN" in pause["reason"]
-    assert pause["since"] == start.isoformat()
-    assert pause["retry_at"] == (start + timedelta(seconds=CAP)).isoformat()
+    assert first.paused and first.requests == 0  # the status check found out: no addPhones spent on it
+    assert state["delivery"] == "token_refused" and "AIMYLOGIC_TOKEN" in state["reason"]
+    assert state["since"] == start.isoformat()
+    assert state["retry_at"] == (start + timedelta(seconds=CAP)).isoformat()
     assert all(services.store.get(lead.id).attempts == 0 for lead in leads)
-    assert statuses(services) == {"pending": 5}
+    assert statuses(services) == {"held": 5}
     assert any(r.levelno == logging.ERROR and "AIMYLOGIC_TOKEN" in r.getMessage() for r in caplog.records)
 
     clock.advance(seconds=CAP - 1)
-    assert deliver_pending(services).requests == 0  # paused: nothing is sent
+    asked = aimylogic.count("status")
+    assert deliver_pending(services).requests == 0 and aimylogic.count("status") == asked  # nothing is asked
 
     clock.advance(seconds=1)
-    probe = deliver_pending(services)  # one batch probes, and is refused again
-    assert probe.requests == 1 and probe.paused
-    assert services.store.get_meta(CAMPAIGN_META)["since"] == start.isoformat()
+    probe = deliver_pending(services)  # one status request probes, and is refused again
+    assert probe.requests == 0 and probe.paused and aimylogic.count("status") == asked + 1
+    assert services.store.get_meta(campaign_meta("default"))["since"] == start.isoformat()
 
     clock.advance(seconds=CAP)
     resumed = deliver_pending(services)
     assert resumed.requests == 3 and resumed.sent == 5 and not resumed.paused
-    assert services.store.get_meta(CAMPAIGN_META) is None
+    assert services.store.get_meta(campaign_meta("default"))["delivery"] == "sending"
     assert all(services.store.get(lead.id).attempts == 1 for lead in leads)
+
+
+def test_a_token_refused_by_addphones_holds_the_batch_not_a_lead(make, aimylogic, clock):
+    services = make(batch_size=2, concurrency=1)
+    leads = add_leads(services, 4)
+    aimylogic.fail_next(401)  # addPhones refuses the token; the status check before the pass did not
+
+    report = deliver_pending(services)
+
+    assert report.paused and report.requests == 1 and statuses(services) == {"held": 4}
+    assert all(services.store.get(lead.id).attempts == 0 for lead in leads)
+    clock.advance(seconds=CAP)
+    assert deliver_pending(services).sent == 4
 
 
 # Leases
@@ -340,7 +355,7 @@ def test_a_worker_that_lost_its_lease_still_records_the_job_ids_it_got(make, aim
                 services.store.update(stolen, owner=None)
             return ids
 
-    services._dialer = Thief()
+    services._dialers["default"] = Thief()
 
     report = deliver_pending(services)
 

@@ -71,7 +71,7 @@ def test_health_says_the_guard_is_holding_leads(guarded, clock):
     clock.advance(minutes=1)
     deliver_pending(services)  # the worker re-admits one held lead and holds the other again
     body = client.get("/healthz?counts=1").get_json()
-    assert body["campaigns"]["default"] == {"aimylogic": None, "delivery": "held", "held": 1}
+    assert body["campaigns"]["default"] == {"aimylogic": "inProcess", "delivery": "held", "held": 1}
     [reason] = [reason for reason in body["reasons"] if reason["code"] == "campaign_held"]
     assert "1 new calls a minute" in reason["message"]
     assert body["leads"]["held"] == 1

@@ -184,11 +184,11 @@ def test_a_held_campaign_shows_its_held_leads(serve, clock):
     deliver_pending(services)  # one more admitted, the last one held again
     status, body = get()
     assert (status, codes(body)) == (200, ["campaign_held"])
-    assert body["campaigns"]["default"] == {"aimylogic": None, "delivery": "held", "held": 1}
+    assert body["campaigns"]["default"] == {"aimylogic": "inProcess", "delivery": "held", "held": 1}
     assert "[guards]" in body["reasons"][0]["message"]
     clock.advance(minutes=1)
     deliver_pending(services)
-    assert get()[1]["campaigns"]["default"] == {"aimylogic": None, "delivery": "sending", "held": 0}
+    assert get()[1]["campaigns"]["default"] == {"aimylogic": "inProcess", "delivery": "sending", "held": 0}
 
 
 def test_a_crm_refusing_our_credentials_is_named_until_it_accepts_them(serve, clock):

@@ -514,6 +514,39 @@ def test_a_webhook_kicks_one_async_pass_that_delivers_to_aimylogic(invoke, store
     assert record.status is Status.SENT and record.job_id
 
 
+def test_a_paused_campaign_holds_its_leads_on_lambda_and_a_sweep_sends_them_once_it_runs(
+    invoke, store, lambda_api, aimylogic
+):
+    from dataclasses import replace
+    from datetime import datetime, timedelta
+
+    aimylogic.pause()
+    [summary] = body_of(invoke(http_event("function_url", "POST", "/webhooks/generic", f"key={SECRET}", one_lead())))[
+        "leads"
+    ]
+    [invocation] = lambda_api.invocations
+
+    assert "sent 0" in invoke(invocation["payload"])
+    held = store.get(summary["lead_id"])
+    assert held.status is Status.HELD and held.last_error == "campaign default is paused in Aimylogic"
+    assert aimylogic.entries == [] and aimylogic.count("status") == 1
+    health = body_of(invoke(http_event("function_url", "GET", "/healthz")))
+    assert health["campaigns"]["default"] == {
+        "aimylogic": "paused", "delivery": "held", "held": 1, "reason": "campaign default is paused in Aimylogic",
+    }  # fmt: skip
+
+    # A minute later (in the store: each invocation is a new process, the cache lives there), it runs again.
+    aimylogic.resume()
+    state = store.get_meta("campaign:default")
+    earlier = (datetime.fromisoformat(state["checked_at"]) - timedelta(seconds=61)).isoformat()
+    store.put_meta("campaign:default", {**state, "checked_at": earlier})
+    store.update(replace(held, next_attempt_at=held.next_attempt_at - timedelta(seconds=61)), owner=None)
+
+    assert "sent 1" in invoke(load_event("scheduled"))
+    assert store.get(summary["lead_id"]).status is Status.SENT and len(aimylogic.entries) == 1
+    assert body_of(invoke(http_event("function_url", "GET", "/healthz")))["campaigns"]["default"]["held"] == 0
+
+
 def test_a_burst_of_webhooks_kicks_one_pass_until_the_window_passes(invoke, lambda_api, store, monkeypatch):
     from crm2calls import lambda_tasks
 

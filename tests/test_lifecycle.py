@@ -95,7 +95,7 @@ def test_a_split_send_that_outlives_its_lease_records_every_half_and_sends_each_
     bad = add_lead(services, 99, gmtZone="+25:00")  # refused by Aimylogic: the batch is split
     leads = add_leads(services, 7)
     slow = SlowDialer(services, clock, seconds=70, rival_after=3)  # 8 requests x 70 s: far past the lease
-    services._dialer = slow
+    services._dialers["default"] = slow
 
     report = deliver_pending(services)
 

@@ -169,6 +169,8 @@ def test_every_field_round_trips_through_insert_get_and_update(store: LeadStore)
         "lease_until": datetime(2025, 3, 3, 9, 7, tzinfo=UTC),
         "history": [{"at": "2025-03-03T09:00:00+00:00", "status": "pending", "note": "rendered"}, {"n": [1, None]}],
         "work": {"poll": datetime(2025, 3, 3, 9, 6, tzinfo=UTC)},
+        "campaign": "renewals",
+        "job_token": None,
     }
     assert set(values) == {f.name for f in fields(LeadRecord)}  # a new field must be added here
     full = LeadRecord(**values)
@@ -193,6 +195,7 @@ def test_every_field_round_trips_through_insert_get_and_update(store: LeadStore)
         lease_until=None,
         history=[*full.history, {"at": "2025-03-03T09:10:00+00:00", "status": "sent", "note": ""}],
         work={},
+        job_token="3f2a9c1e",
     )
     assert store.update(changed, owner="worker-a") is True
     assert store.get("lead-full") == changed
@@ -561,7 +564,8 @@ def test_sqlite_v1_store_upgrades_its_final_leads_and_slots(tmp_path: Any) -> No
         _create_v1(conn)
         conn.execute("PRAGMA user_version = 1")
         for record in (lead(1, status=Status.SENT), lead(2)):
-            row = {name: value for name, value in to_row(record).items() if name not in ("work", "final")}
+            v2_columns = ("work", "final", "campaign", "job_token")
+            row = {name: value for name, value in to_row(record).items() if name not in v2_columns}
             sql = f"INSERT INTO leads ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})"  # noqa: S608
             conn.execute(sql, list(row.values()))
         claimed_at = "2025-03-03T09:00:00.000000+00:00"
@@ -597,6 +601,37 @@ def test_dynamodb_v1_table_upgrades_its_final_leads_and_slots(backend: Backend, 
     assert upgraded.purge(T0 + MIN) == 1
     with pytest.raises(ClaimRefusedError):
         upgraded.insert(lead(3), slot_claim("default:" + "a" * 64))
+
+
+def test_leads_stored_before_campaigns_belong_to_default(backend: Backend, store: LeadStore) -> None:
+    store.insert(lead(1))
+    store.put_meta("campaign", {"paused": True, "reason": "token refused"})  # v2's one delivery state
+    if backend.name == "sqlite":
+        with sqlite3.connect(store.path) as conn:
+            conn.execute("DROP INDEX leads_status_campaign")
+            conn.execute("ALTER TABLE leads DROP COLUMN job_token")
+            conn.execute("ALTER TABLE leads DROP COLUMN campaign")
+    else:
+        import boto3
+
+        boto3.client("dynamodb").update_item(
+            TableName=store.table, Key={"pk": {"S": "LEAD#lead-1"}}, UpdateExpression="REMOVE campaign"
+        )
+    backend.set_schema_version(2)
+    upgraded = backend.open()
+    upgraded.migrate()
+    assert upgraded.get("lead-1").campaign == "default"
+    assert [r.id for r in upgraded.list(campaign="default")] == ["lead-1"] and upgraded.list(campaign="x") == []
+    assert upgraded.get_meta("campaign") is None
+    assert upgraded.get_meta("campaign:default") == {"paused": True, "reason": "token refused"}
+
+
+def test_held_leads_are_counted_per_campaign(store: LeadStore) -> None:
+    store.insert(lead(1, status=Status.HELD))
+    store.insert(replace(lead(2, status=Status.HELD), campaign="renewals"))
+    store.insert(replace(lead(3, status=Status.HELD), campaign="renewals"))
+    store.insert(replace(lead(4), campaign="renewals"))
+    assert store.held_by_campaign() == {"default": 1, "renewals": 2}
 
 
 # SQLite only

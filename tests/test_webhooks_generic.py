@@ -259,7 +259,10 @@ def test_healthz_counts_on_request(client):
 
 
 def test_healthz_says_when_delivery_is_paused(client, services):
-    services.store.put_meta("campaign", {"paused": True, "reason": "Aimylogic refused the campaign token"})
+    services.store.put_meta(
+        "campaign:default",
+        {"delivery": "token_refused", "paused": True, "reason": "Aimylogic refused the campaign token"},
+    )
     body = client.get("/healthz").get_json()
     assert body["campaigns"]["default"]["delivery"] == "token_refused"
     [reason] = [reason for reason in body["reasons"] if reason["code"] == "token_refused"]

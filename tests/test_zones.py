@@ -283,7 +283,8 @@ def test_russian_mobile_with_no_common_hour_falls_back():
     assert "fallback" in plan.reason
 
 
-def test_empty_intersection_uses_the_fallback_even_when_it_is_not_a_candidate():
+def test_empty_intersection_falls_back_to_one_of_the_candidates_when_the_fallback_is_not_one():
+    # A zone the number cannot be in would call its owner at that zone's hours: a US number at Moscow's.
     plan = plan_window(["Pacific/Honolulu", "Asia/Tokyo"], window({"default": ["10:00-12:00"]}), WINTER, "UTC")
-    assert plan.zone == "UTC"
-    assert plan.hours == {"default": (iv("10:00-12:00"),)}
+    assert plan.zone == "Pacific/Honolulu"
+    assert plan.hours == {"default": (iv("10:00-12:00"),)} and not plan.common

@@ -16,7 +16,15 @@ from crm2calls.errors import EnrichmentError, ForbiddenError, MalformedRequestEr
 from crm2calls.formdata import parse_php_form, php_list
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
-from crm2calls.sources.base import FORM, Ack, InboundRequest, IntakeResult, Source, payload_for, require_shared_key
+from crm2calls.sources.base import (
+    FORM,
+    Ack,
+    InboundRequest,
+    IntakeResult,
+    Source,
+    payload_for,
+    require_shared_key,
+)
 from crm2calls.sources.client import DEFAULT_TIMEOUT, CrmHttpClient
 
 # enum_code of the PHONE field (API v4) -> our phone kinds; webhooks carry only numeric enum ids
@@ -196,6 +204,7 @@ class AmoCrmSource(Source):
             external_id=lead_id or contact_id,
             phones=webhook_phones(contact),
             fields=payload_for(default, crm_object, self.policy),
+            route=self.route(crm_object),
             name=name,
             region=self.policy.region,
         )
@@ -268,6 +277,7 @@ class AmoCrmSource(Source):
             external_id=_text((lead or contact).get("id")),
             phones=api_phones(contact),
             fields=payload_for(default, crm_object, self.policy),
+            route=self.route(crm_object),
             name=name,
             region=self.policy.region,
         )

@@ -101,6 +101,12 @@ class Source:
         self._api_lock = threading.Lock()
         self._api_clients: dict[str, CrmHttpClient] = {}
 
+    def route(self, data: Any) -> str | None:
+        """The value of this source's campaign_by field in a CRM record, as text (None without a rule)."""
+        from crm2calls.mapping import route_value  # the mapping stays off the cold-start path
+
+        return route_value(data, self.policy)
+
     def api_client(self, build: Callable[[], CrmHttpClient], name: str = "api") -> CrmHttpClient:
         """The API client called `name`, built once on first use (under a lock: requests share its session)."""
         with self._api_lock:

@@ -185,6 +185,7 @@ class Bitrix24Source(Source):
             external_id=entity_id,
             phones=phones_of(person),
             fields=payload_for(default, records, self.policy),
+            route=self.route(records),
             name=name,
             city=_text(person.get("ADDRESS_CITY")) or _text(person.get("ADDRESS_REGION")),
             region=self.policy.region,

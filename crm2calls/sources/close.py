@@ -152,6 +152,7 @@ class CloseSource(Source):
             external_id=lead_id,
             phones=phones,
             fields=payload_for(default, data, self.policy),
+            route=self.route(data),
             name=name,
             region=self.policy.region,
         )

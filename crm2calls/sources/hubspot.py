@@ -21,7 +21,15 @@ from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCred
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.policy import SourcePolicy
-from crm2calls.sources.base import JSON, Ack, InboundRequest, IntakeResult, Source, payload_for, require_shared_key
+from crm2calls.sources.base import (
+    JSON,
+    Ack,
+    InboundRequest,
+    IntakeResult,
+    Source,
+    payload_for,
+    require_shared_key,
+)
 from crm2calls.sources.client import DEFAULT_TIMEOUT
 from crm2calls.sources.generic import MAX_LEADS_PER_REQUEST, idempotency_key, parse_json
 
@@ -203,6 +211,7 @@ class HubSpotSource(Source):
             external_id=contact_id,
             phones=phones,
             fields=payload_for(default, crm_object, self.policy),
+            route=self.route(crm_object),
             name=name,
             zone=hubspot_zone(values.get("hs_timezone")),
             city=city,

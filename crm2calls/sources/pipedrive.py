@@ -18,7 +18,14 @@ from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCred
 from crm2calls.mapping import scalar_text as _text
 from crm2calls.model import Lead, LeadEvent, PhoneCandidate
 from crm2calls.policy import SourcePolicy
-from crm2calls.sources.base import JSON, InboundRequest, Source, payload_for, require_shared_key, secret_matches
+from crm2calls.sources.base import (
+    JSON,
+    InboundRequest,
+    Source,
+    payload_for,
+    require_shared_key,
+    secret_matches,
+)
 from crm2calls.sources.client import DEFAULT_TIMEOUT
 from crm2calls.sources.generic import parse_json
 
@@ -147,6 +154,7 @@ class PipedriveSource(Source):
             external_id=person_id,
             phones=phones,
             fields=payload_for(default, person, self.policy),
+            route=self.route(person),
             name=name,
             city=city,
             region=self.policy.region,

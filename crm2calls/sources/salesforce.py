@@ -124,6 +124,7 @@ class SalesforceSource(Source):
             external_id=record_id,
             phones=phones,
             fields=payload_for(default, fields, self.policy),
+            route=self.route(fields),
             name=name,
             city=_text(fields.get("City")) or _text(fields.get("MailingCity")),
             region=self.policy.region,

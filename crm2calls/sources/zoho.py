@@ -216,6 +216,7 @@ class ZohoSource(Source):
             external_id=record_id,
             phones=phones,
             fields=payload_for(default, record, self.policy),
+            route=self.route(record),
             name=name,
             city=_text(record.get("City")) or _text(record.get("Mailing_City")),
             region=self.policy.region,

@@ -10,7 +10,7 @@ from crm2calls.errors import Crm2CallsError
 from crm2calls.model import LeadRecord, Status
 
 KEY_TTL = timedelta(days=8)  # CRMs retry for up to 3 days; keys must outlive that by a margin
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,12 @@ class LeadStore(Protocol):
         """
 
     def list(
-        self, status: Status | None = None, source: str | None = None, since: datetime | None = None, limit: int = 100
+        self,
+        status: Status | None = None,
+        source: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        campaign: str | None = None,
     ) -> list[LeadRecord]:
         """Leads, newest first, filtered."""
 
@@ -119,6 +124,9 @@ class LeadStore(Protocol):
 
     def count_by_status(self) -> dict[str, int]:
         """How many leads are in each status (for /healthz and `leads list`)."""
+
+    def held_by_campaign(self) -> dict[str, int]:
+        """How many leads are held, per campaign (campaigns with none left out)."""
 
     def get_meta(self, name: str) -> dict[str, Any] | None:
         """A small named document (campaign pause, block list entries, ...)."""

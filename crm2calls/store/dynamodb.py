@@ -211,6 +211,20 @@ class DynamoDBStore:
                 return
             scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def _v3_campaigns(self) -> None:
+        """Each lead names its campaign (leads stored before belong to default); delivery state per campaign."""
+        for item in self._scan_leads({}, projection=("pk",)):
+            self._client.update_item(
+                TableName=self.table,
+                Key={"pk": item["pk"]},
+                UpdateExpression="SET campaign = if_not_exists(campaign, :default)",
+                ExpressionAttributeValues={":default": {"S": "default"}},
+            )
+        old = self._client.get_item(TableName=self.table, Key=self._key("META#campaign"), ConsistentRead=True)
+        if "Item" in old:
+            self._client.put_item(TableName=self.table, Item={**old["Item"], "pk": {"S": "META#campaign:default"}})
+            self._client.delete_item(TableName=self.table, Key=self._key("META#campaign"))
+
     # Leads
 
     @staticmethod
@@ -524,10 +538,17 @@ class DynamoDBStore:
 
     @_store_errors
     def list(
-        self, status: Status | None = None, source: str | None = None, since: datetime | None = None, limit: int = 100
+        self,
+        status: Status | None = None,
+        source: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        campaign: str | None = None,
     ) -> list[LeadRecord]:
         """Leads, newest first, filtered (a Scan)."""
         filters: dict[str, tuple[str, str]] = {}
+        if campaign is not None:
+            filters["campaign"] = ("=", campaign)
         if status is not None:
             filters["status"] = ("=", Status(status).value)
         if source is not None:
@@ -590,6 +611,40 @@ class DynamoDBStore:
         counts = {status.value: 0 for status in Status}
         for item in self._scan_leads({}, projection=("status",)):
             counts[item["status"]["S"]] += 1
+        return counts
+
+    @_store_errors
+    def held_by_campaign(self) -> dict[str, int]:
+        """How many leads are held, per campaign: a Query of the held leads on the `due` index, then their campaigns.
+
+        Reads grow with the number of held leads only (none while every campaign sends).
+        """
+        keys = []
+        query: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": DUE_INDEX,
+            "KeyConditionExpression": "#status = :held",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":held": {"S": Status.HELD.value}},
+            "ProjectionExpression": "pk",
+        }
+        while True:
+            page = self._client.query(**query)
+            keys.extend(item["pk"] for item in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                break
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        counts: dict[str, int] = {}
+        for pk in keys:
+            found = self._client.get_item(
+                TableName=self.table,
+                Key={"pk": pk},
+                ProjectionExpression="campaign, #status",
+                ExpressionAttributeNames={"#status": "status"},
+            ).get("Item", {})
+            if found.get("status", {}).get("S") == Status.HELD.value:  # the index may lag behind
+                campaign = found.get("campaign", {}).get("S", "default")
+                counts[campaign] = counts.get(campaign, 0) + 1
         return counts
 
     def _delete_lead(self, item: dict[str, Any], final_only: bool) -> bool:
@@ -656,4 +711,8 @@ class DynamoDBStore:
 
 
 # Step n takes the table from schema version n-1 to n.
-MIGRATIONS: dict[int, Callable[[DynamoDBStore], None]] = {1: DynamoDBStore._create_v1, 2: DynamoDBStore._v2_final}
+MIGRATIONS: dict[int, Callable[[DynamoDBStore], None]] = {
+    1: DynamoDBStore._create_v1,
+    2: DynamoDBStore._v2_final,
+    3: DynamoDBStore._v3_campaigns,
+}

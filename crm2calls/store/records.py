@@ -61,6 +61,7 @@ def from_row(row: Mapping[str, Any]) -> LeadRecord:
         if values[name] is not None:
             values[name] = parse_iso(values[name])
     values["status"] = Status(values["status"])
+    values["campaign"] = values["campaign"] or "default"  # stored before campaigns existed
     values["attempts"] = int(values["attempts"] or 0)
     values["history"] = json.loads(values["history"]) if values["history"] else []
     values["work"] = {task: parse_iso(due) for task, due in json.loads(values["work"] or "{}").items()}

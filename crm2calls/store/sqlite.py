@@ -75,8 +75,20 @@ def _v2_work_and_final(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v3_campaigns(conn: sqlite3.Connection) -> None:
+    """Each lead names its campaign (leads stored before belong to default); delivery state per campaign."""
+    conn.execute("ALTER TABLE leads ADD COLUMN campaign TEXT NOT NULL DEFAULT 'default'")
+    conn.execute("ALTER TABLE leads ADD COLUMN job_token TEXT")
+    conn.execute("CREATE INDEX leads_status_campaign ON leads (status, campaign)")
+    conn.execute("UPDATE OR REPLACE meta SET name = 'campaign:default' WHERE name = 'campaign'")
+
+
 # Step n takes the schema from version n-1 to n.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1, 2: _v2_work_and_final}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _create_v1,
+    2: _v2_work_and_final,
+    3: _v3_campaigns,
+}
 
 # One statement, so atomic: an expired counter restarts at 1, a live one grows while under the limit.
 _TAKE = """INSERT INTO counters (name, value, expires_at) VALUES (:name, 1, :expires_at)
@@ -187,9 +199,7 @@ class SQLiteStore:
         """Apply claims inside a write transaction; ClaimRefusedError (the transaction rolls back) on refusal."""
         now = record.updated_at
         if claims.release:
-            conn.execute(
-                "DELETE FROM phone_claims WHERE phone_key = ? AND lead_id = ?", (claims.release, record.key)
-            )
+            conn.execute("DELETE FROM phone_claims WHERE phone_key = ? AND lead_id = ?", (claims.release, record.key))
         if claims.slot:
             params = {"slot": claims.slot, "holder": record.key, "now": iso(now), "cutoff": iso(now - claims.window)}
             if conn.execute(_CLAIM_SLOT, params).fetchone() is None:
@@ -267,10 +277,18 @@ class SQLiteStore:
 
     @_store_errors
     def list(
-        self, status: Status | None = None, source: str | None = None, since: datetime | None = None, limit: int = 100
+        self,
+        status: Status | None = None,
+        source: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        campaign: str | None = None,
     ) -> list[LeadRecord]:
         """Leads, newest first, filtered."""
         where, params = ["1 = 1"], []
+        if campaign is not None:
+            where.append("campaign = ?")
+            params.append(campaign)
         if status is not None:
             where.append("status = ?")
             params.append(Status(status).value)
@@ -286,9 +304,9 @@ class SQLiteStore:
     @_store_errors
     def oldest_waiting(self) -> datetime | None:
         """When the oldest lead still waiting to be sent (received, pending, sending) arrived; held leads aside."""
-        row = self._conn().execute(
-            "SELECT MIN(created_at) FROM leads WHERE status IN (?, ?, ?)", WAITING
-        ).fetchone()  # the due index narrows it to the backlog
+        row = (
+            self._conn().execute("SELECT MIN(created_at) FROM leads WHERE status IN (?, ?, ?)", WAITING).fetchone()
+        )  # the due index narrows it to the backlog
         return parse_iso(row[0]) if row[0] else None
 
     @_store_errors
@@ -309,6 +327,14 @@ class SQLiteStore:
         for status, count in self._conn().execute("SELECT status, COUNT(*) FROM leads GROUP BY status"):
             counts[status] = count
         return counts
+
+    @_store_errors
+    def held_by_campaign(self) -> dict[str, int]:
+        """How many leads are held, per campaign (an index lookup)."""
+        rows = self._conn().execute(
+            "SELECT campaign, COUNT(*) FROM leads WHERE status = ? GROUP BY campaign", (Status.HELD.value,)
+        )
+        return {campaign: count for campaign, count in rows}
 
     @_store_errors
     def get_meta(self, name: str) -> dict[str, Any] | None:

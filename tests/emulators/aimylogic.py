@@ -9,6 +9,11 @@ Where the docs are silent the emulator picks a behaviour and says so:
 * a request with any bad element adds nothing (all or nothing);
 * a paused campaign answers addPhones with 503 and adds nothing ("unavailable": the platform
   pauses itself when minutes run out or on failure, so a sender should keep the leads and retry);
+  `paused_answer` makes it 200 (queued) or 400 instead: the real answer is UNKNOWN;
+* a finished or deleted campaign answers addPhones with 400 "campaign is finished" (`closed_answer`);
+* several campaigns, each with its own token (add_campaign), keep their own jobs and duplicate guard;
+* GET .../status answers the bare status as text; GET /api/calls/campaign/{token} the campaign's
+  details with shortReport counters (totalNumbers = jobs, processedNumbers = 0: nobody is called here);
 * a wrong token answers 404 on every method.
 """
 
@@ -195,13 +200,28 @@ class _Scripted:
     status: int
     body: str
     headers: dict[str, str] = field(default_factory=dict)
+    only: str | None = None  # answer only requests whose path ends so ("status"); None: those that place calls
+
+
+STATUSES = ("planned", "inProcess", "paused", "finished", "deleted")
+
+
+@dataclass
+class Campaign:
+    """One campaign of the emulated account."""
+
+    token: str
+    name: str
+    id: int
+    status: str = "inProcess"
+    jobs: list[str] = field(default_factory=list)
 
 
 class AimylogicEmulator:
     """A real HTTP server on 127.0.0.1 that keeps the addPhones contract; use it as a context manager."""
 
     def __init__(self, token: str = "8231.7056.1b131df1", *, clock=_utcnow, first_job_id: int = 5665334669):
-        self.token = token
+        self.token = token  # the first campaign's
         self.clock = clock
         self._first_job_id = first_job_id
         self._lock = threading.Lock()
@@ -216,7 +236,8 @@ class AimylogicEmulator:
         self.recover()
         with self._lock:
             self.delay = 0.0  # seconds each request waits before it is handled
-            self.requests: list[Recorded] = []
+            self.requests: list[Recorded] = []  # addPhones and test calls: what places calls
+            self.status_requests: list[Recorded] = []  # GET status and campaign details: what only reads
             self.entries: list[dict] = []  # every valid entry of every accepted addPhones request, duplicates too
             self.calls: dict[str, dict] = {}  # job id -> entry: distinct jobs, each one real call
             self.test_calls: dict[str, dict] = {}  # job id -> query of test/addPhone (real calls, no guard)
@@ -224,6 +245,9 @@ class AimylogicEmulator:
             self.hanging = 0  # requests waiting in a hang right now
             self._seen: dict[str, tuple[str, datetime]] = {}
             self._next_id = self._first_job_id
+            self.campaigns: dict[str, Campaign] = {self.token: Campaign(self.token, "Qualification", 1001)}
+            self.paused_answer = 503
+            self.closed_answer = 400
 
     def start(self) -> AimylogicEmulator:
         """Serve on a free port in a daemon thread."""
@@ -250,14 +274,18 @@ class AimylogicEmulator:
 
     def fail_next(
         self, status: int, *, times: int = 1, retry_after: str | int | None = None, body: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, only: str | None = None,
     ) -> None:
-        """Answer the next `times` requests with `status` (and Retry-After), handling nothing."""
+        """Answer the next `times` requests with `status`, handling nothing.
+
+        Scripted answers go to requests that place calls (addPhones, test/addPhone); only="status" (or any
+        path ending) aims them at the requests whose path ends so instead.
+        """
         extra = dict(headers or {})
         if retry_after is not None:
             extra["Retry-After"] = str(retry_after)
         with self._lock:
-            self._script.extend(_Scripted(status, body if body is not None else f"scripted {status}", extra)
+            self._script.extend(_Scripted(status, body if body is not None else f"scripted {status}", extra, only)
                                 for _ in range(times))
 
     def hang(self, seconds: float, *, times: int = 1) -> None:
@@ -270,9 +298,36 @@ class AimylogicEmulator:
         with self._lock:
             self._hang_after.extend([seconds] * times)
 
-    def pause(self) -> None:
-        """The campaign pauses: status says paused, addPhones answers 503 (see the module docstring)."""
-        self._paused = True
+    def add_campaign(self, token: str, name: str, status: str = "inProcess") -> Campaign:
+        """Another campaign of the account, with its own token."""
+        with self._lock:
+            campaign = self.campaigns[token] = Campaign(token, name, 1001 + len(self.campaigns), status)
+        return campaign
+
+    def set_status(self, status: str, token: str | None = None) -> None:
+        """A person (or Aimylogic itself) pauses, resumes, finishes or deletes a campaign."""
+        assert status in STATUSES, status
+        with self._lock:
+            self.campaigns[token or self.token].status = status
+
+    def pause(self, token: str | None = None) -> None:
+        """The campaign pauses: status says paused, addPhones answers paused_answer (see the module docstring)."""
+        self.set_status("paused", token)
+
+    def resume(self, token: str | None = None) -> None:
+        """The campaign runs again."""
+        self.set_status("inProcess", token)
+
+    def jobs_of(self, token: str | None = None) -> list[str]:
+        """The distinct jobs a campaign's addPhones created, in order."""
+        with self._lock:
+            return list(self.campaigns[token or self.token].jobs)
+
+    def count(self, what: str, token: str | None = None) -> int:
+        """How many requests of a kind ("addPhones", "status", "details") a campaign got."""
+        prefix = f"/api/calls/campaign/{token or self.token}"
+        paths = {"addPhones": prefix + "/addPhones", "status": prefix + "/status", "details": prefix}
+        return sum(1 for r in (*self.requests, *self.status_requests) if r.path == paths[what])
 
     def recover(self) -> None:
         """Drop scripted failures and pending hangs, resume the campaign, release current hangs."""
@@ -280,7 +335,8 @@ class AimylogicEmulator:
             self._script: deque[_Scripted] = deque()
             self._hang_before: deque[float] = deque()
             self._hang_after: deque[float] = deque()
-            self._paused = False
+            for campaign in getattr(self, "campaigns", {}).values():
+                campaign.status = "inProcess"
             self._release.set()
             self._release = threading.Event()
 
@@ -298,10 +354,14 @@ class AimylogicEmulator:
     @Request.application
     def _app(self, request: Request) -> Response:
         recorded = Recorded(request.method, request.path, dict(request.args), request.get_data())
+        reads = request.method == "GET" and request.path.startswith("/api/calls/campaign/")
         with self._lock:
-            self.requests.append(recorded)
-            hang = self._hang_before.popleft() if self._hang_before else None
-            scripted = self._script.popleft() if self._script and hang is None else None
+            (self.status_requests if reads else self.requests).append(recorded)
+            hang = self._hang_before.popleft() if self._hang_before and not reads else None
+            scripted = None
+            only = self._script[0].only if self._script else None
+            if self._script and hang is None and (request.path.endswith(only) if only else not reads):
+                scripted = self._script.popleft()
         if self.delay:
             time.sleep(self.delay)
         if hang is not None:
@@ -324,19 +384,38 @@ class AimylogicEmulator:
                 self.hanging -= 1
 
     def _route(self, request: Request) -> Response:
-        prefix = f"/api/calls/campaign/{self.token}/"
-        crm_prefix = f"/api/crmCalls/campaign/{self.token}/"
-        if request.path == prefix + "addPhones":
-            return self._add_phones(request) if request.method == "POST" else _text("method not allowed", 405)
-        if request.path == crm_prefix + "test/addPhone" and request.method == "GET":
+        parts = request.path.split("/")  # "", "api", "calls"|"crmCalls", "campaign", token, ...
+        campaign = self.campaigns.get(parts[4]) if len(parts) > 4 and parts[3] == "campaign" else None
+        if campaign is None:
+            return _text("campaign not found", 404)
+        prefix = f"/api/calls/campaign/{campaign.token}"
+        if request.path == prefix + "/addPhones":
+            return self._add_phones(request, campaign) if request.method == "POST" else _text("method not allowed", 405)
+        if request.path == f"/api/crmCalls/campaign/{campaign.token}/test/addPhone" and request.method == "GET":
             return self._test_add_phone(request)
-        if request.path == prefix + "status" and request.method == "GET":
-            return _text("paused" if self._paused else "inProcess")
-        return _text("campaign not found", 404)
+        if request.path == prefix + "/status" and request.method == "GET":
+            return _text(campaign.status)
+        if request.path == prefix and request.method == "GET":
+            return self._details(campaign)
+        return _text("not found", 404)
 
-    def _add_phones(self, request: Request) -> Response:
-        if self._paused:
-            return _text("campaign is paused", 503)
+    def _details(self, campaign: Campaign) -> Response:
+        with self._lock:
+            total = len(campaign.jobs)
+        details = {
+            "id": campaign.id, "name": campaign.name, "projectName": "crm2calls-tests",
+            "creationDate": "2026-11-01T09:00:00Z", "botId": f"bot-{campaign.id}", "status": campaign.status,
+            "shortReport": {"totalNumbers": total, "processedNumbers": 0, "usedTalkingTime": 0, "usedAsrSeconds": 0,
+                            "inProcessCalls": 0, "retryCalls": 0},
+            "startTime": "2026-11-01T09:00:00Z", "endTime": None, "maxSimultaneousCalls": 10,
+        }  # fmt: skip
+        return Response(json.dumps(details), 200, mimetype="application/json")
+
+    def _add_phones(self, request: Request, campaign: Campaign) -> Response:
+        if campaign.status == "paused" and self.paused_answer != 200:
+            return _text("campaign is paused", self.paused_answer)
+        if campaign.status in ("finished", "deleted"):
+            return _text(f"campaign is {campaign.status}", self.closed_answer)
         if request.mimetype != "application/json":
             return _text("Content-Type must be application/json", 415)
         try:
@@ -353,7 +432,7 @@ class AimylogicEmulator:
             now = self.clock()
             for entry in body:
                 self.entries.append(entry)
-                key = fingerprint(entry)
+                key = campaign.token + fingerprint(entry)  # each campaign has its own duplicate guard
                 seen = self._seen.get(key)
                 if seen is not None and now - seen[1] < DUPLICATE_WINDOW:
                     self.duplicates_ignored += 1
@@ -361,6 +440,7 @@ class AimylogicEmulator:
                     continue
                 job_id = self._new_id()
                 self.calls[job_id] = entry
+                campaign.jobs.append(job_id)
                 self._seen[key] = (job_id, now)
                 ids.append(job_id)
             hang = self._hang_after.popleft() if self._hang_after else None
