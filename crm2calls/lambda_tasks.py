@@ -20,7 +20,8 @@ from crm2calls.services import Services
 
 log = logging.getLogger("crm2calls.lambda")
 
-DEBOUNCE_SECONDS = 2.0  # webhooks this soon after a kick ride on that pass, or on the next minute's sweep
+DEBOUNCE_SECONDS = 2.0  # webhooks this soon after a kick ride on the task it started, which looks for them
+FOLLOW_UP_SECONDS = 0.2  # how often that task looks, until the debounce window has closed
 SEND_MARGIN_SECONDS = 40.0  # a pass stops claiming this long before the timeout: an addPhones call may take 33 s
 TASK_BUDGET_SECONDS = 60.0  # an async pass gets no context to ask; timeout_seconds (120) minus the margin, rounded
 RECONCILE_LOOKBACK = timedelta(hours=3)  # each 15-minute run re-reads 3 hours, so missed runs lose nothing
@@ -63,11 +64,21 @@ def deliver(event: dict[str, Any] | None, context: Any) -> str:
 
 
 def deliver_task() -> str:
-    """The asynchronous pass a webhook kicks; Zappa's route_lambda_task calls it in a new invocation."""
+    """The asynchronous pass a webhook kicks; Zappa's route_lambda_task calls it in a new invocation.
+
+    Webhooks within the kick's debounce window start no task of their own: the task keeps looking for
+    their leads until the window has closed, so they go out in a fraction of a second, not at the sweep.
+    """
     from crm2calls.delivery import deliver_pending
 
+    services = app_services()
+    started = time.monotonic()
     with metrics.batch():
-        return str(deliver_pending(app_services(), time_budget=TASK_BUDGET_SECONDS))
+        reports = [deliver_pending(services, time_budget=TASK_BUDGET_SECONDS)]
+        while (left := kick_delivery.window - (time.monotonic() - started)) > 0:
+            time.sleep(min(FOLLOW_UP_SECONDS, left))
+            reports.append(deliver_pending(services, time_budget=TASK_BUDGET_SECONDS))
+    return "; ".join(str(report) for report in reports if report.requests or report is reports[0])
 
 
 def reconcile_amocrm(event: dict[str, Any] | None, context: Any) -> str:

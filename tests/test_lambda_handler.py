@@ -514,6 +514,26 @@ def test_a_webhook_kicks_one_async_pass_that_delivers_to_aimylogic(invoke, store
     assert record.status is Status.SENT and record.job_id
 
 
+def test_a_webhook_inside_the_debounce_window_rides_on_the_running_task(invoke, store, lambda_api, aimylogic):
+    import threading
+
+    first = body_of(invoke(http_event("function_url", "POST", "/webhooks/generic", f"key={SECRET}", one_lead())))
+    [invocation] = lambda_api.invocations
+    task = threading.Thread(target=invoke, args=(invocation["payload"],))  # the kicked task, in its own invocation
+    task.start()
+    while not aimylogic.entries:  # the task has sent the first lead and now looks for more
+        time.sleep(0.01)
+    later = {**json.loads(one_lead()), "id": "later", "phone": "+79123456700"}
+    second = body_of(
+        invoke(http_event("function_url", "POST", "/webhooks/generic", f"key={SECRET}", json.dumps(later).encode()))
+    )
+    task.join(timeout=30)
+
+    assert len(lambda_api.invocations) == 1  # within the window: no second task
+    for summary in (first["leads"][0], second["leads"][0]):
+        assert store.get(summary["lead_id"]).status is Status.SENT  # both went out before the minute's sweep
+
+
 def test_a_paused_campaign_holds_its_leads_on_lambda_and_a_sweep_sends_them_once_it_runs(
     invoke, store, lambda_api, aimylogic
 ):
