@@ -35,13 +35,10 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """Each worker process runs its own delivery thread; the store's claims keep them apart."""
-    from crm2calls.worker import DeliveryWorker
+    """Each worker process runs its own delivery and follow-up threads; the store's claims keep them apart."""
+    from crm2calls.worker import start_workers
 
-    state = worker.wsgi.extensions["crm2calls"]
-    delivery = DeliveryWorker(state.services)
-    state.services.notify = delivery.wake
-    delivery.start()
+    start_workers(worker.wsgi.extensions["crm2calls"].services)
 
 
 def child_exit(server, worker):

@@ -164,7 +164,7 @@ def serve(host: str | None, port: int | None, dev: bool) -> None:
     """Serve webhooks with a background delivery worker (local use; production: gunicorn or Lambda)."""
     from werkzeug.serving import WSGIRequestHandler, run_simple
 
-    from crm2calls.worker import DeliveryWorker
+    from crm2calls.worker import start_workers
 
     try:
         settings = load_settings(serving=True, dev_mode=dev)
@@ -178,8 +178,6 @@ def serve(host: str | None, port: int | None, dev: bool) -> None:
         click.secho("Development mode: no WEBHOOK_SECRET, webhooks accepted from this machine only.", fg="yellow")
 
     services = Services(settings)
-    worker = DeliveryWorker(services)
-    services.notify = worker.wake
     app = _state().factory(services=services)
     if settings.dry_run:
         click.secho("DRY RUN: addPhones bodies are logged, not sent; leads end dry_run.", fg="yellow")
@@ -190,12 +188,13 @@ def serve(host: str | None, port: int | None, dev: bool) -> None:
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
             pass
 
-    worker.start()
+    workers = start_workers(services)
     try:
         click.echo(f"crm2calls listening on http://{host}:{port}")
         run_simple(host, port, app, threaded=True, request_handler=QuietHandler)
     finally:
-        worker.stop()
+        for worker in workers:
+            worker.stop()
 
 
 @dialer_cli.command("test")

@@ -129,3 +129,16 @@ class EnrichmentError(OutboundError):
     def __init__(self, message: str, retryable: bool = True, retry_after: float | None = None):
         super().__init__(message, retry_after)
         self.retryable = retryable
+
+
+class WriteBackError(OutboundError):
+    """The CRM did not take a call's outcome: retryable (outage, 429, expired token) or not (the record is gone).
+
+    scope: True when the CRM refused the token's permissions (403): no write-back to it can work until a
+    person grants the scope, so its write-backs are held, not spent.
+    """
+
+    def __init__(self, message: str, retryable: bool = True, retry_after: float | None = None, scope: bool = False):
+        super().__init__(message, retry_after)
+        self.retryable = retryable
+        self.scope = scope

@@ -1,4 +1,4 @@
-"""What Lambda runs besides web requests: the schedule, the asynchronous delivery pass and the kick that starts it.
+"""What Lambda runs besides web requests: the schedule, the asynchronous passes and the kicks that start them.
 
 Zappa calls the scheduled functions with (event, context) (zappa_settings.json "events", or
 `zappa invoke STAGE crm2calls.lambda_tasks.deliver`); they use the app Zappa has already loaded.
@@ -21,7 +21,7 @@ from crm2calls.services import Services
 log = logging.getLogger("crm2calls.lambda")
 
 DEBOUNCE_SECONDS = 2.0  # webhooks this soon after a kick ride on the task it started, which looks for them
-FOLLOW_UP_SECONDS = 0.2  # how often that task looks, until the debounce window has closed
+LOOK_AGAIN_SECONDS = 0.2  # how often that task looks, until the debounce window has closed
 SEND_MARGIN_SECONDS = 40.0  # a pass stops claiming this long before the timeout: an addPhones call may take 33 s
 TASK_BUDGET_SECONDS = 60.0  # an async pass gets no context to ask; timeout_seconds (120) minus the margin, rounded
 RECONCILE_LOOKBACK = timedelta(hours=3)  # each 15-minute run re-reads 3 hours, so missed runs lose nothing
@@ -76,9 +76,25 @@ def deliver_task() -> str:
     with metrics.batch():
         reports = [deliver_pending(services, time_budget=TASK_BUDGET_SECONDS)]
         while (left := kick_delivery.window - (time.monotonic() - started)) > 0:
-            time.sleep(min(FOLLOW_UP_SECONDS, left))
+            time.sleep(min(LOOK_AGAIN_SECONDS, left))
             reports.append(deliver_pending(services, time_budget=TASK_BUDGET_SECONDS))
     return "; ".join(str(report) for report in reports if report.requests or report is reports[0])
+
+
+def follow_up(event: dict[str, Any] | None, context: Any) -> str:
+    """Scheduled every minute: one follow-up pass (poll jobs, cancel, write outcomes back)."""
+    from crm2calls.followup import follow_up as run_follow_up
+
+    with metrics.batch():
+        return str(run_follow_up(app_services(), time_budget=_time_budget(context)))
+
+
+def follow_up_task() -> str:
+    """The asynchronous follow-up pass a stop event kicks, so its cancel does not wait for the schedule."""
+    from crm2calls.followup import follow_up as run_follow_up
+
+    with metrics.batch():
+        return str(run_follow_up(app_services(), time_budget=TASK_BUDGET_SECONDS))
 
 
 def reconcile_amocrm(event: dict[str, Any] | None, context: Any) -> str:
@@ -110,18 +126,21 @@ def renew_zoho(event: dict[str, Any] | None, context: Any) -> str:
     return str(renew_watch(services, services.clock()))
 
 
-def _start_pass() -> None:
-    """Invoke this function asynchronously with Zappa's task message, which routes to deliver_task."""
-    # zappa.asynchronous builds four boto3 clients when imported (~0.3 s): pay that on the first
-    # kick, not on every cold start. run() is the call form of @task: same message, same routing.
-    from zappa.asynchronous import run
+def _start(task: Callable[[], str]) -> Callable[[], None]:
+    def start() -> None:
+        """Invoke this function asynchronously with Zappa's task message, which routes to `task`."""
+        # zappa.asynchronous builds four boto3 clients when imported (~0.3 s): pay that on the first
+        # kick, not on every cold start. run() is the call form of @task: same message, same routing.
+        from zappa.asynchronous import run
 
-    if not run(deliver_task).sent:
-        raise RuntimeError("Lambda did not accept the asynchronous invocation")
+        if not run(task).sent:
+            raise RuntimeError("Lambda did not accept the asynchronous invocation")
+
+    return start
 
 
 class Kicker:
-    """Start one asynchronous delivery pass, at most once per `window` seconds in this process.
+    """Start one asynchronous pass, at most once per `window` seconds in this process.
 
     A pass drains every due lead in batches and concurrent passes are kept apart by the store's
     claims, so a burst of webhooks needs one pass, not one per lead.
@@ -149,20 +168,22 @@ class Kicker:
             # The lead is stored: the per-minute sweep sends it. The webhook must not fail for this.
             with self._lock:
                 self._last = None
-            log.warning("could not start an asynchronous delivery pass; the scheduled sweep will send", exc_info=True)
+            log.warning("could not start an asynchronous pass; the scheduled one will do its work", exc_info=True)
             return False
         return True
 
 
-kick_delivery = Kicker(_start_pass)
+kick_delivery = Kicker(_start(deliver_task))
+kick_follow_up = Kicker(_start(follow_up_task))
 
 
 def attach(services: Services) -> None:
-    """Wire an app for Lambda: its Services serve the tasks, stored webhooks kick a delivery pass, and only
-    redacted lines reach CloudWatch."""
+    """Wire an app for Lambda: its Services serve the tasks, stored webhooks kick a delivery pass, stops a
+    follow-up pass, and only redacted lines reach CloudWatch."""
     global _services
     _services = services
     services.notify = kick_delivery
+    services.notify_follow_up = kick_follow_up
     quiet_logging()
 
 

@@ -9,9 +9,14 @@ the store refuses leaves the record as it was and logs nothing.
     pending  --claimed by a worker (the store)--> sending
     sending  --> sent | dry_run | pending (retry later) | held (its campaign) | rejected | failed | expired
     held     --> pending | held | rejected | expired
+    received, pending, held --a stop (the CRM closed the lead, an operator)--> canceled
+    sent     --its job, followed (crm2calls/followup.py)--> calling --> called | not_reached | canceled
     failed, rejected, expired, dry_run --`leads retry`--> admitted anew (a fresh calling window)
 
-A lead is final when its status is an end status and it has no follow-up work (LeadRecord.final).
+After the send a lead carries follow-up work (LeadRecord.work: poll its job, cancel it, write its
+outcome back), each item with its own due time; in the followed statuses next_attempt_at is the
+earliest one, so the store's due index finds the work. A lead is final when its status is an end
+status and no work is due (LeadRecord.final).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import TypeVar
 from crm2calls import guards, metrics
 from crm2calls.errors import Crm2CallsError, UnusableLeadError
 from crm2calls.logs import log_transition
-from crm2calls.model import Lead, LeadRecord, Status
+from crm2calls.model import FOLLOWED_STATUSES, Lead, LeadRecord, Status, WorkItem
 from crm2calls.services import Services
 from crm2calls.store.base import NO_CLAIMS, ClaimRefusedError, Claims
 
@@ -37,14 +42,37 @@ T = TypeVar("T")
 # Where each status may go next by itself (delivery, intake); SENDING is entered by the store's claim.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.RECEIVED: frozenset(
-        {Status.RECEIVED, Status.PENDING, Status.HELD, Status.DUPLICATE, Status.REJECTED, Status.FAILED}
+        {
+            Status.RECEIVED,
+            Status.PENDING,
+            Status.HELD,
+            Status.DUPLICATE,
+            Status.REJECTED,
+            Status.FAILED,
+            Status.CANCELED,
+        }
     ),
-    Status.PENDING: frozenset({Status.SENDING}),
+    Status.PENDING: frozenset({Status.SENDING, Status.CANCELED}),
     Status.SENDING: frozenset(
-        {Status.SENT, Status.DRY_RUN, Status.PENDING, Status.HELD, Status.REJECTED, Status.FAILED, Status.EXPIRED}
+        {
+            Status.SENT,
+            Status.DRY_RUN,
+            Status.PENDING,
+            Status.HELD,
+            Status.REJECTED,
+            Status.FAILED,
+            Status.EXPIRED,
+            Status.CANCELED,
+        }
     ),
-    Status.HELD: frozenset({Status.PENDING, Status.HELD, Status.DUPLICATE, Status.REJECTED, Status.EXPIRED}),
-    Status.SENT: frozenset(),
+    Status.HELD: frozenset(
+        {Status.PENDING, Status.HELD, Status.DUPLICATE, Status.REJECTED, Status.EXPIRED, Status.CANCELED}
+    ),
+    Status.SENT: frozenset({Status.CALLING, Status.CALLED, Status.NOT_REACHED, Status.CANCELED}),
+    Status.CALLING: frozenset({Status.CALLING, Status.CALLED, Status.NOT_REACHED, Status.CANCELED}),
+    Status.CALLED: frozenset(),
+    Status.NOT_REACHED: frozenset(),
+    Status.CANCELED: frozenset(),
     Status.DUPLICATE: frozenset(),
     Status.REJECTED: frozenset(),
     Status.FAILED: frozenset(),
@@ -55,7 +83,9 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 RETRYABLE = frozenset({Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.DRY_RUN})
 _ADMITTED = frozenset({Status.RECEIVED, Status.PENDING, Status.HELD, Status.DUPLICATE, Status.REJECTED})
 # Statuses that give the one-person-one-call slot back: this lead will never be called.
-RELEASES_SLOT = frozenset({Status.REJECTED, Status.FAILED, Status.EXPIRED})
+RELEASES_SLOT = frozenset({Status.REJECTED, Status.FAILED, Status.EXPIRED, Status.CANCELED})
+# A sent lead's job is first looked at this long after the send (crm2calls/outcomes.py plans the rest).
+FIRST_POLL = timedelta(seconds=60)
 
 
 class TransitionError(Crm2CallsError):
@@ -118,6 +148,7 @@ def save(
     """
     undo = _move(record, status, now, note, operator)
     record.lease_owner = record.lease_until = None
+    _sync_due(record)
     try:
         saved = services.store.update(record, owner, _with_release(services, record, claims))
     except Exception:
@@ -310,6 +341,8 @@ def sent(
     status, note = Status.SENT, f"job {job_id}"
     if services.settings.dry_run:
         record.job_id, status, note = None, Status.DRY_RUN, "dry run: the entry was logged, not sent"
+    else:
+        set_work(record, "poll", now + FIRST_POLL)
     if save(services, record, status, now, note, owner=owner):
         _speed_to_lead(record, now)
         return True
@@ -322,7 +355,9 @@ def sent(
         return True
     log.warning(
         "lead %s was sent twice after its lease ran out; job %s is a repeat Aimylogic ignores",
-        record.id, job_id, extra={"fields": {"event": "sent_twice", "lead_id": record.id, "job_id": job_id}},
+        record.id,
+        job_id,
+        extra={"fields": {"event": "sent_twice", "lead_id": record.id, "job_id": job_id}},
     )
     return False
 
@@ -371,3 +406,55 @@ def expire(services: Services, record: LeadRecord, now: datetime, *, owner: str 
     record.last_error = f"its calling window ended at {entry.get('finishDateTime')} before it could be sent"
     record.next_attempt_at = None
     return save(services, record, Status.EXPIRED, now, record.last_error, owner=owner)
+
+
+# Follow-up work (crm2calls/followup.py runs it).
+
+
+def _sync_due(record: LeadRecord) -> None:
+    """In the followed statuses the lead's next step is its earliest due work: the due index finds it there."""
+    if record.status in FOLLOWED_STATUSES:
+        record.next_attempt_at = record.work_due()
+
+
+def set_work(
+    record: LeadRecord, task: str, due: datetime | None, *, attempts: int | None = None, error: str | None = None
+) -> None:
+    """Plan `task` at `due` (None parks it: a dead letter an operator replays), in memory; saved with the next write."""
+    current = record.work.get(task)
+    kept = current.attempts if current else 0
+    record.work[task] = WorkItem(due, kept if attempts is None else attempts, error)
+    _sync_due(record)
+
+
+def drop_work(record: LeadRecord, task: str) -> None:
+    """The task is done (or no longer wanted), in memory; saved with the next write."""
+    record.work.pop(task, None)
+    _sync_due(record)
+
+
+# The follow-up tasks a call's end starts (crm2calls/followup.py TASKS); each handler drops its item at
+# once, with no request, where it does not apply (write-back off for the source, no RESULTS_WEBHOOK_URL).
+RESULT_TASKS = ("write_back", "notify")
+
+
+def plan_results(services: Services, record: LeadRecord, now: datetime) -> None:
+    """The lead's call has ended (called, not_reached, canceled by Aimylogic): plan its outcome's write-backs."""
+    for task in RESULT_TASKS:
+        set_work(record, task, now, attempts=0)
+
+
+def save_work(services: Services, record: LeadRecord, now: datetime, note: str = "", *, owner: str | None) -> bool:
+    """Write the lead's work as it now is, status unchanged; a history line only when there is a note.
+
+    The lease is dropped with the write; False when `owner` lost it (another worker has the lead).
+    """
+    record.lease_owner = record.lease_until = None
+    _sync_due(record)
+    if note:
+        record.updated_at = now
+        record.history.append({"at": now.isoformat(), "status": str(record.status), "note": note})
+    saved = services.store.update(record, owner)
+    if saved and note:
+        log_transition(record, note)
+    return saved

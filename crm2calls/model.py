@@ -14,7 +14,11 @@ class Status(StrEnum):
     RECEIVED = "received"  # stored; its phone must still be fetched from the CRM (enrichment)
     PENDING = "pending"  # the addPhones entry is rendered and frozen, waiting to be sent
     SENDING = "sending"  # claimed by a worker under a lease; an expired lease makes it pending again
-    SENT = "sent"  # Aimylogic accepted it (job id recorded)
+    SENT = "sent"  # Aimylogic accepted it (job id recorded); its job is followed from here
+    CALLING = "calling"  # its job is planned, being dialled or waiting for a redial (jobStatus)
+    CALLED = "called"  # the robot talked to someone (longCallWithResult, longCallWithNoResult)
+    NOT_REACHED = "not_reached"  # every attempt failed (noAnswer, nonexistentNumber, notDone)
+    CANCELED = "canceled"  # stopped before it was called: the CRM closed the lead, an operator, or Aimylogic
     HELD = "held"  # a guard holds it (rate cap, paused campaign); released later, never dropped
     DUPLICATE = "duplicate"  # the same person was already called within the duplicate window
     REJECTED = "rejected"  # cannot be called: no phone, invalid number, refused by the API
@@ -23,11 +27,37 @@ class Status(StrEnum):
     DRY_RUN = "dry_run"  # a dry run logged its entry instead of sending it; `leads retry` sends it for real
 
 
-# Statuses nothing moves on by itself (an operator's `leads retry` may). A lead is final when it is in
-# one of them and has no follow-up work left (LeadRecord.final): purge and the DynamoDB TTL read that.
+# Statuses the lead's own delivery is over in (an operator's `leads retry` may start some again). A lead is
+# final when it is in one of them and has no follow-up work due (LeadRecord.final): purge and the DynamoDB
+# TTL read that. SENT and CALLING move on only through follow-up work (polling the job).
 END_STATUSES = frozenset(
-    {Status.SENT, Status.DUPLICATE, Status.REJECTED, Status.FAILED, Status.EXPIRED, Status.DRY_RUN}
+    {
+        Status.SENT,
+        Status.CALLING,
+        Status.CALLED,
+        Status.NOT_REACHED,
+        Status.CANCELED,
+        Status.DUPLICATE,
+        Status.REJECTED,
+        Status.FAILED,
+        Status.EXPIRED,
+        Status.DRY_RUN,
+    }
 )
+# The statuses whose leads may carry follow-up work; the follow-up pass claims from these (crm2calls/followup.py).
+FOLLOWED_STATUSES = (Status.SENT, Status.CALLING, Status.CALLED, Status.NOT_REACHED, Status.CANCELED)
+
+
+@dataclass
+class WorkItem:
+    """One piece of follow-up work on a lead (poll its job, write its outcome back, cancel its job).
+
+    due None: parked, nothing runs it until an operator replays it (a dead letter; `error` says why).
+    """
+
+    due: datetime | None
+    attempts: int = 0
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,15 +117,39 @@ class LeadRecord:
     lease_owner: str | None = None
     lease_until: datetime | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # [{"at", "status", "note"}]
-    # Follow-up work after the send (polling the job, writing an outcome back, cancelling), each with
-    # its own due time: {"poll": datetime, ...}. next_attempt_at is the lead's own next step.
-    work: dict[str, datetime] = field(default_factory=dict)
+    # Follow-up work after the send, by task name ("poll", "cancel", "write_back", ...); in FOLLOWED_STATUSES
+    # next_attempt_at is the earliest due item, so the store's due index finds it (lifecycle.set_work).
+    work: dict[str, WorkItem] = field(default_factory=dict)
     campaign: str = "default"  # the Aimylogic campaign it goes to, chosen when its entry is rendered
     # A fingerprint of the token that placed job_id (never the token): polling and cancelling use the
     # campaign's token only while it is still this one.
     job_token: str | None = None
+    # What became of its call, from Aimylogic's report: job_status, call_result, attempts, duration_s,
+    # started_at, finished_at (ISO 8601 UTC), report (reportData), tag.
+    outcome: dict[str, Any] | None = None
 
     @property
     def final(self) -> bool:
-        """Nothing is left to do for this lead: an end status and no follow-up work."""
-        return self.status in END_STATUSES and not self.work
+        """Nothing is left to do for this lead: an end status and no follow-up work due."""
+        return self.status in END_STATUSES and not any(item.due for item in self.work.values())
+
+    def work_due(self) -> datetime | None:
+        """When its earliest follow-up work is due (None: none is)."""
+        return min((item.due for item in self.work.values() if item.due), default=None)
+
+
+@dataclass(frozen=True)
+class StopEvent:
+    """A CRM saying "stop calling this record": closed, won, lost, deleted, merged, archived.
+
+    key: idempotency key of the event within its source; record: the CRM record it names as
+    "<type>:<id>" ("lead:123", "contact:9", "deal:5"); reason: what the CRM said, for people;
+    check: True when the event alone does not say whether to stop (an update event): the worker looks
+    the record up in the CRM, and only while we still have work for it.
+    """
+
+    key: str
+    record: str
+    reason: str
+    check: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)

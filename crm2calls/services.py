@@ -26,6 +26,7 @@ class Services:
     store_factory: Callable[[], LeadStore] | None = None
     dialer_factory: Callable[[], Dialer] | None = None
     notify: Callable[[], None] = lambda: None  # wakes the local delivery worker after a store write
+    notify_follow_up: Callable[[], None] = lambda: None  # wakes the follow-up worker: work due at once (a stop)
     _store: LeadStore | None = field(default=None, repr=False)
     _dialers: dict[str, Dialer] = field(default_factory=dict, repr=False)
     _sources: dict[str, Source] = field(default_factory=dict, repr=False)

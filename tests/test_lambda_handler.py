@@ -216,8 +216,12 @@ def module_store(created_table) -> Any:
 def store(aws_env, module_store) -> Any:  # noqa: F811
     """The table's store, emptied of every item but its schema version."""
     client = module_store._client
-    keys = [item["pk"] for page in client.get_paginator("scan").paginate(TableName=TABLE, ProjectionExpression="pk")
-            for item in page["Items"] if item["pk"]["S"] != "SCHEMA"]
+    keys = [
+        item["pk"]
+        for page in client.get_paginator("scan").paginate(TableName=TABLE, ProjectionExpression="pk")
+        for item in page["Items"]
+        if item["pk"]["S"] != "SCHEMA"
+    ]
     for start in range(0, len(keys), 25):
         requests = [{"DeleteRequest": {"Key": {"pk": key}}} for key in keys[start : start + 25]]
         client.batch_write_item(RequestItems={TABLE: requests})
@@ -329,7 +333,8 @@ def test_every_scheduled_function_exists_and_gets_a_valid_rule_name(stage):
     config = json.loads((ROOT / "zappa_settings.json").read_text())
     events = config["base"]["events"]
     assert {event["function"] for event in events} == {
-        f"crm2calls.lambda_tasks.{name}" for name in ("deliver", "reconcile_amocrm", "reconcile_bitrix24", "renew_zoho")
+        f"crm2calls.lambda_tasks.{name}"
+        for name in ("deliver", "follow_up", "reconcile_amocrm", "reconcile_bitrix24", "renew_zoho")
     }
     for event in events:
         module, name = event["function"].rsplit(".", 1)
@@ -589,7 +594,7 @@ def test_a_refused_kick_still_stores_the_lead_and_the_sweep_sends_it(invoke, lam
     response = invoke(http_event("function_url", "POST", "/webhooks/generic", f"key={SECRET}", one_lead()))
     assert response["statusCode"] == 202
     assert awaiting(store) == 1
-    assert any("could not start an asynchronous delivery pass" in r.getMessage() for r in caplog.records)
+    assert any("could not start an asynchronous pass" in r.getMessage() for r in caplog.records)
 
     result = invoke(load_event("scheduled"))
 
@@ -676,9 +681,13 @@ def test_the_scheduled_zoho_renewal_subscribes_the_function_url(invoke, monkeypa
     with ZohoStandIn(utcnow) as zoho:
         url = "https://" + load_event("function_url")["headers"]["host"]
         for name, value in {
-            "ZOHO_API_DOMAIN": zoho.url, "ZOHO_ACCOUNTS_URL": zoho.url, "ZOHO_CLIENT_ID": zoho.client_id,
-            "ZOHO_CLIENT_SECRET": zoho.client_secret, "ZOHO_REFRESH_TOKEN": zoho.refresh_token,
-            "ZOHO_CHANNEL_ID": "1000000068001", "ZOHO_NOTIFY_TOKEN": "zoho-notify-token-for-tests",
+            "ZOHO_API_DOMAIN": zoho.url,
+            "ZOHO_ACCOUNTS_URL": zoho.url,
+            "ZOHO_CLIENT_ID": zoho.client_id,
+            "ZOHO_CLIENT_SECRET": zoho.client_secret,
+            "ZOHO_REFRESH_TOKEN": zoho.refresh_token,
+            "ZOHO_CHANNEL_ID": "1000000068001",
+            "ZOHO_NOTIFY_TOKEN": "zoho-notify-token-for-tests",
             "PUBLIC_BASE_URL": url,
         }.items():
             monkeypatch.setenv(name, value)
@@ -730,11 +739,11 @@ def test_a_kicker_starts_once_per_window_and_retries_after_a_failure(caplog):
     assert starts == [0.0, 2.0]
 
 
-def test_create_table_is_on_demand_with_the_due_index_and_ttl(created_table):
+def test_create_table_is_on_demand_with_its_indexes_and_ttl(created_table):
     table = created_table
     assert table["table"] == TABLE and table["status"] == "ACTIVE"
     assert table["billing"] == "PAY_PER_REQUEST"
-    assert table["indexes"] == ["due"]
+    assert table["indexes"] == ["due", "ref"]
     assert table["ttl"].startswith("expires_at (")
     from crm2calls.aws import create_table
 
@@ -749,8 +758,12 @@ def test_the_printed_policy_grants_the_table_the_logs_and_self_invoke_only():
     out = io.StringIO()
     print_policy(table, function, file=out)
     policy = json.loads(out.getvalue())
-    granted = {(action, resource) for statement in policy["Statement"] for action in _list(statement["Action"])
-               for resource in _list(statement["Resource"])}
+    granted = {
+        (action, resource)
+        for statement in policy["Statement"]
+        for action in _list(statement["Action"])
+        for resource in _list(statement["Resource"])
+    }
     assert ("dynamodb:UpdateItem", table) in granted and ("dynamodb:Query", f"{table}/index/due") in granted
     assert ("lambda:InvokeFunction", function) in granted
     log_group = f"arn:aws:logs:eu-central-1:123456789012:log-group:/aws/lambda/{FUNCTION}"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from crm2calls.errors import StoreError
-from crm2calls.model import END_STATUSES, LeadRecord, Status
+from crm2calls.model import END_STATUSES, LeadRecord, Status, WorkItem
 from crm2calls.store import open_store
 from crm2calls.store.base import SCHEMA_VERSION, Backlog, ClaimRefusedError, Claims, Counter, LeadStore
 from tests.servers import aws_env, moto_endpoint  # noqa: F401  (fixtures)
@@ -168,9 +168,13 @@ def test_every_field_round_trips_through_insert_get_and_update(store: LeadStore)
         "lease_owner": "worker-a",
         "lease_until": datetime(2025, 3, 3, 9, 7, tzinfo=UTC),
         "history": [{"at": "2025-03-03T09:00:00+00:00", "status": "pending", "note": "rendered"}, {"n": [1, None]}],
-        "work": {"poll": datetime(2025, 3, 3, 9, 6, tzinfo=UTC)},
+        "work": {
+            "poll": WorkItem(datetime(2025, 3, 3, 9, 6, tzinfo=UTC)),
+            "write_back": WorkItem(None, attempts=8, error="HTTP 503 from amocrm"),
+        },
         "campaign": "renewals",
         "job_token": None,
+        "outcome": {"job_status": "noAnswer", "attempts": 2, "report": {"answer": "да"}},
     }
     assert set(values) == {f.name for f in fields(LeadRecord)}  # a new field must be added here
     full = LeadRecord(**values)
@@ -196,6 +200,7 @@ def test_every_field_round_trips_through_insert_get_and_update(store: LeadStore)
         history=[*full.history, {"at": "2025-03-03T09:10:00+00:00", "status": "sent", "note": ""}],
         work={},
         job_token="3f2a9c1e",
+        outcome=None,
     )
     assert store.update(changed, owner="worker-a") is True
     assert store.get("lead-full") == changed
@@ -437,7 +442,7 @@ def test_purge_removes_old_final_leads_and_frees_their_keys(store: LeadStore) ->
         lead(10, status=Status.PENDING),
         lead(11, status=Status.HELD),
         lead(12, status=Status.SENT, at=cutoff),
-        lead(13, status=Status.SENT, work={"poll": T0 + DAY}),  # sent, but its job is still followed
+        lead(13, status=Status.SENT, work={"poll": WorkItem(T0 + DAY)}),  # sent, but its job is still followed
     ]
     for record in [*old_final, *kept]:
         store.insert(record)
@@ -564,7 +569,7 @@ def test_sqlite_v1_store_upgrades_its_final_leads_and_slots(tmp_path: Any) -> No
         _create_v1(conn)
         conn.execute("PRAGMA user_version = 1")
         for record in (lead(1, status=Status.SENT), lead(2)):
-            v2_columns = ("work", "final", "campaign", "job_token")
+            v2_columns = ("work", "final", "campaign", "job_token", "outcome")
             row = {name: value for name, value in to_row(record).items() if name not in v2_columns}
             sql = f"INSERT INTO leads ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})"  # noqa: S608
             conn.execute(sql, list(row.values()))
@@ -609,6 +614,8 @@ def test_leads_stored_before_campaigns_belong_to_default(backend: Backend, store
     if backend.name == "sqlite":
         with sqlite3.connect(store.path) as conn:
             conn.execute("DROP INDEX leads_status_campaign")
+            conn.execute("DROP INDEX leads_ref")  # a v2 database has neither v3's nor v4's columns
+            conn.execute("ALTER TABLE leads DROP COLUMN outcome")
             conn.execute("ALTER TABLE leads DROP COLUMN job_token")
             conn.execute("ALTER TABLE leads DROP COLUMN campaign")
     else:
@@ -624,6 +631,45 @@ def test_leads_stored_before_campaigns_belong_to_default(backend: Backend, store
     assert [r.id for r in upgraded.list(campaign="default")] == ["lead-1"] and upgraded.list(campaign="x") == []
     assert upgraded.get_meta("campaign") is None
     assert upgraded.get_meta("campaign:default") == {"paused": True, "reason": "token refused"}
+
+
+def test_find_by_ref_returns_every_lead_of_one_crm_record_oldest_first(store: LeadStore) -> None:
+    store.insert(replace(lead(1), ref="lead:77"))
+    store.insert(replace(lead(2), ref="lead:77", created_at=T0 - MIN))
+    store.insert(replace(lead(3), ref="lead:78"))
+    store.insert(replace(lead(4), ref="lead:77", source="bitrix24"))
+    assert [r.id for r in store.find_by_ref("amocrm", "lead:77")] == ["lead-2", "lead-1"]
+    assert store.find_by_ref("amocrm", "lead:79") == []
+
+
+def test_parked_work_leaves_a_lead_final_and_due_work_does_not(store: LeadStore) -> None:
+    parked = lead(1, status=Status.CALLED, work={"write_back": WorkItem(None, 8, "HTTP 500")})
+    due = lead(2, status=Status.CALLED, work={"write_back": WorkItem(T0 + MIN)})
+    store.insert(parked)
+    store.insert(due)
+    assert store.get("lead-1").work == parked.work
+    assert store.purge(T0 + DAY) == 1 and store.get("lead-2") is not None
+
+
+def test_leads_stored_before_outcomes_are_found_by_ref(backend: Backend, store: LeadStore) -> None:
+    store.insert(replace(lead(1), ref="lead:77"))
+    if backend.name == "sqlite":
+        with sqlite3.connect(store.path) as conn:
+            conn.execute("DROP INDEX leads_ref")
+            conn.execute("ALTER TABLE leads DROP COLUMN outcome")
+    else:
+        import boto3
+
+        client = boto3.client("dynamodb")
+        client.update_table(TableName=store.table, GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": "ref"}}])
+        client.update_item(
+            TableName=store.table, Key={"pk": {"S": "LEAD#lead-1"}}, UpdateExpression="REMOVE source_ref"
+        )
+    backend.set_schema_version(3)
+    upgraded = backend.open()
+    upgraded.migrate()
+    assert [r.id for r in upgraded.find_by_ref("amocrm", "lead:77")] == ["lead-1"]
+    assert upgraded.get("lead-1").outcome is None
 
 
 def test_held_leads_are_counted_per_campaign(store: LeadStore) -> None:
@@ -686,18 +732,19 @@ def test_sqlite_processes_never_share_a_lead(tmp_path: Any) -> None:
 def test_dynamodb_migrate_creates_the_table_it_describes(aws_env: str) -> None:  # noqa: F811
     import boto3
 
-    from crm2calls.store.dynamodb import DUE_INDEX, DynamoDBStore, iam_policy
+    from crm2calls.store.dynamodb import DUE_INDEX, REF_INDEX, DynamoDBStore, iam_policy
 
     store = DynamoDBStore(f"leads-{uuid.uuid4().hex[:12]}")
     store.migrate()
     client = boto3.client("dynamodb")
     table = client.describe_table(TableName=store.table)["Table"]
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
-    assert [index["IndexName"] for index in table["GlobalSecondaryIndexes"]] == [DUE_INDEX]
+    assert [index["IndexName"] for index in table["GlobalSecondaryIndexes"]] == [DUE_INDEX, REF_INDEX]
     ttl = client.describe_time_to_live(TableName=store.table)["TimeToLiveDescription"]
     assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
     [statement] = iam_policy(table["TableArn"])["Statement"]
-    assert statement["Resource"] == [table["TableArn"], f"{table['TableArn']}/index/{DUE_INDEX}"]
+    indexes = [f"{table['TableArn']}/index/{name}" for name in (DUE_INDEX, REF_INDEX)]
+    assert statement["Resource"] == [table["TableArn"], *indexes]
 
 
 def test_dynamodb_keys_counters_and_final_leads_expire_by_ttl(aws_env: str) -> None:  # noqa: F811
@@ -722,7 +769,9 @@ def test_dynamodb_keys_counters_and_final_leads_expire_by_ttl(aws_env: str) -> N
     assert expires("LEAD#lead-1") == int((T0 + MIN + timedelta(days=30)).timestamp())
     store.update(replace(record, status=Status.PENDING, updated_at=T0 + 2 * MIN), owner=None)  # `leads retry`
     assert expires("LEAD#lead-1") is None
-    store.update(replace(record, status=Status.SENT, work={"poll": T0 + DAY}), owner=None)  # followed: not final
+    store.update(
+        replace(record, status=Status.SENT, work={"poll": WorkItem(T0 + DAY)}), owner=None
+    )  # followed: not final
     assert expires("LEAD#lead-1") is None
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from crm2calls.config import Settings
 from crm2calls.errors import EnrichmentError, UnauthorizedError, UnknownSourceError, UnsupportedMediaTypeError
-from crm2calls.model import Lead, LeadEvent, Status
+from crm2calls.model import Lead, LeadEvent, LeadRecord, Status, StopEvent
 from crm2calls.policy import SourcePolicy
 
 if TYPE_CHECKING:
@@ -85,11 +85,19 @@ def secret_matches(given: str | None, secrets: tuple[str, ...]) -> bool:
     return matched
 
 
+@dataclass(frozen=True)
+class Written:
+    """What the CRM made of a call's outcome: the id of the note, activity or task it created."""
+
+    id: str
+
+
 class Source:
-    """A CRM adapter: authenticate, parse into lead events, enrich, acknowledge.
+    """A CRM adapter: authenticate, parse into lead and stop events, enrich, acknowledge, write outcomes back.
 
     Subclasses set `name` and `content_types`, implement parse() and, when their webhooks carry
-    only ids, enrich(). Instances are built per app and must be thread-safe.
+    only ids, enrich(); write_back() and parse_stops() where the CRM has them. Instances are built
+    per app and must be thread-safe.
     """
 
     name: ClassVar[str]
@@ -145,6 +153,42 @@ class Source:
         429, 5xx), not retryable when it never will (lead deleted, 401).
         """
         raise EnrichmentError(f"{self.name} cannot fetch leads from its API", retryable=False)
+
+    def parse_stops(self, request: InboundRequest) -> list[StopEvent]:
+        """The "stop calling" events in the body (a lead closed, won, lost, deleted); none by default.
+
+        Called on every authenticated request beside parse(): a body may hold lead events, stop events
+        or both. Never calls the CRM (the request path); an event that needs a lookup has check=True.
+        """
+        return []
+
+    def check_stop(self, event: StopEvent, now: datetime) -> str | None:
+        """For a check=True event (runs in the worker): look the record up; the reason to stop, or None to go on.
+
+        Raises EnrichmentError like enrich() when the CRM cannot answer now.
+        """
+        return None
+
+    def can_write_back(self) -> bool:
+        """Are this CRM's API credentials set, so that write_back() can work?"""
+        return False
+
+    def write_back(self, record: LeadRecord, note: str, outcome: dict[str, Any]) -> Written:
+        """Put a call's outcome onto the CRM record the lead came from (runs in the worker).
+
+        Raises WriteBackError: retryable through an outage, 429 or expired token; scope=True on a 403.
+        """
+        from crm2calls.errors import WriteBackError
+
+        raise WriteBackError(f"{self.name} cannot write call outcomes back", retryable=False)
+
+    def find_written(self, record: LeadRecord, job_id: str) -> Written | None:
+        """Look for an outcome we wrote before for this job (the note names the job id), before writing again.
+
+        None: not found. NotImplementedError: the CRM cannot list a record's notes (such a write is at
+        least once, and the guide says so).
+        """
+        raise NotImplementedError
 
     def acknowledge(self, results: list[IntakeResult]) -> Ack:
         """Default: 202 with a JSON summary per lead."""

@@ -10,7 +10,7 @@ from crm2calls.errors import Crm2CallsError
 from crm2calls.model import LeadRecord, Status
 
 KEY_TTL = timedelta(days=8)  # CRMs retry for up to 3 days; keys must outlive that by a margin
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,9 @@ class LeadStore(Protocol):
 
     def find(self, key: str) -> LeadRecord | None:
         """The lead stored under an idempotency key, if any (a CRM retry is answered from it)."""
+
+    def find_by_ref(self, source: str, ref: str) -> list[LeadRecord]:
+        """The leads that came from this CRM record (LeadRecord.ref within its source), oldest first."""
 
     def claim(self, status: Status, now: datetime, lease_seconds: int, limit: int, owner: str) -> list[LeadRecord]:
         """Lease up to `limit` due leads of `status` to `owner`, oldest first.

@@ -10,6 +10,7 @@ Items, all under one string hash key `pk`:
   META#{name}       a small JSON document
   SCHEMA            the schema version
 The `due` index (status, next_attempt_at) holds only leads with a next_attempt_at: the work to claim.
+The `ref` index (source_ref = "{source}#{ref}", keys only) finds the leads a CRM record gave (stop events).
 expires_at is epoch seconds and the table's TTL attribute; the code never relies on TTL having run.
 list(), count_by_status(), purge() and forget() Scan the table: they are operator commands, not hot paths.
 """
@@ -33,6 +34,7 @@ from crm2calls.store.base import KEY_TTL, NO_CLAIMS, SCHEMA_VERSION, Backlog, Cl
 from crm2calls.store.records import MUTABLE_COLUMNS, Row, from_row, iso, to_row
 
 DUE_INDEX = "due"
+REF_INDEX = "ref"
 FINAL_RETENTION = timedelta(days=90)  # TTL of a lead once final; `leads purge` may remove it sooner
 TRANSACTION_TRIES = 5  # concurrent transactions on one item cancel each other; retry briefly
 _CLIENT_LOCK = threading.Lock()
@@ -96,7 +98,7 @@ def iam_policy(table_arn: str) -> dict[str, Any]:
                     "dynamodb:Query",
                     "dynamodb:Scan",
                 ],
-                "Resource": [table_arn, f"{table_arn}/index/{DUE_INDEX}"],
+                "Resource": [table_arn, f"{table_arn}/index/{DUE_INDEX}", f"{table_arn}/index/{REF_INDEX}"],
             }
         ],
     }
@@ -120,7 +122,7 @@ class DynamoDBStore:
             self._client = boto3.client("dynamodb", config=config)
 
     def table_definition(self) -> dict[str, Any]:
-        """The create_table arguments: on-demand, hash key pk, the sparse `due` index."""
+        """The create_table arguments: on-demand, hash key pk, the sparse `due` index and the `ref` index."""
         return {
             "TableName": self.table,
             "BillingMode": "PAY_PER_REQUEST",
@@ -129,6 +131,7 @@ class DynamoDBStore:
                 {"AttributeName": "pk", "AttributeType": "S"},
                 {"AttributeName": "status", "AttributeType": "S"},
                 {"AttributeName": "next_attempt_at", "AttributeType": "S"},
+                {"AttributeName": "source_ref", "AttributeType": "S"},
             ],
             "GlobalSecondaryIndexes": [
                 {
@@ -141,8 +144,17 @@ class DynamoDBStore:
                         "ProjectionType": "INCLUDE",
                         "NonKeyAttributes": ["created_at", "lease_owner", "lease_until"],
                     },
-                }
+                },
+                self._ref_index(),
             ],
+        }
+
+    @staticmethod
+    def _ref_index() -> dict[str, Any]:
+        return {
+            "IndexName": REF_INDEX,
+            "KeySchema": [{"AttributeName": "source_ref", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
         }
 
     # Schema
@@ -225,6 +237,24 @@ class DynamoDBStore:
             self._client.put_item(TableName=self.table, Item={**old["Item"], "pk": {"S": "META#campaign:default"}})
             self._client.delete_item(TableName=self.table, Key=self._key("META#campaign"))
 
+    def _v4_outcomes(self) -> None:
+        """Leads found by the CRM record they came from: the `ref` index, and source_ref on older leads."""
+        table = self._client.describe_table(TableName=self.table)["Table"]
+        if REF_INDEX not in {index["IndexName"] for index in table.get("GlobalSecondaryIndexes", [])}:
+            with suppress(self._client.exceptions.ResourceInUseException):  # a concurrent migrate is adding it
+                self._client.update_table(
+                    TableName=self.table,
+                    AttributeDefinitions=[{"AttributeName": "source_ref", "AttributeType": "S"}],
+                    GlobalSecondaryIndexUpdates=[{"Create": self._ref_index()}],
+                )
+        for item in self._scan_leads({}, projection=("pk", "source", "ref")):
+            self._client.update_item(
+                TableName=self.table,
+                Key={"pk": item["pk"]},
+                UpdateExpression="SET source_ref = if_not_exists(source_ref, :ref)",
+                ExpressionAttributeValues={":ref": {"S": f"{item['source']['S']}#{item['ref']['S']}"}},
+            )
+
     # Leads
 
     @staticmethod
@@ -236,7 +266,7 @@ class DynamoDBStore:
         expires = None
         if row["final"]:
             expires = _epoch(datetime.fromisoformat(str(row["updated_at"])) + self.retention)
-        return {**row, "expires_at": expires}
+        return {**row, "expires_at": expires, "source_ref": f"{row['source']}#{row['ref']}"}
 
     @_store_errors
     def insert(self, record: LeadRecord, claims: Claims = NO_CLAIMS) -> tuple[LeadRecord, bool]:
@@ -356,6 +386,23 @@ class DynamoDBStore:
         """The lead stored under an idempotency key, if any."""
         found = self._client.get_item(TableName=self.table, Key=self._key(f"KEY#{key}"), ConsistentRead=True)
         return self.get(found["Item"]["lead_id"]["S"]) if "Item" in found else None
+
+    @_store_errors
+    def find_by_ref(self, source: str, ref: str) -> list[LeadRecord]:
+        """The leads that came from this CRM record, oldest first: the `ref` index, then each lead read consistently."""
+        query: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": REF_INDEX,
+            "KeyConditionExpression": "source_ref = :ref",
+            "ExpressionAttributeValues": {":ref": {"S": f"{source}#{ref}"}},
+        }
+        records = []
+        while True:
+            page = self._client.query(**query)
+            records += [lead for item in page["Items"] if (lead := self.get(item["pk"]["S"][len("LEAD#") :]))]
+            if "LastEvaluatedKey" not in page:
+                return sorted(records, key=lambda r: (r.created_at, r.id))
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     @_store_errors
     def claim(self, status: Status, now: datetime, lease_seconds: int, limit: int, owner: str) -> list[LeadRecord]:
@@ -715,4 +762,5 @@ MIGRATIONS: dict[int, Callable[[DynamoDBStore], None]] = {
     1: DynamoDBStore._create_v1,
     2: DynamoDBStore._v2_final,
     3: DynamoDBStore._v3_campaigns,
+    4: DynamoDBStore._v4_outcomes,
 }

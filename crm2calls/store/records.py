@@ -12,7 +12,7 @@ from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
-from crm2calls.model import LeadRecord, Status
+from crm2calls.model import LeadRecord, Status, WorkItem
 
 FIELDS = tuple(f.name for f in fields(LeadRecord))
 DATETIME_FIELDS = frozenset({"created_at", "updated_at", "next_attempt_at", "lease_until"})
@@ -48,7 +48,9 @@ def to_row(record: LeadRecord) -> Row:
         elif name == "history":
             value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         elif name == "work":
-            value = json.dumps({task: iso(due) for task, due in sorted(value.items())}, separators=(",", ":"))
+            value = json.dumps({task: _work_row(item) for task, item in sorted(value.items())}, separators=(",", ":"))
+        elif name == "outcome":
+            value = None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         row[name] = value
     row["final"] = int(record.final)
     return row
@@ -64,5 +66,22 @@ def from_row(row: Mapping[str, Any]) -> LeadRecord:
     values["campaign"] = values["campaign"] or "default"  # stored before campaigns existed
     values["attempts"] = int(values["attempts"] or 0)
     values["history"] = json.loads(values["history"]) if values["history"] else []
-    values["work"] = {task: parse_iso(due) for task, due in json.loads(values["work"] or "{}").items()}
+    values["work"] = {task: _work_item(item) for task, item in json.loads(values["work"] or "{}").items()}
+    values["outcome"] = json.loads(values["outcome"]) if values["outcome"] else None
     return LeadRecord(**values)
+
+
+def _work_row(item: WorkItem) -> dict[str, Any]:
+    row: dict[str, Any] = {"due": None if item.due is None else iso(item.due)}
+    if item.attempts:
+        row["attempts"] = item.attempts
+    if item.error:
+        row["error"] = item.error
+    return row
+
+
+def _work_item(value: Any) -> WorkItem:
+    if isinstance(value, str):  # schema v2/v3 kept only the due time
+        return WorkItem(parse_iso(value))
+    due = value.get("due")
+    return WorkItem(None if due is None else parse_iso(due), int(value.get("attempts", 0)), value.get("error"))

@@ -83,11 +83,18 @@ def _v3_campaigns(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE OR REPLACE meta SET name = 'campaign:default' WHERE name = 'campaign'")
 
 
+def _v4_outcomes(conn: sqlite3.Connection) -> None:
+    """A call's outcome per lead; leads found by the CRM record they came from (stop events name it)."""
+    conn.execute("ALTER TABLE leads ADD COLUMN outcome TEXT")
+    conn.execute("CREATE INDEX leads_ref ON leads (source, ref)")
+
+
 # Step n takes the schema from version n-1 to n.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _create_v1,
     2: _v2_work_and_final,
     3: _v3_campaigns,
+    4: _v4_outcomes,
 }
 
 # One statement, so atomic: an expired counter restarts at 1, a live one grows while under the limit.
@@ -223,6 +230,12 @@ class SQLiteStore:
         return None if row is None else from_row(dict(row))
 
     @_store_errors
+    def find_by_ref(self, source: str, ref: str) -> list[LeadRecord]:
+        """The leads that came from this CRM record, oldest first."""
+        sql = "SELECT * FROM leads WHERE source = ? AND ref = ? ORDER BY created_at, id"
+        return [from_row(dict(row)) for row in self._conn().execute(sql, (source, ref))]
+
+    @_store_errors
     def claim(self, status: Status, now: datetime, lease_seconds: int, limit: int, owner: str) -> list[LeadRecord]:
         """Lease up to `limit` due leads of `status` to `owner`, earliest next_attempt_at first."""
         if limit < 1:
@@ -313,10 +326,12 @@ class SQLiteStore:
     def backlog(self) -> Backlog:
         """How many leads wait to be sent, and how many are held (the due index: no table scan)."""
         counts = dict(
-            self._conn().execute(
+            self._conn()
+            .execute(
                 "SELECT status, COUNT(*) FROM leads WHERE status IN (?, ?, ?, ?) GROUP BY status",
                 (*WAITING, Status.HELD.value),
-            ).fetchall()
+            )
+            .fetchall()
         )
         return Backlog(waiting=sum(counts.get(status, 0) for status in WAITING), held=counts.get(Status.HELD.value, 0))
 
