@@ -424,6 +424,14 @@ def leads_deliver() -> None:
     click.echo(str(report))
 
 
+@leads_cli.command("follow-up")
+def leads_follow_up() -> None:
+    """Run one follow-up pass now: poll calls, cancel, write outcomes back (what the schedule runs on Lambda)."""
+    from crm2calls.followup import follow_up
+
+    click.echo(str(follow_up(_services())))
+
+
 @leads_cli.command("purge")
 @click.option("--older-than", "older_than", required=True, help="Age such as 30d.")
 def leads_purge(older_than: str) -> None:
