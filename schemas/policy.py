@@ -307,7 +307,7 @@ class ResultsSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    write_back = fields.Boolean(strict=True)
+    write_back = fields.Boolean(truthy={True}, falsy={False})  # TOML true/false, not "yes"
     note = fields.String(validate=check_note)
     language = fields.String(validate=validate.OneOf(NOTE_LANGUAGES))
 

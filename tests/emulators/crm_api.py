@@ -46,6 +46,7 @@ class StandIn:
         self.delay = 0.0  # seconds every answer waits (a slow CRM)
         self._script: deque[Callable[[], Response]] = deque()
         self._lost_answers: deque[int] = deque()  # statuses that replace answers of handled requests
+        self.down_status: int | None = None  # while set, every request is answered with it (an outage)
         self._lock = threading.Lock()
         self._server = LocalServer(self._app)
 
@@ -93,6 +94,8 @@ class StandIn:
             scripted = self._script.popleft() if self._script else None
         if self.delay:
             time.sleep(self.delay)
+        if scripted is None and self.down_status is not None:
+            scripted = lambda: json_response({"error": "down"}, self.down_status)  # noqa: E731
         response = scripted() if scripted is not None else self.handle(request)
         if scripted is None:
             with self._lock:

@@ -1,0 +1,44 @@
+"""Leads whose call has ended, as the polling part leaves them: built directly and stored, write-back due."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from crm2calls.model import LeadRecord, Status, WorkItem
+from tests.conftest import FIXTURES
+
+OUTCOMES = json.loads((FIXTURES / "writeback" / "outcomes.json").read_text())
+
+
+def ended_lead(source: str, ref: str, now: datetime, outcome: str = "called", **changes: Any) -> LeadRecord:
+    """A lead of `source` from CRM record `ref` whose job ended (fixture outcome `outcome`), write-back due now."""
+    result = {**OUTCOMES[outcome], **changes.pop("outcome", {})}
+    status = Status.CALLED if result["job_status"].startswith("longCall") else Status.NOT_REACHED
+    lead_id = uuid.uuid4().hex
+    return LeadRecord(
+        id=lead_id,
+        source=source,
+        key=f"{source}:{ref}:{lead_id[:6]}",
+        ref=ref,
+        status=status,
+        created_at=now - timedelta(minutes=10),
+        updated_at=now,
+        next_attempt_at=now,
+        job_id=result["job_id"],
+        phone_masked="7912*****89",
+        history=[{"at": now.isoformat(), "status": str(status), "note": f"job {result['job_id']} ended"}],
+        work={"write_back": WorkItem(now)},
+        outcome=result,
+        **changes,
+    )
+
+
+def store_ended(services: Any, source: str, ref: str, outcome: str = "called", **changes: Any) -> LeadRecord:
+    """ended_lead() inserted in the services' store."""
+    record = ended_lead(source, ref, services.clock(), outcome, **changes)
+    stored, created = services.store.insert(record)
+    assert created
+    return stored
