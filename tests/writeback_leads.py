@@ -13,9 +13,12 @@ from tests.conftest import FIXTURES
 OUTCOMES = json.loads((FIXTURES / "writeback" / "outcomes.json").read_text())
 
 
-def ended_lead(source: str, ref: str, now: datetime, outcome: str = "called", **changes: Any) -> LeadRecord:
-    """A lead of `source` from CRM record `ref` whose job ended (fixture outcome `outcome`), write-back due now."""
-    result = {**OUTCOMES[outcome], **changes.pop("outcome", {})}
+def ended_lead(
+    source: str, ref: str, now: datetime, kind: str = "called", outcome: dict[str, Any] | None = None, **changes: Any
+) -> LeadRecord:
+    """A lead of `source` from CRM record `ref` whose job ended (fixture outcome `kind`, then `outcome`'s
+    changes), write-back due now."""
+    result = {**OUTCOMES[kind], **(outcome or {})}
     status = Status.CALLED if result["job_status"].startswith("longCall") else Status.NOT_REACHED
     lead_id = uuid.uuid4().hex
     return LeadRecord(
@@ -36,9 +39,9 @@ def ended_lead(source: str, ref: str, now: datetime, outcome: str = "called", **
     )
 
 
-def store_ended(services: Any, source: str, ref: str, outcome: str = "called", **changes: Any) -> LeadRecord:
+def store_ended(services: Any, source: str, ref: str, kind: str = "called", **changes: Any) -> LeadRecord:
     """ended_lead() inserted in the services' store."""
-    record = ended_lead(source, ref, services.clock(), outcome, **changes)
+    record = ended_lead(source, ref, services.clock(), kind, **changes)
     stored, created = services.store.insert(record)
     assert created
     return stored
