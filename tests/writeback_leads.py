@@ -21,7 +21,7 @@ def ended_lead(
     result = {**OUTCOMES[kind], **(outcome or {})}
     status = Status.CALLED if result["job_status"].startswith("longCall") else Status.NOT_REACHED
     lead_id = uuid.uuid4().hex
-    return LeadRecord(
+    values: dict[str, Any] = dict(
         id=lead_id,
         source=source,
         key=f"{source}:{ref}:{lead_id[:6]}",
@@ -35,8 +35,8 @@ def ended_lead(
         history=[{"at": now.isoformat(), "status": str(status), "note": f"job {result['job_id']} ended"}],
         work={"write_back": WorkItem(now)},
         outcome=result,
-        **changes,
     )
+    return LeadRecord(**{**values, **changes})
 
 
 def store_ended(services: Any, source: str, ref: str, kind: str = "called", **changes: Any) -> LeadRecord:
