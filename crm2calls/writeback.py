@@ -248,6 +248,7 @@ def _write_source(run: FollowUpPass, name: str, records: list[LeadRecord]) -> No
         for record in records:
             lifecycle.write_back_dropped(services, record, now, note, owner=owner)
             metrics.write_back(name, "off")
+        _release(services, name)  # a hold from before it was turned off no longer means anything
         return
     until = held_until(services, name, now)
     if until is not None:  # the scope is still refused: wait for the probe, attempts not spent
@@ -283,8 +284,9 @@ def _write_one(run: FollowUpPass, source: Source, policy: SourcePolicy, record: 
     """Write one lead's outcome; the metrics' result."""
     services, owner = run.services, run.owner
     name = source.name
+    # One conditional write renews the lease and counts the try before the requests (run.renew's job, and more).
     until = services.clock() + lifecycle_lease()
-    if not run.renew([record]) or not lifecycle.writing_back(services, record, until, owner=owner):
+    if not lifecycle.writing_back(services, record, until, owner=owner):
         return "lost"  # another pass has the lead now
     item = record.work[TASK]
     job = job_of(record)
