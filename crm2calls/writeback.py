@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from crm2calls import lifecycle, metrics
-from crm2calls.errors import MissingCredentialsError, WriteBackError
+from crm2calls.errors import AuthError, MissingCredentialsError, OutboundError, WriteBackError
 from crm2calls.health import WRITE_BACK_META
 from crm2calls.logs import redact
 from crm2calls.model import LeadRecord
@@ -252,9 +252,9 @@ def _write_source(run: FollowUpPass, name: str, records: list[LeadRecord]) -> No
         return
     until = held_until(services, name, now)
     if until is not None:  # the scope is still refused: wait for the probe, attempts not spent
+        reason = _held_reason(services, name)
         for record in records:
-            lifecycle.write_back_later(services, record, now, until, _held_reason(services, name),
-                                       owner=owner, count=False)  # fmt: skip
+            lifecycle.write_back_later(services, record, now, until, reason, owner=owner, count=False)
         return
     accepted = False
     for index, record in enumerate(records):
@@ -269,9 +269,9 @@ def _write_source(run: FollowUpPass, name: str, records: list[LeadRecord]) -> No
             accepted = True
         if outcome == "scope_refused":
             until = held_until(services, name, services.clock()) or now + SCOPE_PROBE
+            reason = _held_reason(services, name)
             for rest in records[index + 1 :]:
-                lifecycle.write_back_later(services, rest, now, until, _held_reason(services, name),
-                                           owner=owner, count=False)  # fmt: skip
+                lifecycle.write_back_later(services, rest, now, until, reason, owner=owner, count=False)
             return
 
 
@@ -305,6 +305,10 @@ def _write_one(run: FollowUpPass, source: Source, policy: SourcePolicy, record: 
         return _failed(run, record, WriteBackError(exc.message, retryable=True), credentials=True)
     except WriteBackError as exc:
         return _failed(run, record, exc)
+    except OutboundError as exc:  # an adapter that raised its client's own errors: retry what may pass later
+        retryable = bool(getattr(exc, "retryable", False)) or isinstance(exc, AuthError)
+        return _failed(run, record, WriteBackError(exc.message, retryable, exc.retry_after),
+                       credentials=isinstance(exc, AuthError))  # fmt: skip
     now = services.clock()
     lifecycle.written_back(services, record, name, written.id, now, found=found, owner=owner)
     result = "found" if found else "written"
