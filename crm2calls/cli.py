@@ -80,6 +80,8 @@ def config_check(dev: bool) -> None:
         click.echo(describe_environment(check.settings))
     if check.policy is not None:
         click.echo(describe_policy(check.policy))
+    if check.settings is not None:
+        click.echo(describe_write_back(check.settings))
     if check.problems:
         sys.exit(2)
 
@@ -153,6 +155,18 @@ def describe_policy(policy: Policy) -> str:
             + (f"; own window: {own}" if own != common else "")
         )
     lines.append(f"    any other source: region {policy.defaults.region}")
+    return "\n".join(lines)
+
+
+def describe_write_back(settings: Settings) -> str:
+    """Per source: whether call outcomes are written back, and what the CRM's token must be allowed."""
+    from crm2calls.sources import SOURCES
+    from crm2calls.sources.base import load_source
+    from crm2calls.writeback import describe
+
+    lines = ["Write-back of call outcomes ([sources.X.results]):"]
+    for name in SOURCES:
+        lines.append(f"  {name}: {describe(load_source(name, settings), settings.policy.source(name))}")
     return "\n".join(lines)
 
 
@@ -355,12 +369,25 @@ def leads_show(lead_id: str, reveal: bool) -> None:
     click.echo(f"created {record.created_at.isoformat()}  next attempt {record.next_attempt_at}")
     if record.last_error:
         click.echo(f"last error: {record.last_error}")
+    _show_write_back(record)
     if record.entry:
         entry = json.dumps(json.loads(record.entry), indent=2, ensure_ascii=False)
         click.echo("entry:\n" + (entry if reveal else redact(entry)))
     click.echo("history:")
     for step in record.history:
         click.echo(f"  {step['at']}  {step['status']:9} {step.get('note', '')}")
+
+
+def _show_write_back(record: LeadRecord) -> None:
+    """The outcome's write-back: where it was written, or its pending or parked item and its last error."""
+    written = (record.outcome or {}).get("written")
+    item = record.work.get("write_back")
+    if written:
+        click.echo(f"write-back: written to {written['crm']} as {written['id']} at {written['at']}")
+    if item is not None:
+        state = f"due {item.due.isoformat()}" if item.due else "DEAD LETTER (`leads replay ID` writes it again)"
+        error = f"; last error: {item.error}" if item.error else ""
+        click.echo(f"write-back: {state}; attempts {item.attempts}{error}")
 
 
 def _job(svc: Services, record: LeadRecord) -> str:
@@ -413,6 +440,35 @@ def leads_retry(lead_id: str | None, all_failed: bool, all_dry_run: bool) -> Non
     svc.notify()
     summary = ", ".join(f"{status} {count}" for status, count in sorted(outcomes.items()))
     click.echo(f"{sum(outcomes.values())} lead(s) queued again ({summary or 'none'})")
+
+
+@leads_cli.command("replay")
+@click.argument("lead_ids", nargs=-1)
+@click.option("--dead", "all_dead", is_flag=True, help="Every write-back that gave up (a scan of the store).")
+def leads_replay(lead_ids: tuple[str, ...], all_dead: bool) -> None:
+    """Write call outcomes back again: the parked write-backs of these leads, or every one with --dead."""
+    from crm2calls import writeback
+
+    svc = _services()
+    if bool(lead_ids) == all_dead:
+        raise click.UsageError("give lead ids or --dead")
+    if all_dead:
+        records = writeback.dead_letters(svc)
+        counts = Counter(record.source for record in records)
+        writeback.set_dead_counts(svc, dict(counts))  # the count /healthz shows, made true again
+    else:
+        records = []
+        for lead_id in lead_ids:
+            record = svc.store.get(lead_id)
+            if record is None:
+                raise click.ClickException(f"no lead {lead_id}")
+            if not writeback.parked(record):
+                item = record.work.get("write_back")
+                why = "has no write-back" if item is None else f"has its write-back due {item.due.isoformat()}"
+                raise click.ClickException(f"lead {lead_id} {why}: only a write-back that gave up is replayed")
+            records.append(record)
+    started = writeback.replay(svc, records, svc.clock())
+    click.echo(f"{started} write-back(s) planned again; the follow-up worker writes them within a minute")
 
 
 @leads_cli.command("deliver")

@@ -25,6 +25,8 @@ log = logging.getLogger("crm2calls.health")
 
 HEALTH_META = "health"  # {"pass_at", "backlog", "held", "oldest_waiting_at"}: what the latest delivery pass saw
 CRM_AUTH_META = "crm_auth"  # {source: {"reason", "since"}} while a CRM refuses our credentials
+# {source: {"dead": n, "held": {"reason", "since", "retry_at"}}}: write-backs of call outcomes (crm2calls/writeback.py)
+WRITE_BACK_META = "write_back"
 RECORD_EVERY = timedelta(seconds=1)  # a pass that saw what the last record says rewrites it at most this often
 LAMBDA_SWEEP = timedelta(minutes=1)  # zappa_settings.json runs crm2calls.lambda_tasks.deliver every minute
 LOCAL_SILENCE = timedelta(seconds=30)  # a local worker passes every poll_seconds: this long without one is a stop
@@ -126,6 +128,7 @@ def check(services: Services) -> tuple[dict[str, Any], int]:
         last = store.get_meta(HEALTH_META)
         body["campaigns"], campaign_reasons = campaign_states(services)
         refused = store.get_meta(CRM_AUTH_META) or {}
+        write_backs = store.get_meta(WRITE_BACK_META) or {}
     except Exception as exc:  # the check must answer whatever the store raises
         log.error("health check: the lead store is unreachable: %s", redact(f"{type(exc).__name__}: {exc}"))
         reasons.insert(0, Reason("store_unreachable", STORE_MESSAGE, failing=True))
@@ -145,7 +148,29 @@ def check(services: Services) -> tuple[dict[str, Any], int]:
             f"{source} refused our API credentials since {note.get('since')}: {note.get('reason')}. Its leads that "
             f"need the API wait (nothing is lost); fix the {source.upper()}_* variables and restart.",
         ))
+    reasons.extend(write_back_reasons(write_backs))
     return _answer(body, reasons)
+
+
+def write_back_reasons(write_backs: dict[str, Any]) -> list[Reason]:
+    """What the write-back document says: a CRM refusing the write scope, dead-lettered write-backs."""
+    reasons = []
+    for source, entry in sorted(write_backs.items()):
+        held = entry.get("held")
+        if held:
+            reasons.append(Reason(
+                "write_back_refused",
+                f"{source} refuses to take call outcomes since {held.get('since')}: {held.get('reason')}. Its "
+                f"write-backs are held, not lost, and go out within minutes of the fix (docs/crm/{source}.md).",
+            ))
+        if entry.get("dead"):
+            reasons.append(Reason(
+                "write_back_dead_letters",
+                f"{entry['dead']} call outcome(s) could not be written to {source} and gave up: see "
+                f"`flask --app app leads list` and `leads show ID` for why; `flask --app app leads replay --dead` "
+                "writes them again.",
+            ))
+    return reasons
 
 
 

@@ -458,3 +458,69 @@ def save_work(services: Services, record: LeadRecord, now: datetime, note: str =
     if saved and note:
         log_transition(record, note)
     return saved
+
+
+# Write-back of a call's outcome onto the CRM record (crm2calls/writeback.py runs it).
+
+WRITE_BACK = "write_back"
+
+
+def writing_back(services: Services, record: LeadRecord, lease_until: datetime, *, owner: str) -> bool:
+    """Count the attempt in the store before its request, lease kept: a pass that finds it counted after a
+    crash looks in the CRM before writing again. False when `owner` lost the lease (nothing may be written)."""
+    item = record.work[WRITE_BACK]
+    item.attempts += 1
+    record.lease_owner, record.lease_until = owner, lease_until
+    if services.store.update(record, owner):
+        return True
+    item.attempts -= 1
+    return False
+
+
+def written_back(
+    services: Services, record: LeadRecord, crm: str, written_id: str, now: datetime, *, found: bool, owner: str
+) -> bool:
+    """The CRM holds the outcome (written now, or found written before): the item is done, the outcome keeps its id.
+
+    False when `owner` lost the lease; the pass that has the lead then finds the write in the CRM.
+    """
+    drop_work(record, WRITE_BACK)
+    record.outcome = {**(record.outcome or {}), "written": {"crm": crm, "id": written_id, "at": now.isoformat()}}
+    what = f"found written before in {crm}" if found else f"written to {crm}"
+    return save_work(services, record, now, f"{what}: note {written_id}", owner=owner)
+
+
+def write_back_later(
+    services: Services, record: LeadRecord, now: datetime, due: datetime, error: str, *, owner: str, count: bool
+) -> bool:
+    """Try the write-back again at `due`; count=False: the try was not spent (the CRM's scope is held)."""
+    item = record.work[WRITE_BACK]
+    attempts = item.attempts if count else max(item.attempts - 1, 0)
+    set_work(record, WRITE_BACK, due, attempts=attempts, error=error)
+    return save_work(services, record, now, owner=owner)
+
+
+def write_back_given_up(services: Services, record: LeadRecord, now: datetime, error: str, *, owner: str) -> bool:
+    """Park the write-back (a dead letter `leads replay` starts again): the error and why, in one history line."""
+    item = record.work[WRITE_BACK]
+    set_work(record, WRITE_BACK, None, error=error)
+    note = f"write-back to {record.source} gave up after {item.attempts} attempts: {error}; `leads replay {record.id}`"
+    return save_work(services, record, now, note, owner=owner)
+
+
+def write_back_dropped(services: Services, record: LeadRecord, now: datetime, note: str, *, owner: str) -> bool:
+    """No write-back for this lead (off for its source, or it cannot be done); a history line when `note` says why."""
+    drop_work(record, WRITE_BACK)
+    return save_work(services, record, now, note, owner=owner)
+
+
+def replay_write_back(services: Services, record: LeadRecord, now: datetime) -> bool:
+    """An operator starts a parked write-back again; False when it is not parked.
+
+    Its attempts restart at 1, not 0: an earlier try may have reached the CRM, so the next one looks first.
+    """
+    item = record.work.get(WRITE_BACK)
+    if item is None or item.due is not None:
+        return False
+    set_work(record, WRITE_BACK, now, attempts=1, error=None)
+    return save_work(services, record, now, "write-back replayed by an operator", owner=None)

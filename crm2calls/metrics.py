@@ -85,11 +85,22 @@ CRM_API_REQUESTS = Metric(
     rollups=(("result",),),
 )
 DELIVERY_PASSES = Metric("crm2calls_delivery_passes_total", "counter", (), "Delivery passes run")
+WRITE_BACKS = Metric(
+    "crm2calls_write_backs_total", "counter", ("crm", "result"),
+    "Call outcomes written back onto CRM records, by CRM and result (written, found, retry, scope_refused, "
+    "dead_letter)", rollups=(("result",),),
+)
+WRITE_BACK_DELAY = Metric(
+    "crm2calls_write_back_delay_seconds", "histogram", ("crm",),
+    "From a call's end (its job's final status seen) to its outcome written in the CRM", unit="Seconds",
+    rollups=((),), buckets=SPEED_BUCKETS,
+)
 
 METRICS = (
     WEBHOOKS, LEAD_TRANSITIONS, LEADS, OLDEST_WAITING, CAMPAIGN_HELD, SPEED_TO_LEAD,
     AIMYLOGIC_REQUESTS, ADDPHONES_ENTRIES, CRM_API_REQUESTS, DELIVERY_PASSES,
 )
+METRICS += (WRITE_BACKS, WRITE_BACK_DELAY)
 
 
 def exported_names() -> set[str]:
@@ -368,3 +379,10 @@ def delivery_pass() -> None:
     """A delivery pass ran (a stalled worker or schedule stops counting)."""
     _sink.record(DELIVERY_PASSES, (), 1)
 
+
+
+def write_back(crm: str, result: str, delay_seconds: float | None = None) -> None:
+    """One write-back of a call's outcome (written, found, retry, scope_refused, dead_letter); written: its delay."""
+    _sink.record(WRITE_BACKS, (crm, result), 1)
+    if delay_seconds is not None:
+        _sink.record(WRITE_BACK_DELAY, (crm,), max(0.0, delay_seconds))

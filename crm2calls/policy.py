@@ -57,6 +57,28 @@ class CampaignRoute:
     default: str | None = None  # for values not in map; None: the source's campaign
 
 
+# The placeholders a write-back note may use ([sources.X.results] note); crm2calls/writeback.py fills them.
+NOTE_PLACEHOLDERS = (
+    "outcome", "job_status", "call_result", "duration_s", "attempts", "campaign", "finished_at", "report", "job_id",
+)
+NOTE_LANGUAGES = ("en", "ru")
+# Regions whose teams read Russian: their notes default to Russian; any other region's to English.
+RUSSIAN_REGIONS = frozenset({"RU", "BY", "KZ", "KG"})
+
+
+@dataclass(frozen=True)
+class ResultsPolicy:
+    """[sources.X.results]: whether and how a call's outcome is written back onto the CRM record."""
+
+    write_back: bool | None = None  # None: on when the CRM's API credentials are set
+    note: str | None = None  # None: the default note of `language` (crm2calls/writeback.py)
+    language: str | None = None  # "en" or "ru"; None: by the source's region
+
+    def language_for(self, region: str) -> str:
+        """The note's language: the one set, else Russian for ru-region teams, else English."""
+        return self.language or ("ru" if region.upper() in RUSSIAN_REGIONS else "en")
+
+
 @dataclass(frozen=True)
 class SourcePolicy:
     """Everything one source needs to turn its leads into phone entries."""
@@ -72,6 +94,7 @@ class SourcePolicy:
     campaign: str = DEFAULT_CAMPAIGN  # where its leads go, unless campaign_by routes them
     campaign_by: CampaignRoute | None = None
     default_zone: str | None = None  # None: [calls] default_zone
+    results: ResultsPolicy = field(default_factory=ResultsPolicy)
 
     def campaign_for(self, value: str | None) -> str:
         """The campaign of a lead whose campaign_by field reads `value` (as text; None when missing)."""

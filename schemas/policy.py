@@ -12,6 +12,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_l
 from crm2calls.phones import NOT_A_REGION, is_region
 from crm2calls.policy import (
     DEFAULT_CAMPAIGN,
+    NOTE_LANGUAGES,
+    NOTE_PLACEHOLDERS,
     WEEKDAYS,
     CallWindow,
     CampaignRoute,
@@ -21,6 +23,7 @@ from crm2calls.policy import (
     HealthPolicy,
     Interval,
     Policy,
+    ResultsPolicy,
     SourcePolicy,
 )
 
@@ -278,6 +281,41 @@ class CampaignBySchema(Schema):
     default = fields.String()
 
 
+def check_note(template: str) -> None:
+    """A write-back note: text with {placeholders} from NOTE_PLACEHOLDERS only, each plain (no format spec)."""
+    from string import Formatter
+
+    allowed = ", ".join("{" + name + "}" for name in NOTE_PLACEHOLDERS)
+    if not template.strip():
+        raise ValidationError(f"the note is empty; write text with placeholders such as {allowed}")
+    try:
+        parsed = list(Formatter().parse(template))
+    except ValueError as exc:
+        raise ValidationError(f"{exc}: write a literal brace as {{{{ or }}}}; the placeholders are {allowed}") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in NOTE_PLACEHOLDERS:
+            raise ValidationError(f"unknown placeholder {{{name}}}; the placeholders are {allowed}")
+        if spec or conversion:
+            raise ValidationError(f"{{{name}}} takes no format or conversion; write it as {{{name}}}")
+
+
+class ResultsSchema(Schema):
+    """[sources.X.results]: write call outcomes back onto the CRM record."""
+
+    class Meta:
+        unknown = RAISE
+
+    write_back = fields.Boolean(truthy={True}, falsy={False})  # TOML true/false, not "yes"
+    note = fields.String(validate=check_note)
+    language = fields.String(validate=validate.OneOf(NOTE_LANGUAGES))
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> ResultsPolicy:
+        return ResultsPolicy(**data)
+
+
 class SourceSchema(Schema):
     """[sources.X]: overrides for one source."""
 
@@ -294,6 +332,7 @@ class SourceSchema(Schema):
     campaign = fields.String()
     campaign_by = fields.Nested(CampaignBySchema)
     default_zone = fields.String()
+    results = fields.Nested(ResultsSchema)
 
     @validates_schema
     def _zone_exists(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -423,6 +462,7 @@ def build_policy(data: dict[str, Any], default_region: str) -> Policy:
             campaign=src.get("campaign", DEFAULT_CAMPAIGN),
             campaign_by=_route(src.get("campaign_by")),
             default_zone=src.get("default_zone"),
+            results=src.get("results", ResultsPolicy()),
         )
     return Policy(
         default_zone=calls["default_zone"],

@@ -12,16 +12,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from crm2calls.errors import EnrichmentError, ForbiddenError, MalformedRequestError, MissingCredentialsError
+from crm2calls.errors import (
+    EnrichmentError,
+    ForbiddenError,
+    MalformedRequestError,
+    MissingCredentialsError,
+    WriteBackError,
+)
 from crm2calls.formdata import parse_php_form, php_list
 from crm2calls.mapping import scalar_text as _text
-from crm2calls.model import Lead, LeadEvent, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate
 from crm2calls.sources.base import (
     FORM,
     Ack,
     InboundRequest,
     IntakeResult,
     Source,
+    Written,
+    names_job,
     payload_for,
     require_shared_key,
 )
@@ -33,6 +41,7 @@ UTM_CODES = ("UTM_SOURCE", "UTM_MEDIUM", "UTM_CAMPAIGN", "UTM_CONTENT", "UTM_TER
 MAX_CONTACTS = 5  # contacts of one lead fetched at most (main first): amoCRM allows ~7 requests a second
 PAGE_SIZE = 250  # the API's maximum
 MAX_PAGES = 200
+NOTE_PAGES = 4  # a record's newest notes looked through for one we wrote (4 x 250)
 
 
 def _numeric_id(value: Any, where: str) -> str:
@@ -111,6 +120,10 @@ class AmoCrmSource(Source):
 
     name = "amocrm"
     content_types = frozenset({FORM})
+    write_back_scopes = (
+        'a private integration\'s long-lived token with the "crm" access (account data: leads, contacts, notes), '
+        "its user allowed to edit the lead or contact"
+    )
     timeout: tuple[float, float] = DEFAULT_TIMEOUT  # (connect, read) seconds of each API call
 
     # webhook
@@ -307,3 +320,50 @@ class AmoCrmSource(Source):
             if not (body.get("_links") or {}).get("next"):  # only its presence: the href's host is not ours to trust
                 break
         return events
+
+    # Write-back of call outcomes: a common note on the lead (or contact) the lead came from.
+
+    def can_write_back(self) -> bool:
+        """AMOCRM_BASE_URL and AMOCRM_TOKEN are set."""
+        crm = self.settings.crm
+        return bool(crm.amocrm_base_url and crm.amocrm_token)
+
+    def _entity(self, record: LeadRecord) -> tuple[str, str]:
+        """("leads" | "contacts", id) of the record's ref; WriteBackError for an unsorted lead (no amoCRM id)."""
+        kind, _, entity_id = record.ref.partition(":")
+        if kind in ("lead", "contact") and entity_id.isascii() and entity_id.isdigit():
+            return f"{kind}s", entity_id
+        raise WriteBackError(
+            f"amoCRM: {record.ref} names no lead or contact (an incoming lead not yet accepted): nowhere to write",
+            retryable=False,
+        )
+
+    def write_back(self, record: LeadRecord, note: str, outcome: dict[str, Any]) -> Written:
+        """POST /api/v4/{leads|contacts}/notes: one "common" note; its id."""
+        entity, entity_id = self._entity(record)
+        body = [{"entity_id": int(entity_id), "note_type": "common", "params": {"text": note}}]
+        answer = self._api().write_request("POST", f"api/v4/{entity}/notes", json=body, scope_hint=self._scope_hint())
+        notes = (answer or {}).get("_embedded", {}).get("notes") if isinstance(answer, dict) else None
+        if not notes or not isinstance(notes[0], dict) or notes[0].get("id") is None:
+            raise WriteBackError("amoCRM answered the note without its id")
+        return Written(str(notes[0]["id"]))
+
+    def find_written(self, record: LeadRecord, job_id: str) -> Written | None:
+        """GET /api/v4/{leads|contacts}/{id}/notes, newest first: a common note naming the job."""
+        entity, entity_id = self._entity(record)
+        client = self._api()
+        for page in range(1, NOTE_PAGES + 1):
+            answer = client.write_request(
+                "GET", f"api/v4/{entity}/{entity_id}/notes", scope_hint=self._scope_hint(),
+                params={"filter[note_type]": "common", "order[id]": "desc", "limit": PAGE_SIZE, "page": page},
+            )  # fmt: skip
+            notes = (answer or {}).get("_embedded", {}).get("notes") if isinstance(answer, dict) else None
+            for note in notes or []:
+                if isinstance(note, dict) and names_job((note.get("params") or {}).get("text"), job_id):
+                    return Written(str(note.get("id")))
+            if not (answer or {}).get("_links", {}).get("next"):
+                return None
+        return None
+
+    def _scope_hint(self) -> str:
+        return f"give AMOCRM_TOKEN {self.write_back_scopes} (docs/crm/amocrm.md)"

@@ -92,6 +92,19 @@ class Written:
     id: str
 
 
+def job_mark(job_id: str) -> str:
+    """The line every written note ends with: find_written() looks for it before writing again."""
+    return f"crm2calls job {job_id}"
+
+
+def names_job(text: object, job_id: str) -> bool:
+    """Does a note's text carry job_mark(job_id), whole (job 12 is not job 123)?"""
+    import re
+
+    mark = re.escape(job_mark(job_id))
+    return isinstance(text, str) and re.search(rf"{mark}(?![\w-])", text) is not None
+
+
 class Source:
     """A CRM adapter: authenticate, parse into lead and stop events, enrich, acknowledge, write outcomes back.
 
@@ -102,6 +115,9 @@ class Source:
 
     name: ClassVar[str]
     content_types: ClassVar[frozenset[str]] = frozenset({JSON, FORM})
+    # What the CRM's token must be allowed for write_back() and find_written(), in the CRM's words
+    # (`config check` and a scope refusal say it); "" where the source cannot write back.
+    write_back_scopes: ClassVar[str] = ""
 
     def __init__(self, settings: Settings, policy: SourcePolicy):
         self.settings = settings

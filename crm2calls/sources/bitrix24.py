@@ -11,16 +11,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCredentialsError, UnauthorizedError
+from crm2calls.errors import (
+    EnrichmentError,
+    MalformedRequestError,
+    MissingCredentialsError,
+    UnauthorizedError,
+    WriteBackError,
+)
 from crm2calls.formdata import parse_php_form
 from crm2calls.mapping import scalar_text as _text
-from crm2calls.model import Lead, LeadEvent, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate
 from crm2calls.sources.base import (
     FORM,
     Ack,
     InboundRequest,
     IntakeResult,
     Source,
+    Written,
+    names_job,
     payload_for,
     require_shared_key,
     secret_matches,
@@ -30,6 +38,9 @@ from crm2calls.sources.client import DEFAULT_TIMEOUT, CrmHttpClient
 EVENTS = {"ONCRMLEADADD": "lead", "ONCRMCONTACTADD": "contact", "ONCRMDEALADD": "deal"}
 UTM_FIELDS = ("UTM_SOURCE", "UTM_MEDIUM", "UTM_CAMPAIGN", "UTM_CONTENT", "UTM_TERM")
 MAX_PAGES = 200  # crm.lead.list pages of 50: 10,000 leads per reconciliation run
+COMMENT_PAGES = 4  # a record's newest timeline comments looked through for one we wrote (4 x 50)
+# Bitrix24's error codes of a webhook or user that may not do this (whatever the HTTP status).
+SCOPE_ERRORS = frozenset({"insufficient_scope", "ACCESS_DENIED", "ERROR_METHOD_NOT_FOUND"})
 
 
 def _numeric_id(value: Any, where: str) -> str:
@@ -69,6 +80,10 @@ class Bitrix24Source(Source):
 
     name = "bitrix24"
     content_types = frozenset({FORM})
+    write_back_scopes = (
+        "the inbound webhook's crm scope (enrichment needs it too), its user allowed to edit the lead, contact "
+        "or deal"
+    )
     timeout: tuple[float, float] = DEFAULT_TIMEOUT  # (connect, read) seconds of each API call
 
     # webhook
@@ -214,3 +229,53 @@ class Bitrix24Source(Source):
                 break
             start = body["next"]
         return events
+
+    # Write-back of call outcomes: a timeline comment on the lead, contact or deal the lead came from.
+
+    def can_write_back(self) -> bool:
+        """BITRIX24_WEBHOOK_URL is set."""
+        return bool(self.settings.crm.bitrix24_webhook_url)
+
+    def _entity(self, record: LeadRecord) -> tuple[str, str]:
+        kind, _, entity_id = record.ref.partition(":")
+        if kind in ("lead", "contact", "deal") and entity_id.isascii() and entity_id.isdigit():
+            return kind, entity_id
+        raise WriteBackError(f"Bitrix24: {record.ref} names no lead, contact or deal", retryable=False)
+
+    def _write(self, method: str, body: dict[str, Any]) -> Any:
+        hint = f"give the inbound webhook in BITRIX24_WEBHOOK_URL {self.write_back_scopes} (docs/crm/bitrix24.md)"
+        answer = self._api().write_request(
+            "POST", f"{method}.json", json=body, scope_refused=_scope_refused, scope_hint=hint
+        )
+        if not isinstance(answer, dict) or "result" not in answer:
+            raise WriteBackError(f"Bitrix24 {method} answered without a result")
+        return answer
+
+    def write_back(self, record: LeadRecord, note: str, outcome: dict[str, Any]) -> Written:
+        """crm.timeline.comment.add with lower-case `fields` (required since crm 23.100); the comment's id."""
+        entity, entity_id = self._entity(record)
+        fields = {"ENTITY_ID": int(entity_id), "ENTITY_TYPE": entity, "COMMENT": note}
+        answer = self._write("crm.timeline.comment.add", {"fields": fields})
+        return Written(str(answer["result"]))
+
+    def find_written(self, record: LeadRecord, job_id: str) -> Written | None:
+        """crm.timeline.comment.list of the record, newest first: a comment naming the job."""
+        entity, entity_id = self._entity(record)
+        start = 0
+        for _ in range(COMMENT_PAGES):
+            answer = self._write("crm.timeline.comment.list", {
+                "filter": {"ENTITY_ID": int(entity_id), "ENTITY_TYPE": entity},
+                "select": ["ID", "COMMENT"], "order": {"ID": "DESC"}, "start": start,
+            })  # fmt: skip
+            for comment in answer.get("result") or []:
+                if isinstance(comment, dict) and names_job(comment.get("COMMENT"), job_id):
+                    return Written(str(comment.get("ID")))
+            if not isinstance(answer.get("next"), int) or answer["next"] <= start:
+                return None
+            start = answer["next"]
+        return None
+
+
+def _scope_refused(status: int, body: Any) -> bool:
+    """A Bitrix24 error that says the webhook or its user may not do this."""
+    return isinstance(body, dict) and body.get("error") in SCOPE_ERRORS

@@ -17,9 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
-from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCredentialsError, UnauthorizedError
+from crm2calls.errors import (
+    EnrichmentError,
+    MalformedRequestError,
+    MissingCredentialsError,
+    UnauthorizedError,
+    WriteBackError,
+)
 from crm2calls.mapping import scalar_text as _text
-from crm2calls.model import Lead, LeadEvent, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import (
     JSON,
@@ -27,6 +33,8 @@ from crm2calls.sources.base import (
     InboundRequest,
     IntakeResult,
     Source,
+    Written,
+    job_mark,
     payload_for,
     require_shared_key,
 )
@@ -42,6 +50,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PROPERTIES = ("phone", "mobilephone", "firstname", "lastname", "email", "hs_timezone", "city", "company")
 PHONE_PROPERTIES = ("mobilephone", "phone")
 CONTACT_TYPE_ID = "0-1"
+CALL_TO_CONTACT = 194  # HUBSPOT_DEFINED association type: call -> contact
+# Aimylogic's final jobStatus -> hs_call_status.
+CALL_STATUS = {"noAnswer": "NO_ANSWER", "nonexistentNumber": "FAILED", "notDone": "FAILED", "canceled": "CANCELED"}
 # HubSpot decodes exactly these escapes in the URI before signing (v3).
 _SIGNED_ESCAPES = re.compile(r"%(3A|2F|3F|40|21|24|27|28|29|2A|2C|3B)", re.IGNORECASE)
 _MILLISECONDS = re.compile(r"[1-9][0-9]{0,12}")  # canonical: ASCII digits, no sign, no leading zero
@@ -117,6 +128,10 @@ class HubSpotSource(Source):
 
     name = "hubspot"
     content_types = frozenset({JSON})
+    write_back_scopes = (
+        "crm.objects.contacts.write (calls are engagements HubSpot governs with the contacts scopes) beside "
+        "crm.objects.contacts.read"
+    )
 
     def __init__(self, settings: Settings, policy: SourcePolicy):
         super().__init__(settings, policy)
@@ -251,3 +266,66 @@ class HubSpotSource(Source):
     def acknowledge(self, results: list[IntakeResult]) -> Ack:
         """200: HubSpot needs a fast 2xx and retries anything else."""
         return Ack(200, {"source": self.name, "leads": [r.as_json() for r in results]})
+
+    # Write-back of call outcomes: a call engagement associated with the contact.
+
+    def can_write_back(self) -> bool:
+        """HUBSPOT_TOKEN is set."""
+        return bool(self.settings.crm.hubspot_token)
+
+    def _contact(self, record: LeadRecord) -> str:
+        contact_id = _contact_id(record.ref)
+        if contact_id is None:
+            raise WriteBackError(f"HubSpot: the lead names no contact id ({record.ref})", retryable=False)
+        return contact_id
+
+    def _write(self, method: str, path: str, body: dict[str, Any]) -> Any:
+        hint = f"give the private app's token in HUBSPOT_TOKEN the scope {self.write_back_scopes} (docs/crm/hubspot.md)"
+        return self._api().write_request(method, path, json=body, scope_hint=hint)
+
+    def write_back(self, record: LeadRecord, note: str, outcome: dict[str, Any]) -> Written:
+        """POST /crm/v3/objects/calls: a completed outbound call, titled with the job, on the contact; its id."""
+        from html import escape
+
+        from crm2calls.writeback import job_of
+
+        contact_id = self._contact(record)
+        duration = outcome.get("duration_s")
+        properties = {
+            "hs_timestamp": outcome.get("finished_at") or record.updated_at.isoformat(),
+            "hs_call_title": call_title(job_mark(job_of(record))),
+            "hs_call_body": "<br>".join(escape(line) for line in note.splitlines()),
+            "hs_call_direction": "OUTBOUND",
+            "hs_call_status": CALL_STATUS.get(str(outcome.get("job_status")), "COMPLETED"),
+        }
+        if isinstance(duration, int | float):
+            properties["hs_call_duration"] = str(int(duration * 1000))
+        association = {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": CALL_TO_CONTACT}
+        body = {"properties": properties, "associations": [{"to": {"id": contact_id}, "types": [association]}]}
+        answer = self._write("POST", "crm/v3/objects/calls", body)
+        if not isinstance(answer, dict) or not answer.get("id"):
+            raise WriteBackError("HubSpot answered the call without its id")
+        return Written(str(answer["id"]))
+
+    def find_written(self, record: LeadRecord, job_id: str) -> Written | None:
+        """POST /crm/v3/objects/calls/search: a call of the contact titled with the job.
+
+        HubSpot's search index trails its writes by seconds: a write lost that recently may be written twice.
+        """
+        contact_id = self._contact(record)
+        filters = [
+            {"propertyName": "hs_call_title", "operator": "EQ", "value": call_title(job_mark(job_id))},
+            {"propertyName": "associations.contact", "operator": "EQ", "value": contact_id},
+        ]
+        body = {"filterGroups": [{"filters": filters}], "properties": ["hs_call_title"], "limit": 1}
+        answer = self._write("POST", "crm/v3/objects/calls/search", body)
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if results and isinstance(results[0], dict) and results[0].get("id"):
+            return Written(str(results[0]["id"]))
+        return None
+
+
+def call_title(mark: str) -> str:
+    """The call's title: what people read in the timeline, and what find_written searches for."""
+    return f"Robot call ({mark})"
+

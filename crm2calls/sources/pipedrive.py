@@ -10,18 +10,27 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from crm2calls.config import Settings
-from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCredentialsError, UnauthorizedError
+from crm2calls.errors import (
+    EnrichmentError,
+    MalformedRequestError,
+    MissingCredentialsError,
+    UnauthorizedError,
+    WriteBackError,
+)
 from crm2calls.mapping import scalar_text as _text
-from crm2calls.model import Lead, LeadEvent, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import (
     JSON,
     InboundRequest,
     Source,
+    Written,
+    names_job,
     payload_for,
     require_shared_key,
     secret_matches,
@@ -31,6 +40,9 @@ from crm2calls.sources.generic import parse_json
 
 if TYPE_CHECKING:
     from crm2calls.sources.client import CrmHttpClient
+
+_LEAD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+NOTE_PAGES = 4  # a record's newest notes looked through for one we wrote (4 x 100)
 
 
 
@@ -73,6 +85,10 @@ class PipedriveSource(Source):
 
     name = "pipedrive"
     content_types = frozenset({JSON})
+    write_back_scopes = (
+        "none beyond the API token's own user (Pipedrive tokens carry its permissions), who must be allowed to "
+        "see the person or lead and add notes"
+    )
 
     def __init__(self, settings: Settings, policy: SourcePolicy):
         super().__init__(settings, policy)
@@ -193,3 +209,50 @@ class PipedriveSource(Source):
         if not lead.phones:
             raise EnrichmentError(f"Pipedrive: person {person_id} has no phone yet", retryable=True)
         return lead
+
+    # Write-back of call outcomes: a note on the person, or on the lead when the lead came as one.
+
+    def can_write_back(self) -> bool:
+        """PIPEDRIVE_API_TOKEN is set."""
+        return bool(self.settings.crm.pipedrive_api_token)
+
+    def _owner(self, record: LeadRecord) -> dict[str, Any]:
+        """{"person_id": n} for a person's lead, {"lead_id": uuid} for a Pipedrive lead's."""
+        if person_id := _numeric_id(record.ref):
+            return {"person_id": int(person_id)}
+        if _LEAD_ID.fullmatch(record.ref):
+            return {"lead_id": record.ref}
+        raise WriteBackError(f"Pipedrive: the lead names no person or lead id ({record.ref})", retryable=False)
+
+    def _write(self, method: str, path: str, **kwargs: Any) -> Any:
+        hint = f"the API token's user needs {self.write_back_scopes} (docs/crm/pipedrive.md)"
+        answer = self._api().write_request(method, path, scope_hint=hint, **kwargs)
+        if not isinstance(answer, dict) or answer.get("success") is not True:
+            raise WriteBackError("Pipedrive answered without success")
+        return answer
+
+    def write_back(self, record: LeadRecord, note: str, outcome: dict[str, Any]) -> Written:
+        """POST /api/v1/notes; the note's id. Pipedrive notes are HTML: lines become <br>."""
+        from html import escape
+
+        content = "<br>".join(escape(line) for line in note.splitlines())
+        answer = self._write("POST", "v1/notes", json={"content": content, **self._owner(record)})
+        data = answer.get("data")
+        if not isinstance(data, dict) or data.get("id") is None:
+            raise WriteBackError("Pipedrive answered the note without its id")
+        return Written(str(data["id"]))
+
+    def find_written(self, record: LeadRecord, job_id: str) -> Written | None:
+        """GET /api/v1/notes of the person or lead, newest first: a note naming the job."""
+        start = 0
+        for _ in range(NOTE_PAGES):
+            params = {**self._owner(record), "sort": "add_time DESC", "start": start, "limit": 100}
+            answer = self._write("GET", "v1/notes", params=params)
+            for note in answer.get("data") or []:
+                if isinstance(note, dict) and names_job(note.get("content"), job_id):
+                    return Written(str(note.get("id")))
+            more = ((answer.get("additional_data") or {}).get("pagination") or {})
+            if not more.get("more_items_in_collection"):
+                return None
+            start = int(more.get("next_start") or start + 100)
+        return None

@@ -47,6 +47,9 @@ class AmoCrmEmulator(StandIn):
         self._contacts: dict[str, dict[str, Any]] = {}
         self._links: dict[str, list[dict[str, Any]]] = {}
         self._unlinked_reads: dict[str, int] = {}
+        # Notes written: {"id", "entity_type" (leads|contacts), "entity_id", "note_type", "params"}, in order.
+        self.notes: list[dict[str, Any]] = []
+        self.notes_forbidden = False  # the token's user may not add notes: 403, as amoCRM answers missing rights
 
     # data
 
@@ -84,6 +87,8 @@ class AmoCrmEmulator(StandIn):
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return _problem(401, "Unauthorized", "Authorization header is missing or the token is not valid")
         parts = request.path.strip("/").split("/")
+        if parts[:2] == ["api", "v4"] and len(parts) in (4, 5) and parts[-1] == "notes":
+            return self._notes(request, parts)
         if request.method != "GET" or parts[:2] != ["api", "v4"]:
             return _problem(404, "Not Found", "no such method")
         if parts[2:] == ["leads"]:
@@ -129,6 +134,64 @@ class AmoCrmEmulator(StandIn):
             links["next"] = {"href": f"{self.url}/api/v4/leads?page={page + 1}&limit={limit}"}
         listed = [{k: v for k, v in lead.items() if k != "_embedded"} for lead in chunk]
         return _hal({"_page": page, "_links": links, "_embedded": {"leads": listed}})
+
+
+    # Notes: POST /api/v4/{leads|contacts}/notes (a list), GET /api/v4/{leads|contacts}/{id}/notes
+
+    def _notes(self, request: Request, parts: list[str]) -> Response:
+        entity = parts[2]
+        if entity not in ("leads", "contacts"):
+            return _problem(404, "Not Found", "no such method")
+        if self.notes_forbidden:
+            return _problem(403, "Forbidden", "Access denied")
+        if request.method == "POST" and len(parts) == 4:
+            return self._add_notes(entity, request)
+        if request.method == "GET" and len(parts) == 5:
+            return self._list_notes(entity, parts[3], request)
+        return _problem(405, "Method Not Allowed", "no such method")
+
+    def _add_notes(self, entity: str, request: Request) -> Response:
+        body = request.get_json(silent=True)
+        if not isinstance(body, list) or not body:
+            return _problem(400, "Bad Request", "a list of notes is expected")
+        store = self._leads if entity == "leads" else self._contacts
+        added = []
+        for index, note in enumerate(body):
+            entity_id = note.get("entity_id") if isinstance(note, dict) else None
+            text = (note.get("params") or {}).get("text") if isinstance(note, dict) else None
+            if not isinstance(entity_id, int) or note.get("note_type") != "common" or not isinstance(text, str):
+                return _validation(index, "entity_id, note_type common and params.text are required")
+            with self._lock:
+                if str(entity_id) not in store:
+                    return _validation(index, "entity not found")
+                saved = {"id": 9000 + len(self.notes) + 1, "entity_type": entity, "entity_id": entity_id,
+                         "note_type": "common", "params": {"text": text}}
+                self.notes.append(saved)
+            added.append({"id": saved["id"], "entity_id": entity_id, "request_id": str(index)})
+        return _hal({"_links": {"self": {"href": f"{self.url}/api/v4/{entity}/notes"}},
+                     "_embedded": {"notes": added}})
+
+    def _list_notes(self, entity: str, entity_id: str, request: Request) -> Response:
+        args = request.args
+        page, limit = int(args.get("page", 1)), min(int(args.get("limit", 50)), 250)
+        kind = args.get("filter[note_type]")
+        with self._lock:
+            notes = [n for n in self.notes if n["entity_type"] == entity and str(n["entity_id"]) == entity_id
+                     and (kind is None or n["note_type"] == kind)]
+        notes.sort(key=lambda n: n["id"], reverse=args.get("order[id]") == "desc")
+        chunk = notes[(page - 1) * limit : page * limit]
+        if not chunk:
+            return Response(status=204)
+        links = {"self": {"href": f"{self.url}/api/v4/{entity}/{entity_id}/notes?page={page}"}}
+        if page * limit < len(notes):
+            links["next"] = {"href": f"{self.url}/api/v4/{entity}/{entity_id}/notes?page={page + 1}"}
+        return _hal({"_page": page, "_links": links, "_embedded": {"notes": chunk}})
+
+
+def _validation(index: int, detail: str) -> Response:
+    errors = [{"request_id": str(index), "errors": [{"code": "NotSupportedChoice", "detail": detail}]}]
+    body = {"title": "Bad Request", "status": 400, "detail": "Request validation failed", "validation-errors": errors}
+    return Response(json.dumps(body), 400, content_type="application/problem+json")
 
 
 def _hal(body: Any) -> Response:

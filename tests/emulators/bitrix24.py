@@ -65,6 +65,9 @@ class Bitrix24Emulator(StandIn):
         self.code = code
         self.page_size = 50
         self.records: dict[str, dict[str, dict[str, Any]]] = {"lead": {}, "contact": {}, "deal": {}}
+        # Timeline comments written: {"ID", "ENTITY_ID", "ENTITY_TYPE", "COMMENT"}, in order.
+        self.comments: list[dict[str, Any]] = []
+        self.scopes = {"crm"}  # the inbound webhook's scopes: without crm, crm.* methods are insufficient_scope
 
     @property
     def webhook_url(self) -> str:
@@ -97,6 +100,12 @@ class Bitrix24Emulator(StandIn):
         return self._call(*_method_and_params(request))
 
     def _call(self, method: str, params: dict[str, Any]) -> Response:
+        if method.startswith("crm.") and "crm" not in self.scopes:
+            return _error(401, "insufficient_scope", "The request requires higher privileges than provided")
+        if method == "crm.timeline.comment.add":
+            return self._add_comment(params)
+        if method == "crm.timeline.comment.list":
+            return self._list_comments(params)
         prefix, _, action = method.rpartition(".")
         entity = ENTITIES.get(prefix)
         if entity and action == "get":
@@ -127,5 +136,33 @@ class Bitrix24Emulator(StandIn):
         chunk = [{"ID": lead["ID"], "DATE_CREATE": lead["DATE_CREATE"]} for lead in page]
         body: dict[str, Any] = {"result": chunk, "total": len(leads)}
         if start + self.page_size < len(leads):
+            body["next"] = start + self.page_size
+        return _ok(body)
+
+    def _add_comment(self, params: dict[str, Any]) -> Response:
+        fields = params.get("fields")
+        if not isinstance(fields, dict):  # upper-case FIELDS is refused since crm 23.100
+            return _error(400, "ERROR_ARGUMENT", "Argument 'fields' is null")
+        entity, comment = fields.get("ENTITY_TYPE"), fields.get("COMMENT")
+        entity_id = str(fields.get("ENTITY_ID") or "")
+        if entity not in self.records or not isinstance(comment, str) or not comment:
+            return _error(400, "ERROR_ARGUMENT", "ENTITY_TYPE, ENTITY_ID and COMMENT are required")
+        with self._lock:
+            if entity_id not in self.records[entity]:
+                return _error(400, "NOT_FOUND", "Not found")
+            comment_id = 500 + len(self.comments) + 1
+            saved = {"ID": str(comment_id), "ENTITY_ID": entity_id, "ENTITY_TYPE": entity, "COMMENT": comment}
+            self.comments.append(saved)
+        return _ok({"result": comment_id})
+
+    def _list_comments(self, params: dict[str, Any]) -> Response:
+        wanted = params.get("filter") if isinstance(params.get("filter"), dict) else {}
+        start = int(params.get("start") or 0)
+        with self._lock:
+            found = [c for c in self.comments if str(wanted.get("ENTITY_ID")) == c["ENTITY_ID"]
+                     and wanted.get("ENTITY_TYPE") == c["ENTITY_TYPE"]]
+        found.sort(key=lambda c: int(c["ID"]), reverse=(params.get("order") or {}).get("ID") == "DESC")
+        body: dict[str, Any] = {"result": found[start : start + self.page_size], "total": len(found)}
+        if start + self.page_size < len(found):
             body["next"] = start + self.page_size
         return _ok(body)

@@ -45,6 +45,8 @@ class StandIn:
         self.hits: list[Any] = []  # what hit() returns, one per request
         self.delay = 0.0  # seconds every answer waits (a slow CRM)
         self._script: deque[Callable[[], Response]] = deque()
+        self._lost_answers: deque[int] = deque()  # statuses that replace answers of handled requests
+        self.down_status: int | None = None  # while set, every request is answered with it (an outage)
         self._lock = threading.Lock()
         self._server = LocalServer(self._app)
 
@@ -70,6 +72,11 @@ class StandIn:
         with self._lock:
             self._script.extend([answer] * times)
 
+    def lose_next_answers(self, status: int = 504, times: int = 1) -> None:
+        """Handle the next `times` requests (a write is recorded) but answer `status`: the CRM wrote, we never heard."""
+        with self._lock:
+            self._lost_answers.extend([status] * times)
+
     def paths(self) -> list[str]:
         """The paths hit so far, in order."""
         return [hit.path for hit in self.hits]
@@ -87,7 +94,14 @@ class StandIn:
             scripted = self._script.popleft() if self._script else None
         if self.delay:
             time.sleep(self.delay)
+        if scripted is None and self.down_status is not None:
+            scripted = lambda: json_response({"error": "down"}, self.down_status)  # noqa: E731
         response = scripted() if scripted is not None else self.handle(request)
+        if scripted is None:
+            with self._lock:
+                lost = self._lost_answers.popleft() if self._lost_answers else None
+            if lost is not None:
+                response = json_response({"error": f"answer lost ({lost})"}, lost)
         hit.status = response.status_code
         return response
 
