@@ -325,6 +325,29 @@ def test_a_canceled_job_without_finished_at_keeps_one_timestamp_across_retries(m
     assert (first["data"]["finished_at"], first["data"]["job_status"]) == (None, "canceled")
 
 
+def test_the_documented_receiver_takes_our_message_once_and_refuses_a_forgery(make, receiver, clock):
+    import re
+
+    from tests.conftest import ROOT
+
+    text = (ROOT / "docs" / "results-webhook.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", text, re.DOTALL)[1]
+    code = code.replace('Webhook("whsec_...")', f"Webhook({SECRET!r})")
+    example = {"__name__": "receiver_example"}
+    code = code.replace("Flask(__name__)", "Flask(__name__, root_path='.')")
+    exec(compile(code, "results-webhook.md", "exec"), example)  # noqa: S102 - our own documentation's example
+    services = make()
+    add_ended_lead(services, clock)
+    follow_up(services)
+    [delivery] = receiver.deliveries
+    documented = example["app"].test_client()
+    assert documented.post("/calls", data=delivery.body, headers=delivery.headers).status_code == 204
+    assert documented.post("/calls", data=delivery.body, headers=delivery.headers).status_code == 204  # a repeat
+    assert example["seen"] == {delivery.headers["Webhook-Id"]}
+    forged = delivery.body.replace(b"interested", b"not interested")
+    assert documented.post("/calls", data=forged, headers=delivery.headers).status_code == 401
+
+
 # Settings
 
 
