@@ -46,6 +46,9 @@ MAX_ATTEMPTS = len(BACKOFF) + 1
 MAX_RETRY_AFTER = 24 * 3600  # a receiver's Retry-After is honoured up to a day
 TIMEOUT = (3.05, 10.0)  # (connect, read) seconds
 RENEW_EVERY = 60.0  # seconds between lease renewals in one pass (the lease is 5 minutes)
+# Failed POSTs in a row after which a pass stops posting: a receiver that hangs would otherwise cost every
+# lead of the pass its full timeout. The rest keep their work and lease and go first once the lease ends.
+FAILURES_IN_A_ROW = 5
 ENDED = frozenset({Status.CALLED, Status.NOT_REACHED, Status.CANCELED})
 
 
@@ -177,10 +180,16 @@ def notify(run: FollowUpPass, leads: list[LeadRecord]) -> None:
     install_record_redaction()  # urllib3 logs request lines, and the URL may carry the receiver's token
     held: set[str] = set()
     renewed = float("-inf")
+    failures = 0
     with requests.Session() as session:
         for index, record in enumerate(leads):
             if run.out_of_time():
                 return  # the rest keep their work and lease; the next pass takes them
+            if failures >= FAILURES_IN_A_ROW:
+                log.warning("results webhook failed %d times in a row: %d outcomes wait for a later pass",
+                            failures, len(leads) - index, extra={"fields": {"event": "notify_paused",
+                                                                            "waiting": len(leads) - index}})
+                return
             if time.monotonic() - renewed > RENEW_EVERY:
                 held, renewed = run.renew(leads[index:]), time.monotonic()
             if record.id not in held:
@@ -189,8 +198,10 @@ def notify(run: FollowUpPass, leads: list[LeadRecord]) -> None:
             try:
                 status = post(session, url, secrets, record, now)
             except DeliveryError as exc:
+                failures += 1
                 _failed(run, record, now, exc)
                 continue
+            failures = 0
             item = record.work.get(lifecycle.NOTIFY)
             attempt = (item.attempts if item else 0) + 1
             note = f"results webhook took the outcome (HTTP {status}, attempt {attempt})"

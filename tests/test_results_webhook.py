@@ -21,7 +21,7 @@ from crm2calls import lifecycle
 from crm2calls.config import check_configuration
 from crm2calls.followup import follow_up
 from crm2calls.model import Status
-from crm2calls.results_webhook import BACKOFF, MAX_ATTEMPTS, message_id
+from crm2calls.results_webhook import BACKOFF, FAILURES_IN_A_ROW, MAX_ATTEMPTS, message_id
 from tests.canaries import CANARY_CRM_TOKEN
 from tests.conftest import FakeClock
 from tests.emulators.crm_api import StandIn
@@ -207,6 +207,20 @@ def test_retry_after_is_honoured(make, receiver, clock):
     assert stored(services).work[lifecycle.NOTIFY].due == clock() + timedelta(seconds=900)
 
 
+def test_retry_after_as_an_http_date_and_beyond_a_day(make, receiver, clock):
+    from email.utils import format_datetime
+
+    services = make()
+    add_ended_lead(services, clock, "L-1", "1")
+    add_ended_lead(services, clock, "L-2", "2")
+    when = format_datetime(clock() + timedelta(minutes=20), usegmt=True)
+    receiver.script_next(lambda: Response(status=503, headers={"Retry-After": when}))
+    receiver.script_next(lambda: Response(status=429, headers={"Retry-After": str(7 * 24 * 3600)}))
+    follow_up(services)
+    assert stored(services, "L-1").work[lifecycle.NOTIFY].due == clock() + timedelta(minutes=20)
+    assert stored(services, "L-2").work[lifecycle.NOTIFY].due == clock() + timedelta(days=1)  # capped
+
+
 @pytest.mark.parametrize(("status", "error"), [(500, "answered HTTP 500"), (410, "answered HTTP 410"),
                                                (302, "redirected (HTTP 302)")])
 def test_any_answer_but_2xx_is_retried(make, receiver, clock, status, error):
@@ -296,6 +310,23 @@ def test_after_its_limits_the_outcome_is_a_dead_letter(make, receiver, clock, st
     clock.advance(days=2)
     follow_up(services)
     assert len(receiver.deliveries) == MAX_ATTEMPTS  # parked: nothing runs it until an operator replays it
+
+
+def test_a_failing_receiver_stops_the_pass_and_the_others_go_first_next_time(make, receiver, clock):
+    services = make()
+    for index in range(12):
+        add_ended_lead(services, clock, f"L-{index:02d}", str(100 + index))
+    receiver.down_until = clock() + timedelta(minutes=3)
+    follow_up(services)
+    assert len(receiver.hits) == FAILURES_IN_A_ROW  # the other 7 wait: no 5-times-7 timeouts in one pass
+    untouched = [record for record in services.store.list(limit=100) if record.work[lifecycle.NOTIFY].attempts == 0]
+    assert len(untouched) == 12 - FAILURES_IN_A_ROW
+    clock.advance(minutes=6)  # their lease ran out; the receiver is back
+    follow_up(services)
+    first_pass = {hit.headers["Webhook-Id"] for hit in receiver.hits[:FAILURES_IN_A_ROW]}
+    second_pass = [hit.headers["Webhook-Id"] for hit in receiver.hits[FAILURES_IN_A_ROW:]]
+    assert len(second_pass) == 12 and set(second_pass[:7]).isdisjoint(first_pass)  # the waiting ones first
+    assert all(lifecycle.NOTIFY not in record.work for record in services.store.list(limit=100))
 
 
 def test_a_pass_out_of_time_starts_no_request_and_keeps_the_work(make, receiver, clock):
