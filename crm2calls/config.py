@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LEADS_CONFIG = ROOT / "leads.toml"
 DEFAULT_STORE = "sqlite:///instance/leads.db"
 MIB = 1024 * 1024
+DEFAULT_SALESFORCE_API_VERSION = "v67.0"  # Summer '26, the newest the REST API guide lists
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,11 @@ class CrmSettings:
     pipedrive_webhook_passwords: tuple[str, ...] = field(default=(), repr=False)
     pipedrive_base_url: str = "https://api.pipedrive.com"
     salesforce_organization_id: str | None = None
+    # Write-back: a connected app with the client-credentials flow (its "Run As" user writes the Tasks).
+    salesforce_instance_url: str | None = None
+    salesforce_client_id: str | None = None
+    salesforce_client_secret: str | None = field(default=None, repr=False)
+    salesforce_api_version: str = DEFAULT_SALESFORCE_API_VERSION
     zoho_notify_tokens: tuple[str, ...] = field(default=(), repr=False)
     zoho_api_domain: str = "https://www.zohoapis.com"
     zoho_accounts_url: str = "https://accounts.zoho.com"
@@ -82,6 +89,10 @@ class Settings:
     dry_run: bool = False
     # The tokens of the campaigns leads.toml declares, read from their token_env variables; default aside.
     campaign_tokens: dict[str, str] = field(default_factory=dict, repr=False)
+    # Each call's outcome POSTed, signed the Standard Webhooks way (crm2calls/results_webhook.py). The URL
+    # may carry a token of the receiver's, so it is kept out of reprs and logs like a secret.
+    results_webhook_url: str | None = field(default=None, repr=False)
+    results_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
 
     def campaign_token(self, campaign: str) -> str | None:
         """The token of a campaign: AIMYLOGIC_TOKEN for default, else its token_env's value."""
@@ -225,6 +236,8 @@ def check_configuration(*, serving: bool = True, dev_mode: bool = False) -> Conf
         "lambda_function": env.str("AWS_LAMBDA_FUNCTION_NAME", "") or None,
         "metrics_tokens": _secrets(env.str("METRICS_TOKEN", "")),
         "metrics_dir": env.str("PROMETHEUS_MULTIPROC_DIR", "") or None,
+        "results_webhook_url": env.str("RESULTS_WEBHOOK_URL", "") or None,
+        "results_webhook_secrets": _secrets(env.str("RESULTS_WEBHOOK_SECRET", "")),
     }
     crm = {
         "amocrm_base_url": env.str("AMOCRM_BASE_URL", "") or None,
@@ -241,6 +254,10 @@ def check_configuration(*, serving: bool = True, dev_mode: bool = False) -> Conf
         "pipedrive_webhook_passwords": _secrets(env.str("PIPEDRIVE_WEBHOOK_PASSWORD", "")),
         "pipedrive_base_url": env.str("PIPEDRIVE_BASE_URL", "https://api.pipedrive.com").rstrip("/"),
         "salesforce_organization_id": env.str("SALESFORCE_ORGANIZATION_ID", "") or None,
+        "salesforce_instance_url": env.str("SALESFORCE_INSTANCE_URL", "").rstrip("/") or None,
+        "salesforce_client_id": env.str("SALESFORCE_CLIENT_ID", "") or None,
+        "salesforce_client_secret": env.str("SALESFORCE_CLIENT_SECRET", "") or None,
+        "salesforce_api_version": env.str("SALESFORCE_API_VERSION", DEFAULT_SALESFORCE_API_VERSION),
         "zoho_notify_tokens": _secrets(env.str("ZOHO_NOTIFY_TOKEN", "")),
         "zoho_api_domain": env.str("ZOHO_API_DOMAIN", "https://www.zohoapis.com").rstrip("/"),
         "zoho_accounts_url": env.str("ZOHO_ACCOUNTS_URL", "https://accounts.zoho.com").rstrip("/"),
@@ -260,6 +277,8 @@ def check_configuration(*, serving: bool = True, dev_mode: bool = False) -> Conf
             problems.append(f"{name}: {'; '.join(map(str, messages))} {_HINTS.get(name, '')}".rstrip())
 
     problems.extend(_check_values(values, crm, serving=serving, dev_mode=dev_mode))
+    problems.extend(_check_salesforce_api(crm))
+    problems.extend(_check_results_webhook(values))
     policy = None
     if values.get("leads_config") is not None:
         try:
@@ -371,3 +390,74 @@ def bind_address() -> str:
     except EnvValidationError:
         port = 5000  # never bound: on_starting stops gunicorn first, naming PORT
     return f"{env.str('HOST', '127.0.0.1')}:{port}"
+
+
+_SALESFORCE_VERSION = re.compile(r"v?([1-9][0-9]{1,2})\.0")
+_SALESFORCE_API = ("SALESFORCE_INSTANCE_URL", "SALESFORCE_CLIENT_ID", "SALESFORCE_CLIENT_SECRET")
+
+
+def _check_salesforce_api(crm: dict) -> list[str]:
+    """Salesforce's write-back settings come as a set of three; the API version as vNN.0 (normalised in place)."""
+    problems: list[str] = []
+    _check_url("SALESFORCE_INSTANCE_URL", crm.get("salesforce_instance_url"), problems, https_only=True)
+    given = [name for name in _SALESFORCE_API if crm.get(name.lower())]
+    if given and len(given) < len(_SALESFORCE_API):
+        missing = ", ".join(name for name in _SALESFORCE_API if name not in given)
+        problems.append(
+            f"{missing}: set together with {', '.join(given)} (the connected app of Salesforce write-back; "
+            "see docs/crm/salesforce.md), or unset them all"
+        )
+    version = crm.get("salesforce_api_version")
+    match = _SALESFORCE_VERSION.fullmatch(version or "")
+    if version is not None and not match:
+        problems.append(
+            f"SALESFORCE_API_VERSION: {version!r} is not an API version; give e.g. {DEFAULT_SALESFORCE_API_VERSION}"
+        )
+    elif match:
+        crm["salesforce_api_version"] = f"v{match[1]}.0"
+    return problems
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (the Standard Webhooks prefix, not a secret)
+WEBHOOK_SECRET_BYTES = (24, 64)  # what the Standard Webhooks spec asks a signing secret to be
+
+
+def webhook_secret_key(secret: str) -> bytes | None:
+    """The HMAC key of a `whsec_<base64>` secret; None when it is not one."""
+    import base64
+    import binascii
+
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return None
+    try:
+        return base64.b64decode(secret[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _check_results_webhook(values: dict) -> list[str]:
+    """RESULTS_WEBHOOK_URL wants https and at least one `whsec_` secret; messages never quote either."""
+    url, secrets = values.get("results_webhook_url"), values.get("results_webhook_secrets") or ()
+    problems: list[str] = []
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            problems.append("RESULTS_WEBHOOK_URL: not an http(s) URL; give the receiver's whole URL")
+        elif parts.scheme != "https" and not is_loopback(parts.hostname or ""):
+            problems.append("RESULTS_WEBHOOK_URL: use https (plain http is only for loopback test servers)")
+        if not secrets:
+            problems.append(
+                "RESULTS_WEBHOOK_SECRET: required with RESULTS_WEBHOOK_URL, so the receiver can verify each call; "
+                "make one with python -c \"import base64, secrets; print('whsec_' + "
+                "base64.b64encode(secrets.token_bytes(32)).decode())\""
+            )
+    low, high = WEBHOOK_SECRET_BYTES
+    for position, secret in enumerate(secrets, 1):
+        key = webhook_secret_key(secret)
+        if key is None:
+            problems.append(f"RESULTS_WEBHOOK_SECRET: secret {position} is not whsec_ followed by base64")
+        elif not low <= len(key) <= high:
+            problems.append(
+                f"RESULTS_WEBHOOK_SECRET: secret {position} decodes to {len(key)} bytes; use {low} to {high}"
+            )
+    return problems

@@ -524,3 +524,39 @@ def replay_write_back(services: Services, record: LeadRecord, now: datetime) -> 
         return False
     set_work(record, WRITE_BACK, now, attempts=1, error=None)
     return save_work(services, record, now, "write-back replayed by an operator", owner=None)
+
+
+# The results webhook's outcomes (crm2calls/results_webhook.py, the "notify" task).
+
+NOTIFY = "notify"
+
+
+def notify_delivered(services: Services, record: LeadRecord, now: datetime, note: str, *, owner: str | None) -> bool:
+    """The receiver took the outcome (2xx): the work is done, with a history line; False when the lease was lost."""
+    drop_work(record, NOTIFY)
+    return save_work(services, record, now, note, owner=owner)
+
+
+def notify_later(
+    services: Services, record: LeadRecord, now: datetime, due: datetime, error: str, *, owner: str | None
+) -> bool:
+    """The receiver did not take it: one attempt more, tried again at `due`. No history line (a readable history
+    through a day-long outage); the work item keeps the error for `leads show`."""
+    item = record.work.get(NOTIFY)
+    set_work(record, NOTIFY, due, attempts=(item.attempts if item else 0) + 1, error=error)
+    return save_work(services, record, now, owner=owner)
+
+
+def notify_given_up(services: Services, record: LeadRecord, now: datetime, error: str, *, owner: str | None) -> bool:
+    """Its limits are spent: parked as a dead letter (due None, the error kept) for an operator to replay."""
+    item = record.work.get(NOTIFY)
+    attempts = (item.attempts if item else 0) + 1
+    set_work(record, NOTIFY, None, attempts=attempts, error=error)
+    note = f"results webhook gave up after {attempts} attempts: {error}"
+    return save_work(services, record, now, note, owner=owner)
+
+
+def notify_dropped(services: Services, record: LeadRecord, now: datetime, *, owner: str | None) -> bool:
+    """RESULTS_WEBHOOK_URL is not set: the work is dropped with no request and no history line."""
+    drop_work(record, NOTIFY)
+    return save_work(services, record, now, owner=owner)

@@ -2,23 +2,34 @@
 
 Lead events carry no phones (contacts are separate objects), so the worker fetches the lead with
 its contacts from the API.
+
+Write-back: a completed outbound call activity on the lead; its note ends with the job id, so listing
+the lead's calls finds a write the process may have died after.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import html
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
-from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCredentialsError, UnauthorizedError
+from crm2calls.errors import (
+    EnrichmentError,
+    MalformedRequestError,
+    MissingCredentialsError,
+    UnauthorizedError,
+    WriteBackError,
+)
 from crm2calls.mapping import scalar_text as _text
-from crm2calls.model import Lead, LeadEvent, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate
 from crm2calls.policy import SourcePolicy
-from crm2calls.sources.base import JSON, InboundRequest, Source, payload_for, require_shared_key
+from crm2calls.sources.base import JSON, InboundRequest, Source, Written, payload_for, require_shared_key
 from crm2calls.sources.client import DEFAULT_TIMEOUT
 from crm2calls.sources.generic import parse_json
 
@@ -31,6 +42,24 @@ _SECONDS = re.compile(r"[1-9][0-9]{0,9}")  # canonical Unix seconds: ASCII digit
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
 _LEAD_ID = re.compile(r"lead_[A-Za-z0-9]+")
 NOT_CALLED = frozenset({"fax"})
+CALL_SCOPE = (
+    "the API key's user a role that may create call activities on leads (the key acts as its user; "
+    "see docs/crm/close.md)"
+)
+JOB_MARK = "Aimylogic job"  # the note's last line names the job: "Aimylogic job 9051123"
+MAX_CALL_PAGES = 10  # 100 calls a page: a lead with more is not looked through further
+
+
+def note_html(note: str, job_id: str) -> str:
+    """The note as HTML (escaped, line breaks kept), ending with the paragraph that names the job."""
+    body = "<br>".join(html.escape(line) for line in note.splitlines())
+    return f"<p>{body}</p><p>{JOB_MARK} {html.escape(job_id)}</p>"
+
+
+def names_job(text: str, job_id: str) -> bool:
+    """Does a call's note name this job (not one whose id merely starts the same)?"""
+    mark = re.escape(f"{JOB_MARK} {html.escape(job_id)}")
+    return re.search(rf"{mark}(?![\w-])", text) is not None
 
 
 def close_signature(key_hex: str, timestamp: str, body: bytes) -> str | None:
@@ -156,3 +185,63 @@ class CloseSource(Source):
             name=name,
             region=self.policy.region,
         )
+
+    # Write-back: a completed outbound call activity on the lead.
+
+    def can_write_back(self) -> bool:
+        """CLOSE_API_KEY is set."""
+        return bool(self.settings.crm.close_api_key)
+
+    @staticmethod
+    def _lead_id(record: LeadRecord) -> str:
+        if not _LEAD_ID.fullmatch(record.ref):
+            raise WriteBackError(f"Close: lead {record.id} has no Close lead id", retryable=False)
+        return record.ref
+
+    def _write_call(self, method: str, path: str, *, json: object = None, params: dict | None = None) -> object:
+        """A write-back request with the API key; a refused key holds the write-backs until a person fixes it."""
+        from crm2calls.sources.writes import TokenRefusedError, send
+
+        try:
+            return send(self._api(), method, path, json=json, params=params, scope=CALL_SCOPE)
+        except TokenRefusedError as exc:
+            raise WriteBackError(f"{exc.message}: check CLOSE_API_KEY", scope=True) from None
+        except MissingCredentialsError as exc:
+            raise WriteBackError(exc.message, retryable=False) from None
+
+    def write_back(self, record: LeadRecord, note: str, outcome: dict) -> Written:
+        """POST a completed outbound call activity with the outcome's duration and the note."""
+        lead_id = self._lead_id(record)
+        phone = json.loads(record.entry or "{}").get("phone")
+        call = {
+            "lead_id": lead_id,
+            "direction": "outbound",
+            "status": "completed",
+            "duration": int(outcome.get("duration_s") or 0),
+            "note_html": note_html(note, record.job_id or "-"),
+        }
+        if isinstance(phone, str) and phone:
+            call["phone"] = phone if phone.startswith("+") else f"+{phone}"
+        answer = self._write_call("POST", "api/v1/activity/call/", json=call)
+        call_id = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(call_id, str) or not call_id:
+            raise WriteBackError("Close's answer to the new call has no id")
+        return Written(call_id)
+
+    def find_written(self, record: LeadRecord, job_id: str) -> Written | None:
+        """List the lead's call activities (100 a page) for one whose note names the job."""
+        lead_id = self._lead_id(record)
+        for page in range(MAX_CALL_PAGES):
+            params = {"lead_id": lead_id, "_limit": 100, "_skip": page * 100}
+            answer = self._write_call("GET", "api/v1/activity/call/", params=params)
+            if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+                raise WriteBackError("Close's list of calls has no data")
+            for call in answer["data"]:
+                if not isinstance(call, dict) or not isinstance(call.get("id"), str):
+                    continue
+                text = f"{call.get('note_html') or ''} {call.get('note') or ''}"
+                if names_job(text, job_id):
+                    return Written(call["id"])
+            if not answer.get("has_more"):
+                return None
+        return None

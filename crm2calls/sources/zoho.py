@@ -4,15 +4,20 @@ A notification carries only record ids (several per call): the worker fetches ea
 OAuth access token, refreshed from ZOHO_REFRESH_TOKEN when it expires or is refused. A workflow
 webhook posts a body the admin designs; it is mapped like the generic source. Notification
 channels expire: renew_watch() subscribes the channel again for a week.
+
+Write-back: a note on the lead (or contact) whose title names the job, so listing the record's notes
+finds a write the process may have died after.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
 from crm2calls.errors import (
     AuthError,
@@ -22,15 +27,18 @@ from crm2calls.errors import (
     MissingCredentialsError,
     RejectedError,
     UnauthorizedError,
+    UnavailableError,
+    WriteBackError,
 )
 from crm2calls.mapping import scalar_text as _text
-from crm2calls.model import Lead, LeadEvent, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import (
     FORM,
     JSON,
     InboundRequest,
     Source,
+    Written,
     payload_for,
     require_shared_key,
     secret_matches,
@@ -51,6 +59,12 @@ MAX_NOTIFY_TOKEN = 50  # Zoho refuses longer tokens
 PHONE_FIELDS = (("Mobile", "mobile"), ("Phone", ""), ("Home_Phone", "home"), ("Other_Phone", "other"))
 _OAUTH_ERROR = re.compile(r"[a-z_]{1,40}")
 _CREDENTIALS = "ZOHO_CLIENT_ID, ZOHO_CLIENT_SECRET and ZOHO_REFRESH_TOKEN"
+NOTES_SCOPE = (
+    "ZohoCRM.modules.notes.CREATE and ZohoCRM.modules.notes.READ to the self client, then set the new "
+    "ZOHO_REFRESH_TOKEN (see docs/crm/zoho.md)"
+)
+NOTE_TITLE = "Robot call"
+MAX_NOTE_PAGES = 10  # 200 notes a page: a record with more is not looked through further
 
 
 
@@ -76,6 +90,7 @@ class ZohoSource(Source):
         self.timeout = DEFAULT_TIMEOUT  # (connect, read) seconds for Zoho's APIs
         self._token_lock = threading.Lock()  # one refresh at a time; the others reuse its token
         self._token: tuple[str, datetime] | None = None  # (access token, valid until)
+        self.now: Clock = utcnow  # write-back's clock for the token (tests pass theirs)
 
     # Requests
 
@@ -265,6 +280,81 @@ class ZohoSource(Source):
             "notify_url": notify_url,
             "channel_expiry": expiry,
         }
+
+
+    # Write-back: a note on the lead or contact.
+
+    def can_write_back(self) -> bool:
+        """The OAuth client's three settings are set."""
+        crm = self.settings.crm
+        return bool(crm.zoho_client_id and crm.zoho_client_secret and crm.zoho_refresh_token)
+
+    @staticmethod
+    def _record_path(record: LeadRecord) -> str:
+        """crm/v8/{module}/{id}: the module enrichment recorded in the payload (crm_module), else Leads."""
+        record_id = _record_id(record.ref)
+        if record_id is None:
+            raise WriteBackError(f"Zoho: lead {record.id} has no Zoho record id", retryable=False)
+        payload = json.loads(record.entry or "{}").get("payload") or {}
+        module = payload.get("crm_module") if payload.get("crm_module") in MODULES else "Leads"
+        return f"crm/v8/{module}/{record_id}"
+
+    def _write_call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:
+        """A write-back request with the access token; a refused token (401) is refreshed once and the call repeated."""
+        from crm2calls.sources.writes import TokenRefusedError, send
+
+        api = self._client(self.settings.crm.zoho_api_domain, "Zoho CRM")
+        token = self._write_token()
+        try:
+            return send(api, method, path, json=json, params=params, scope=NOTES_SCOPE,
+                        headers={"Authorization": f"Zoho-oauthtoken {token}"})
+        except TokenRefusedError:
+            token = self._write_token(refused=token)
+            return send(api, method, path, json=json, params=params, scope=NOTES_SCOPE,
+                        headers={"Authorization": f"Zoho-oauthtoken {token}"})
+
+    def _write_token(self, refused: str | None = None) -> str:
+        """_access_token() for write-back: its errors as WriteBackError (a refused refresh token holds them)."""
+        try:
+            return self._access_token(self.now(), refused)
+        except UnavailableError as exc:
+            raise WriteBackError(exc.message, retry_after=exc.retry_after) from None
+        except MissingCredentialsError as exc:
+            raise WriteBackError(exc.message, retryable=False) from None
+        except (AuthError, EnrichmentError) as exc:
+            raise WriteBackError(exc.message, scope=True) from None
+
+    def write_back(self, record: LeadRecord, note: str, outcome: dict[str, Any]) -> Written:
+        """POST a note titled with the job onto the lead (or contact) record."""
+        path = f"{self._record_path(record)}/Notes"
+        body = {"data": [{"Note_Title": f"{NOTE_TITLE} (job {record.job_id or '-'})", "Note_Content": note}]}
+        answer = self._write_call("POST", path, json=body)
+        rows = answer.get("data") if isinstance(answer, dict) else None
+        row = rows[0] if isinstance(rows, list) and rows and isinstance(rows[0], dict) else {}
+        details = row.get("details") if isinstance(row.get("details"), dict) else {}
+        if row.get("code") != "SUCCESS" or not _text(details.get("id")):
+            from crm2calls.sources.writes import error_code
+
+            raise WriteBackError(f"Zoho did not add the note ({error_code(answer) or 'no id'})", retryable=False)
+        return Written(str(details["id"]))
+
+    def find_written(self, record: LeadRecord, job_id: str) -> Written | None:
+        """List the record's notes (200 a page) for one titled with this job."""
+        path = f"{self._record_path(record)}/Notes"
+        title = f"{NOTE_TITLE} (job {job_id})"
+        for page in range(1, MAX_NOTE_PAGES + 1):
+            params = {"fields": "Note_Title,Note_Content", "per_page": 200, "page": page}
+            answer = self._write_call("GET", path, params=params)
+            if not isinstance(answer, dict):  # 204: the record has no notes
+                return None
+            rows = answer.get("data") if isinstance(answer.get("data"), list) else []
+            for row in rows:
+                if isinstance(row, dict) and row.get("Note_Title") == title and _text(row.get("id")):
+                    return Written(str(row["id"]))
+            info = answer.get("info") if isinstance(answer.get("info"), dict) else {}
+            if not info.get("more_records"):
+                return None
+        return None
 
 
 def renew_watch(services: Services, now: datetime) -> dict[str, Any]:

@@ -6,7 +6,11 @@ As Zoho does:
 * the CRM API wants `Authorization: Zoho-oauthtoken <access token>`: unknown, expired or revoked
   tokens get 401 INVALID_TOKEN;
 * GET /crm/v8/{Leads|Contacts}/{id} answers {"data": [record]}, or 204 with no body when there is none;
-* POST /crm/v8/actions/watch enables a channel whose expiry is at most a week ahead.
+* POST /crm/v8/actions/watch enables a channel whose expiry is at most a week ahead;
+* POST /crm/v8/{module}/{id}/Notes {"data": [{"Note_Title", "Note_Content"}]} adds a note (201, per-row
+  code SUCCESS and the note's id); GET lists a record's notes, `fields` required, 200 a page at most
+  with info.more_records, 204 when there are none; a token without the notes scope gets 401
+  OAUTH_SCOPE_MISMATCH, a profile without permission 403 NO_PERMISSION.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from tests.emulators.crm_api import StandIn, json_response
 
 _RECORD = re.compile(r"/crm/v8/(Leads|Contacts)/(\d+)")
 TOKEN_LIFETIME = timedelta(hours=1)
+_NOTES = re.compile(r"/crm/v8/(Leads|Contacts)/(\d+)/Notes")
 
 
 class ZohoStandIn(StandIn):
@@ -41,6 +46,9 @@ class ZohoStandIn(StandIn):
         self.refuse_all_tokens = False  # the API refuses even fresh tokens (a revoked client, a missing scope)
         self.watches: list[dict[str, Any]] = []
         self._serial = itertools.count(1)
+        self.notes: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (module, record id) -> notes written
+        self.notes_scope = True  # the self client's token carries ZohoCRM.modules.notes.CREATE/READ
+        self.notes_permission = True  # the user's profile may add notes
 
     def add_record(self, module: str, record_id: str, **fields: Any) -> None:
         """Create a record in a module."""
@@ -67,6 +75,8 @@ class ZohoStandIn(StandIn):
                                   "status": "error"}, 401)
         if request.path == "/crm/v8/actions/watch" and request.method == "POST":
             return self._watch(request)
+        if _NOTES.fullmatch(request.path):
+            return self._notes(request)
         match = _RECORD.fullmatch(request.path)
         record = self.records.get((match[1], match[2])) if match and request.method == "GET" else None
         if record is None:
@@ -113,3 +123,51 @@ class ZohoStandIn(StandIn):
         return json_response({"watch": [{"code": "SUCCESS", "details": {"events": events},
                                          "message": "Successfully subscribed for actions-watch of the given module",
                                          "status": "success"}]})
+
+    def written_notes(self) -> list[dict[str, Any]]:
+        """Every note written, in order, with its module and record."""
+        return [note for notes in self.notes.values() for note in notes]
+
+    def _notes(self, request: Request) -> Response:
+        module, record_id = _NOTES.fullmatch(request.path).groups()
+        if not self.notes_scope:
+            return json_response({"code": "OAUTH_SCOPE_MISMATCH", "details": {},
+                                  "message": "invalid oauth scope to access this URL", "status": "error"}, 401)
+        if not self.notes_permission:
+            return json_response({"code": "NO_PERMISSION", "details": {"permissions": ["Crm_Implied_Create_Notes"]},
+                                  "message": "permission denied", "status": "error"}, 403)
+        if (module, record_id) not in self.records:
+            return json_response({"data": [{"code": "INVALID_DATA", "details": {"id": record_id},
+                                            "message": "the related id given seems to be invalid",
+                                            "status": "error"}]}, 400)
+        if request.method == "GET":
+            return self._list_notes(request, module, record_id)
+        try:
+            [row] = json.loads(request.get_data())["data"]
+            valid = isinstance(row["Note_Content"], str) and isinstance(row.get("Note_Title", ""), str)
+        except (ValueError, KeyError, TypeError):
+            valid = False
+        if not valid:
+            return json_response({"data": [{"code": "MANDATORY_NOT_FOUND", "details": {"api_name": "Note_Content"},
+                                            "message": "required field not found", "status": "error"}]}, 400)
+        note_id = f"5725767000{next(self._serial):09d}"
+        with self._lock:
+            self.notes.setdefault((module, record_id), []).append({"id": note_id, "module": module,
+                                                                   "record": record_id, **row})
+        return json_response({"data": [{"code": "SUCCESS", "details": {"id": note_id,
+                                                                         "Created_Time": self.clock().isoformat()},
+                                         "message": "record added", "status": "success"}]}, 201)
+
+    def _list_notes(self, request: Request, module: str, record_id: str) -> Response:
+        if not request.args.get("fields"):
+            return json_response({"code": "REQUIRED_PARAM_MISSING", "details": {"param": "fields"},
+                                  "message": "One of the expected parameter is missing", "status": "error"}, 400)
+        per_page, page = min(int(request.args.get("per_page", 200)), 200), int(request.args.get("page", 1))
+        notes = self.notes.get((module, record_id), [])
+        rows = notes[(page - 1) * per_page: page * per_page]
+        if not rows:
+            return Response(status=204)
+        fields = request.args["fields"].split(",")
+        data = [{"id": note["id"], **{name: note.get(name) for name in fields}} for note in rows]
+        return json_response({"data": data, "info": {"per_page": per_page, "count": len(data), "page": page,
+                                                     "more_records": len(notes) > page * per_page}})
