@@ -3,6 +3,9 @@
 One event per request. Person events carry the phones; a v2 lead carries only its person's id,
 so the worker fetches the person. Pipedrive's only sender check is HTTP Basic auth set on the
 webhook; without it the shared key is required.
+
+Stop events (webhooks v2; fixed, no stop_values): `change.lead` archiving a lead, `change.deal` winning or
+losing a deal, `delete.lead` and `delete.person`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from crm2calls.config import Settings
 from crm2calls.errors import EnrichmentError, MalformedRequestError, MissingCredentialsError, UnauthorizedError
 from crm2calls.mapping import scalar_text as _text
-from crm2calls.model import Lead, LeadEvent, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, PhoneCandidate, StopEvent
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import (
     JSON,
@@ -112,6 +115,52 @@ class PipedriveSource(Source):
             raise MalformedRequestError("added.person without `current.id`", field="current.id")
         # v1 may deliver an event twice; a person is added once, so its id is the event's identity.
         return [LeadEvent(key=f"v1:person:{person_id}", ref=person_id, lead=self._person_lead(person_id, person, {}))]
+
+    def parse_stops(self, request: InboundRequest) -> list[StopEvent]:
+        """A lead archived or deleted, a deal won or lost, a person deleted (v2 webhooks).
+
+        Records are named like the lead events' refs: a lead's id (a UUID, create.lead) and a person's id
+        (digits, added.person / create.person). The same person may have come both ways, so a lead's stop
+        names its lead and its person, and a deal's stop its person (no lead event names a deal).
+        """
+        body = parse_json(request.body)
+        meta = body.get("meta") if isinstance(body, dict) else None
+        if not isinstance(meta, dict) or not str(meta.get("version", "")).startswith("2"):
+            return []
+        action, entity = meta.get("action"), meta.get("entity") or meta.get("object")
+        # data: the object now (null after a delete); previous: only the fields that changed (the whole object
+        # after a delete), so a change event that did not touch the field is no stop.
+        data, previous = body.get("data"), body.get("previous")
+        data = data if isinstance(data, dict) else {}
+        previous = previous if isinstance(previous, dict) else None
+        if action == "change" and entity == "lead":
+            changed = previous is None or "is_archived" in previous
+            if data.get("is_archived") is not True or not changed:
+                return []
+            reason, current = "Pipedrive lead archived", data
+        elif action == "change" and entity == "deal":
+            status = data.get("status")
+            if status not in ("won", "lost") or not (previous is None or "status" in previous):
+                return []
+            reason, current = f"Pipedrive deal {status}", data
+        elif action == "delete" and entity in ("lead", "person"):
+            reason, current = f"Pipedrive {entity} deleted", previous or {}
+            if merged_into := _text(meta.get("merged_to_id")):
+                reason += f" (merged into {merged_into})"
+        else:
+            return []
+        event_id = _text(meta.get("id"))
+        if event_id is None:
+            raise MalformedRequestError(f"{action}.{entity} without `meta.id`", field="meta.id")
+        entity_id = _text(current.get("id")) or _text(meta.get("entity_id"))
+        refs = []
+        if entity == "lead" and entity_id:
+            refs.append(entity_id)
+        person_id = _numeric_id(entity_id) if entity == "person" else _numeric_id(current.get("person_id"))
+        if person_id:
+            refs.append(person_id)
+        raw = {"entity": entity, "id": entity_id}
+        return [StopEvent(f"stop:v2:{event_id}:{ref}", ref, reason, raw=raw) for ref in refs]
 
     def _v2(self, meta: dict[str, Any], data: Any) -> list[LeadEvent]:
         action, entity = meta.get("action"), meta.get("entity") or meta.get("object")
