@@ -27,6 +27,7 @@ from crm2calls.errors import (
 )
 from crm2calls.model import StopEvent
 from tests.conftest import FIXTURES, SECRET
+from tests.emulators.amocrm import AmoCrmEmulator
 from tests.emulators.bitrix24 import Bitrix24Emulator
 from tests.emulators.close import CloseStandIn
 from tests.emulators.zoho import ZohoStandIn
@@ -460,6 +461,19 @@ def test_sources_without_lookups_never_ask_for_one(build, clock):
         for path in (FIXTURES / crm / "stops").iterdir():
             if path.name not in ("expected.json", "README.md"):
                 assert not any(s.check for s in parsed(app, CRMS[crm], path.read_bytes(), clock())[1])
+
+
+def test_amocrm_reconciliation_skips_leads_already_won_or_lost(build, clock):
+    """A lead created into a stop stage is never called: not from its webhook, not from the listing."""
+    lead = json.loads((FIXTURES / "amocrm" / "api_lead.json").read_text(encoding="utf-8"))
+    created = int((clock() - timedelta(minutes=5)).timestamp())
+    with AmoCrmEmulator() as amo:
+        for lead_id, status_id in ((34000001, 142), (34000002, 76789230), (34000003, 143)):
+            amo.add_lead({**lead, "id": lead_id, "created_at": created, "status_id": status_id,
+                          "pipeline_id": 9621010})
+        services, _ = build(CRMS["amocrm"], amocrm_base_url=amo.url, amocrm_token=amo.token)
+        events = services.source("amocrm").list_since(clock() - timedelta(hours=1), clock())
+    assert [event.ref for event in events] == ["lead:34000002"]
 
 
 # Settings: stop_values and stop_property, checked at start-up
