@@ -81,6 +81,13 @@ def _set_hubspot_attempts(events: list) -> None:
         event["attemptNumber"] += 1
 
 
+def _set_pipedrive_attempt(body: dict) -> None:
+    if body.get("v") == 1:
+        body["retry"] += 1
+    else:
+        body["meta"]["attempt"] += 1
+
+
 @dataclass(frozen=True)
 class Crm:
     """How one CRM's requests are authenticated here, and how it resends one."""
@@ -109,7 +116,7 @@ CRMS = {
         Crm("pipedrive", "application/json", "/webhooks/pipedrive",
             {"pipedrive_webhook_user": PIPEDRIVE_USER, "pipedrive_webhook_passwords": (PIPEDRIVE_PASSWORD,)},
             pipedrive_headers, lambda body: body,  # spoiled through its headers, see spoiled_headers()
-            json_edit(lambda body: body["meta"].update(attempt=2))),
+            json_edit(_set_pipedrive_attempt)),
         Crm("salesforce", "text/xml", f"/webhooks/salesforce?key={SECRET}",
             {"salesforce_organization_id": SALESFORCE_ORG}, no_headers, lambda body: body),  # wrong ?key=
         Crm("zoho", "application/json", "/webhooks/zoho", {"zoho_notify_tokens": (ZOHO_TOKEN,)}, no_headers,
