@@ -114,7 +114,7 @@ class CloseSource(Source):
         if action == "merged":  # lead_id is the destination, which lives on; the source lead is gone
             lead_id, reason = _text(meta.get("merge_source_lead_id")), "Close lead merged into another"
         elif action in ("deleted", "updated"):
-            lead_id, reason = _text(event.get("lead_id")) or _text(event.get("object_id")), "Close lead deleted"
+            lead_id, reason = _text(event.get("lead_id")) or _text(event.get("object_id")), f"Close lead {action}"
         else:
             return []
         if event_id is None or lead_id is None or not _LEAD_ID.fullmatch(lead_id):
