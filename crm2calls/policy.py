@@ -47,6 +47,17 @@ class FieldMap:
 
 DEFAULT_CAMPAIGN = "default"  # the campaign of AIMYLOGIC_TOKEN
 
+# [sources.X] stop_values when the file gives none: each CRM's own ids of the statuses that mean "stop calling".
+# Bitrix24 needs none (its semantic S/F says it), Close none (its statuses are the account's own: deletions only),
+# Pipedrive's stops are fixed (lead archived, deal won or lost, person or lead deleted).
+STOP_DEFAULTS: dict[str, tuple[str, ...]] = {
+    "amocrm": ("142", "143"),  # the system statuses "won" and "lost" of every pipeline
+    "hubspot": ("UNQUALIFIED",),  # hs_lead_status
+    "salesforce": ("Closed - Converted", "Closed - Not Converted"),  # the default Lead Status picklist
+    "zoho": ("Lost Lead", "Junk Lead", "Not Qualified"),  # the default Lead_Status picklist
+}
+STOP_PROPERTY = "hs_lead_status"  # HubSpot's contact property whose values stop_values lists
+
 
 @dataclass(frozen=True)
 class CampaignRoute:
@@ -95,6 +106,14 @@ class SourcePolicy:
     campaign_by: CampaignRoute | None = None
     default_zone: str | None = None  # None: [calls] default_zone
     results: ResultsPolicy = field(default_factory=ResultsPolicy)
+
+    stop_values: tuple[str, ...] | None = None  # CRM status ids that mean "stop calling"; None: STOP_DEFAULTS
+    stop_property: str = STOP_PROPERTY  # HubSpot only: the contact property stop_values are values of
+
+    @property
+    def stop_statuses(self) -> tuple[str, ...]:
+        """stop_values as the file gives them, or this CRM's defaults."""
+        return self.stop_values if self.stop_values is not None else STOP_DEFAULTS.get(self.name, ())
 
     def campaign_for(self, value: str | None) -> str:
         """The campaign of a lead whose campaign_by field reads `value` (as text; None when missing)."""

@@ -14,6 +14,7 @@ from crm2calls.policy import (
     DEFAULT_CAMPAIGN,
     NOTE_LANGUAGES,
     NOTE_PLACEHOLDERS,
+    STOP_DEFAULTS,
     WEEKDAYS,
     CallWindow,
     CampaignRoute,
@@ -334,6 +335,10 @@ class SourceSchema(Schema):
     default_zone = fields.String()
     results = fields.Nested(ResultsSchema)
 
+    stop_values = fields.List(fields.String(validate=validate.Length(min=1)))
+    stop_property = fields.String(validate=validate.Regexp(r"^[a-z0-9_]{1,100}$", error="not a HubSpot property "
+                                                           "name (lower-case internal name, e.g. hs_lead_status)"))
+
     @validates_schema
     def _zone_exists(self, data: dict[str, Any], **kwargs: Any) -> None:
         from crm2calls.zones import is_iana_zone
@@ -407,6 +412,16 @@ class PolicySchema(Schema):
         if problems:
             raise ValidationError(problems, "sources")
 
+    @validates_schema(skip_on_field_errors=False)
+    def _stop_settings(self, data: dict[str, Any], **kwargs: Any) -> None:
+        problems = {}
+        for name, source in (data.get("sources") or {}).items():
+            found = stop_problems(name, source)
+            if found:
+                problems[name] = found
+        if problems:
+            raise ValidationError(problems, "sources")
+
     @validates_schema
     def _sources_within_safe_hours(self, data: dict[str, Any], **kwargs: Any) -> None:
         calls = data.get("calls") or {}
@@ -421,6 +436,45 @@ class PolicySchema(Schema):
                     problems[name] = {"calls": {"hours": [f"{day} {', '.join(bad)} is outside the safe hours {safe}"]}}
         if problems:
             raise ValidationError(problems, "sources")
+
+
+_AMOCRM_STAGE = re.compile(r"^[0-9]{1,20}(:[0-9]{1,20})?$")
+
+
+def _stage_matches(a: str, b: str) -> bool:
+    """Do two amoCRM stage values name a common stage? "142" (any pipeline) meets "9621010:142"."""
+    if a == b:
+        return True
+    return a.rpartition(":")[2] == b.rpartition(":")[2] and (":" not in a or ":" not in b)
+
+
+def stop_problems(name: str, source: dict[str, Any]) -> dict[str, list[str]]:
+    """What is wrong with a source's stop_values and stop_property, by key."""
+    found: dict[str, list[str]] = {}
+    if "stop_property" in source and name != "hubspot":
+        found["stop_property"] = ["only hubspot has a stop property; use stop_values"]
+    if "stop_values" in source and name == "pipedrive":
+        found["stop_values"] = [
+            "Pipedrive's stops are fixed (a lead archived, a deal won or lost, a person or lead deleted): "
+            "delete stop_values"
+        ]
+    if name != "amocrm":
+        return found
+    stops = source["stop_values"] if "stop_values" in source else list(STOP_DEFAULTS["amocrm"])
+    bad = [value for value in stops if not _AMOCRM_STAGE.match(value)]
+    if bad:
+        found["stop_values"] = [f"{value!r} is not a status_id or pipeline_id:status_id, e.g. \"143\""
+                                for value in bad]
+        return found
+    clashes = [
+        f"{stop!r} is also a call trigger in status_ids ({trigger!r}): a stage cannot both start and stop calls; "
+        "remove it from status_ids or from stop_values" + ("" if "stop_values" in source else
+                                                           " (stop_values defaults to [\"142\", \"143\"])")
+        for stop in stops for trigger in source.get("status_ids", ()) if _stage_matches(stop, trigger)
+    ]
+    if clashes:
+        found["stop_values"] = clashes
+    return found
 
 
 def _window(base: dict[str, Any], override: dict[str, Any]) -> CallWindow:
@@ -463,6 +517,9 @@ def build_policy(data: dict[str, Any], default_region: str) -> Policy:
             campaign_by=_route(src.get("campaign_by")),
             default_zone=src.get("default_zone"),
             results=src.get("results", ResultsPolicy()),
+
+            stop_values=tuple(src["stop_values"]) if "stop_values" in src else None,
+            **({"stop_property": src["stop_property"]} if "stop_property" in src else {}),
         )
     return Policy(
         default_zone=calls["default_zone"],

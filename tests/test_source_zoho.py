@@ -271,11 +271,12 @@ def test_renew_watch_enables_the_channel_for_a_week_less_a_margin(zh, zoho, cloc
     result = renew_watch(services, clock())
     [watch] = zoho.watches
     assert watch["channel_id"] == int(CHANNEL)
-    assert watch["events"] == ["Leads.create", "Contacts.create"]
+    events = ["Leads.create", "Contacts.create", "Leads.edit", "Leads.delete", "Contacts.delete"]  # edits: stops
+    assert watch["events"] == events
     assert watch["notify_url"] == f"{PUBLIC}/webhooks/zoho" and watch["token"] == NOTIFY_TOKEN
     expiry = datetime.fromisoformat(watch["channel_expiry"])
     assert expiry == clock() + timedelta(days=7) - timedelta(hours=1) and expiry.utcoffset() == timedelta(0)
-    assert result == {"channel_id": CHANNEL, "events": ["Leads.create", "Contacts.create"],
+    assert result == {"channel_id": CHANNEL, "events": events,
                       "notify_url": f"{PUBLIC}/webhooks/zoho", "channel_expiry": watch["channel_expiry"]}
     assert NOTIFY_TOKEN not in json.dumps(result)
 

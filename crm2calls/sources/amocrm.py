@@ -5,6 +5,9 @@ in the body when it is there, fetched otherwise), `unsorted[add]` items that car
 when `[sources.amocrm] status_ids` is set, leads in those stages only (`leads[add]` created in
 one, `leads[status]` moved into one). Companies (`contacts[add]` with `type=company`) are not
 called: a company's number is a switchboard; the person is its contact.
+
+Stop events: `leads[status]` into a `stop_values` stage (default 142 won, 143 lost), `leads[delete]`,
+`contacts[delete]`. A lead created in a stop stage is never called.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from crm2calls.errors import (
 )
 from crm2calls.formdata import parse_php_form, php_list
 from crm2calls.mapping import scalar_text as _text
-from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate, StopEvent
 from crm2calls.sources.base import (
     FORM,
     Ack,
@@ -66,6 +69,11 @@ def _items(form: dict[str, Any], entity: str, action: str) -> list[dict[str, Any
             raise MalformedRequestError(f"{entity}[{action}][{index}] is not an object", field=f"{entity}[{action}]")
     return items
 
+
+
+def in_stages(status_id: Any, pipeline_id: Any, stages: tuple[str, ...]) -> bool:
+    """Is a lead's stage among `stages`, each a status_id (any pipeline) or pipeline_id:status_id?"""
+    return bool(stages) and (str(status_id) in stages or f"{pipeline_id}:{status_id}" in stages)
 
 
 def _person_name(entity: dict[str, Any]) -> str | None:
@@ -179,12 +187,45 @@ class AmoCrmSource(Source):
 
     def lead_key(self, lead_id: str, status_id: Any, pipeline_id: Any) -> str | None:
         """lead:{id}; in stage mode status:{id}:{stage} for a lead in a chosen stage, None for any other."""
+        if in_stages(status_id, pipeline_id, self.policy.stop_statuses):
+            return None  # created won or lost: nobody to call
         if not self.policy.status_ids:
             return f"lead:{lead_id}"
-        wanted = self.policy.status_ids
-        if str(status_id) in wanted or f"{pipeline_id}:{status_id}" in wanted:
+        if in_stages(status_id, pipeline_id, self.policy.status_ids):
             return f"status:{lead_id}:{status_id}"
         return None
+
+    def parse_stops(self, request: InboundRequest) -> list[StopEvent]:
+        """leads[status] into a stop stage, leads[delete] and contacts[delete] as stop events.
+
+        Records are named like the lead events' refs: "lead:{id}" (leads[add], leads[status], unsorted
+        with a lead_id) and "contact:{id}" (contacts[add]). A lead that came as a contact is stopped only
+        by its contact's deletion: the webhook does not say which leads a contact belongs to.
+        """
+        form = parse_php_form(request.body)
+        stops = []
+        for index, item in enumerate(_items(form, "leads", "status")):
+            lead_id = _numeric_id(item.get("id"), f"leads[status][{index}][id]")
+            status_id, pipeline_id = _text(item.get("status_id")), _text(item.get("pipeline_id"))
+            if in_stages(status_id, pipeline_id, self.policy.stop_statuses):
+                # last_modified tells a lead closed, reopened and closed again from amoCRM resending one move
+                moved = _text(item.get("last_modified")) or _text(item.get("updated_at")) or "-"
+                stops.append(StopEvent(
+                    f"stop:lead:{lead_id}:status:{status_id}:{moved}",
+                    f"lead:{lead_id}",
+                    f"amoCRM lead moved to status {status_id} (pipeline {pipeline_id or '?'})",
+                    raw={"lead_id": lead_id, "status_id": status_id, "pipeline_id": pipeline_id},
+                ))
+        for entity, kind in (("leads", "lead"), ("contacts", "contact")):
+            for index, item in enumerate(_items(form, entity, "delete")):
+                entity_id = _numeric_id(item.get("id"), f"{entity}[delete][{index}][id]")
+                if kind == "contact" and str(item.get("type") or "contact") == "company":
+                    continue  # companies are never called
+                stops.append(StopEvent(
+                    f"stop:{kind}:{entity_id}:delete", f"{kind}:{entity_id}", f"amoCRM {kind} deleted",
+                    raw={f"{kind}_id": entity_id},
+                ))
+        return stops
 
     def _lead_event(self, key: str, lead_id: str) -> LeadEvent:
         return LeadEvent(key, f"lead:{lead_id}", None, {"lead_id": lead_id})

@@ -4,6 +4,10 @@ the inbound webhook URL (BITRIX24_WEBHOOK_URL, which holds a secret: it is never
 Idempotency keys are `{entity}:{ID}` within the source. One deployment serves one portal (the one
 BITRIX24_WEBHOOK_URL reads from), so the portal's member_id adds nothing to the key, and leaving it
 out lets reconciliation, which cannot learn member_id through an inbound webhook, produce the same keys.
+
+Stop events: ONCRMLEADDELETE, ONCRMDEALDELETE, ONCRMCONTACTDELETE stop at once; ONCRMLEADUPDATE and
+ONCRMDEALUPDATE carry only the id, so the worker reads the record (check_stop): a lead or deal whose
+semantic status is S (won, converted) or F (lost, junk), or whose STATUS_ID / STAGE_ID is in stop_values.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from crm2calls.errors import (
 )
 from crm2calls.formdata import parse_php_form
 from crm2calls.mapping import scalar_text as _text
-from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate, StopEvent
 from crm2calls.sources.base import (
     FORM,
     Ack,
@@ -36,6 +40,11 @@ from crm2calls.sources.base import (
 from crm2calls.sources.client import DEFAULT_TIMEOUT, CrmHttpClient
 
 EVENTS = {"ONCRMLEADADD": "lead", "ONCRMCONTACTADD": "contact", "ONCRMDEALADD": "deal"}
+DELETE_EVENTS = {"ONCRMLEADDELETE": "lead", "ONCRMDEALDELETE": "deal", "ONCRMCONTACTDELETE": "contact"}
+UPDATE_EVENTS = {"ONCRMLEADUPDATE": "lead", "ONCRMDEALUPDATE": "deal"}
+# Where a record's status lives: (semantic field, status field); semantic S = success, F = failure, P = in progress
+STATUS_FIELDS = {"lead": ("STATUS_SEMANTIC_ID", "STATUS_ID"), "deal": ("STAGE_SEMANTIC_ID", "STAGE_ID")}
+CLOSED_SEMANTICS = {"S": "won", "F": "lost"}
 UTM_FIELDS = ("UTM_SOURCE", "UTM_MEDIUM", "UTM_CAMPAIGN", "UTM_CONTENT", "UTM_TERM")
 MAX_PAGES = 200  # crm.lead.list pages of 50: 10,000 leads per reconciliation run
 COMMENT_PAGES = 4  # a record's newest timeline comments looked through for one we wrote (4 x 50)
@@ -123,6 +132,45 @@ class Bitrix24Source(Source):
         entity_id = _numeric_id(fields.get("ID") if isinstance(fields, dict) else None, "data[FIELDS][ID]")
         key = f"{entity}:{entity_id}"
         return [LeadEvent(key, key, None, {"entity": entity, "id": entity_id})]
+
+    def parse_stops(self, request: InboundRequest) -> list[StopEvent]:
+        """A deletion stops at once; an update of a lead or deal is checked in the worker.
+
+        Records are named like the lead events' refs, "{entity}:{ID}": a deal stops the lead that came
+        as that deal (ONCRMDEALADD), a contact's deletion the lead that came as that contact. A lead
+        that came as a contact is not stopped by its deal or lead closing: the event names only its own record.
+        """
+        form = parse_php_form(request.body)
+        event = form.get("event")
+        event = event.upper() if isinstance(event, str) else ""
+        entity = DELETE_EVENTS.get(event) or UPDATE_EVENTS.get(event)
+        if entity is None:
+            return []
+        data = form.get("data")
+        fields = data.get("FIELDS") if isinstance(data, dict) else None
+        entity_id = _numeric_id(fields.get("ID") if isinstance(fields, dict) else None, "data[FIELDS][ID]")
+        record = f"{entity}:{entity_id}"
+        raw = {"entity": entity, "id": entity_id}
+        if event in DELETE_EVENTS:
+            return [StopEvent(f"stop:{record}:delete", record, f"Bitrix24 {entity} deleted", raw=raw)]
+        # Bitrix24 never resends, so only two edits in the same second share a key: the check reads the latest state.
+        sent_at = _text(form.get("ts")) or "-"
+        return [StopEvent(f"stop:{record}:update:{sent_at}", record, f"Bitrix24 {entity} updated", check=True, raw=raw)]
+
+    def check_stop(self, event: StopEvent, now: datetime) -> str | None:
+        """crm.lead.get / crm.deal.get: won or lost by its semantic status, or in stop_values."""
+        entity = event.raw.get("entity")
+        if entity not in STATUS_FIELDS:
+            raise EnrichmentError(f"Bitrix24 stop check for an unknown entity {entity!r}", retryable=False)
+        entity_id = _numeric_id(event.raw.get("id"), "id")
+        record = self._get(self._api(), entity, entity_id)
+        semantic_field, status_field = STATUS_FIELDS[entity]
+        semantic, status = _text(record.get(semantic_field)), _text(record.get(status_field))
+        if semantic in CLOSED_SEMANTICS:
+            return f"Bitrix24 {entity} {entity_id} is {CLOSED_SEMANTICS[semantic]} ({status_field} {status})"
+        if status and status in self.policy.stop_statuses:
+            return f"Bitrix24 {entity} {entity_id} is in {status_field} {status} (stop_values)"
+        return None
 
     def acknowledge(self, results: list[IntakeResult]) -> Ack:
         """200 and a small body: Bitrix24 deprioritises slow handlers and never resends."""

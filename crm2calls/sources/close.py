@@ -5,6 +5,9 @@ its contacts from the API.
 
 Write-back: a completed outbound call activity on the lead; its note ends with the job id, so listing
 the lead's calls finds a write the process may have died after.
+
+Stop events: lead.updated into a status in stop_values (its status_id or status_label; no default, so
+by default only deletions stop), lead.deleted, and lead.merged (the source lead, merged away).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from crm2calls.errors import (
     WriteBackError,
 )
 from crm2calls.mapping import scalar_text as _text
-from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate, StopEvent
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import JSON, InboundRequest, Source, Written, payload_for, require_shared_key
 from crm2calls.sources.client import DEFAULT_TIMEOUT
@@ -60,6 +63,8 @@ def names_job(text: str, job_id: str) -> bool:
     """Does a call's note name this job (not one whose id merely starts the same)?"""
     mark = re.escape(f"{JOB_MARK} {html.escape(job_id)}")
     return re.search(rf"{mark}(?![\w-])", text) is not None
+
+STATUS_FIELDS = ("status_id", "status_label")
 
 
 def close_signature(key_hex: str, timestamp: str, body: bytes) -> str | None:
@@ -127,6 +132,55 @@ class CloseSource(Source):
         if event_id is None or lead_id is None or not _LEAD_ID.fullmatch(lead_id):
             raise MalformedRequestError("lead.created without `event.id` or a lead id", field="event.id")
         return [LeadEvent(key=f"event:{event_id}", ref=lead_id, lead=None, raw={"lead_id": lead_id})]
+
+    def parse_stops(self, request: InboundRequest) -> list[StopEvent]:
+        """lead.updated into a stop status, lead.deleted, lead.merged; the record is the lead id, as the ref is."""
+        body = parse_json(request.body)
+        event = body.get("event") if isinstance(body, dict) else None
+        if not isinstance(event, dict) or event.get("object_type") != "lead":
+            return []
+        action, event_id = event.get("action"), _text(event.get("id"))
+        meta = event.get("meta") if isinstance(event.get("meta"), dict) else {}
+        if action == "merged":  # lead_id is the destination, which lives on; the source lead is gone
+            lead_id, reason = _text(meta.get("merge_source_lead_id")), "Close lead merged into another"
+        elif action in ("deleted", "updated"):
+            lead_id, reason = _text(event.get("lead_id")) or _text(event.get("object_id")), f"Close lead {action}"
+        else:
+            return []
+        if event_id is None or lead_id is None or not _LEAD_ID.fullmatch(lead_id):
+            raise MalformedRequestError(f"lead.{action} without `event.id` or a lead id", field="event.id")
+        key, raw = f"stop:event:{event_id}", {"lead_id": lead_id}
+        if action != "updated":
+            return [StopEvent(key, lead_id, reason, raw=raw)]
+        stops = self.policy.stop_statuses
+        changed = event.get("changed_fields")
+        if not stops or not isinstance(changed, list) or not set(STATUS_FIELDS) & set(changed):
+            return []  # no stop statuses, or an edit that left the status alone
+        # data is the lead as the API returns it, but Close leaves it out of events older than an hour
+        # for non-admin subscribers (a late retry): then the worker reads the lead.
+        data = event.get("data")
+        if not isinstance(data, dict) or not any(_text(data.get(name)) for name in STATUS_FIELDS):
+            return [StopEvent(key, lead_id, "Close lead status changed", check=True, raw=raw)]
+        status_reason = self._status_stop(data)
+        return [StopEvent(key, lead_id, status_reason, raw=raw)] if status_reason else []
+
+    def _status_stop(self, lead: dict[str, object]) -> str | None:
+        """Why a lead's status means stop (its status_id or status_label in stop_values), or None."""
+        for name in STATUS_FIELDS:
+            value = _text(lead.get(name))
+            if value and value in self.policy.stop_statuses:
+                return f"Close lead {name} is {value}"
+        return None
+
+    def check_stop(self, event: StopEvent, now: datetime) -> str | None:
+        """GET the lead: its status in stop_values."""
+        lead_id = _text(event.raw.get("lead_id"))
+        if lead_id is None or not _LEAD_ID.fullmatch(lead_id):
+            raise EnrichmentError("Close: the stored stop event has no lead id", retryable=False)
+        data = self._api().get(f"api/v1/lead/{lead_id}/")
+        if not isinstance(data, dict):
+            raise EnrichmentError(f"Close: lead {lead_id} came back empty", retryable=True)
+        return self._status_stop(data)
 
     def _api(self) -> CrmHttpClient:
         api_key = self.settings.crm.close_api_key

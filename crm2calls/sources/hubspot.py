@@ -3,6 +3,10 @@
 Webhooks API bodies are JSON arrays of events; creation events carry only the contact id, so the
 worker fetches the contact (enrich). A workflow webhook posts the contact object itself. With
 HUBSPOT_CLIENT_SECRET set, every request must carry a valid v3 signature.
+
+Stop events (Webhooks API only): a contact's `stop_property` (default hs_lead_status) changed into one of
+`stop_values` (default UNQUALIFIED), and a contact deleted, on the legacy (`contact.*`) and the new
+developer platform (`object.*` with objectTypeId 0-1).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from crm2calls.errors import (
     WriteBackError,
 )
 from crm2calls.mapping import scalar_text as _text
-from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate, StopEvent
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import (
     JSON,
@@ -53,6 +57,10 @@ CONTACT_TYPE_ID = "0-1"
 CALL_TO_CONTACT = 194  # HUBSPOT_DEFINED association type: call -> contact
 # Aimylogic's final jobStatus -> hs_call_status.
 CALL_STATUS = {"noAnswer": "NO_ANSWER", "nonexistentNumber": "FAILED", "notDone": "FAILED", "canceled": "CANCELED"}
+
+# A GDPR deletion ("permanently delete") arrives as contact.privacyDeletion on the legacy platform.
+DELETION_EVENTS = ("contact.deletion", "contact.privacyDeletion", "object.deletion")
+PROPERTY_EVENTS = ("contact.propertyChange", "object.propertyChange")
 # HubSpot decodes exactly these escapes in the URI before signing (v3).
 _SIGNED_ESCAPES = re.compile(r"%(3A|2F|3F|40|21|24|27|28|29|2A|2C|3B)", re.IGNORECASE)
 _MILLISECONDS = re.compile(r"[1-9][0-9]{0,12}")  # canonical: ASCII digits, no sign, no leading zero
@@ -115,6 +123,14 @@ def hubspot_zone(value: Any) -> str | None:
 
 def _is_contact(event: dict[str, Any]) -> bool:
     return event.get("objectTypeId") == CONTACT_TYPE_ID or event.get("objectType") == "contact"
+
+
+def _is_contact_event(event: dict[str, Any]) -> bool:
+    """A legacy contact.* event, or a new-platform object.* event about a contact."""
+    kind = event.get("subscriptionType")
+    if not isinstance(kind, str):
+        return False
+    return kind.startswith("contact.") or (kind.startswith("object.") and _is_contact(event))
 
 
 def _contact_id(value: Any) -> str | None:
@@ -187,6 +203,31 @@ class HubSpotSource(Source):
                     lead = self._lead(object_id, {item["propertyName"]: value}, item)
                     parsed.append(LeadEvent(key=key, ref=object_id, lead=lead))
         return parsed
+
+    def parse_stops(self, request: InboundRequest) -> list[StopEvent]:
+        """Webhooks API events that stop a contact; a workflow body (one contact object) holds none.
+
+        The record is the contact id as a bare number, as the lead events' ref is: HubSpot leads are contacts.
+        """
+        data = parse_json(request.body)
+        if not isinstance(data, list):
+            return []
+        stops = []
+        for item in data[:MAX_LEADS_PER_REQUEST]:
+            if not isinstance(item, dict) or not _is_contact_event(item):
+                continue
+            event_id, object_id = _text(item.get("eventId")), _contact_id(item.get("objectId"))
+            if event_id is None or object_id is None:
+                continue  # parse() refuses the body with the field named
+            kind, key = item.get("subscriptionType"), f"stop:event:{event_id}"
+            if kind in DELETION_EVENTS:
+                stops.append(StopEvent(key, object_id, f"HubSpot {kind}", raw={"contact_id": object_id}))
+            elif kind in PROPERTY_EVENTS and item.get("propertyName") == self.policy.stop_property:
+                value = _text(item.get("propertyValue"))
+                if value in self.policy.stop_statuses:
+                    reason = f"HubSpot contact's {self.policy.stop_property} changed to {value}"
+                    stops.append(StopEvent(key, object_id, reason, raw={"contact_id": object_id}))
+        return stops
 
     def _workflow_event(self, body: dict[str, Any]) -> LeadEvent:
         """A contact object: v3 ({"id", "properties": {...}}), legacy ({"vid", "properties": {"phone": {"value"}}})."""

@@ -3,6 +3,9 @@
 One event per request. Person events carry the phones; a v2 lead carries only its person's id,
 so the worker fetches the person. Pipedrive's only sender check is HTTP Basic auth set on the
 webhook; without it the shared key is required.
+
+Stop events (fixed, no stop_values): v2 `change.lead` archiving a lead, `change.deal` winning or losing a
+deal, `delete.lead` and `delete.person`; v1 `updated.deal` (won or lost) and `deleted.person`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from crm2calls.errors import (
     WriteBackError,
 )
 from crm2calls.mapping import scalar_text as _text
-from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate, StopEvent
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import (
     JSON,
@@ -50,6 +53,11 @@ def _numeric_id(value: Any) -> str | None:
     """A Pipedrive person id as digits (it goes into an API path), or None."""
     text = _text(value)
     return text if text and text.isascii() and text.isdigit() else None
+
+
+def _person_of(value: Any) -> str | None:
+    """A deal's person_id: a number, or in v1 the person object {"value": id, "name": ...}."""
+    return _numeric_id(value.get("value") if isinstance(value, dict) else value)
 
 
 def basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -128,6 +136,79 @@ class PipedriveSource(Source):
             raise MalformedRequestError("added.person without `current.id`", field="current.id")
         # v1 may deliver an event twice; a person is added once, so its id is the event's identity.
         return [LeadEvent(key=f"v1:person:{person_id}", ref=person_id, lead=self._person_lead(person_id, person, {}))]
+
+    def parse_stops(self, request: InboundRequest) -> list[StopEvent]:
+        """A lead archived or deleted, a deal won or lost, a person deleted (v2 webhooks).
+
+        Records are named like the lead events' refs: a lead's id (a UUID, create.lead) and a person's id
+        (digits, added.person / create.person). The same person may have come both ways, so a lead's stop
+        names its lead and its person, and a deal's stop its person (no lead event names a deal).
+        """
+        body = parse_json(request.body)
+        meta = body.get("meta") if isinstance(body, dict) else None
+        if not isinstance(meta, dict):
+            return []
+        if not str(meta.get("version", "")).startswith("2"):
+            return self._v1_stops(body, meta)
+        action, entity = meta.get("action"), meta.get("entity") or meta.get("object")
+        # data: the object now (null after a delete); previous: only the fields that changed (the whole object
+        # after a delete), so a change event that did not touch the field is no stop.
+        data, previous = body.get("data"), body.get("previous")
+        data = data if isinstance(data, dict) else {}
+        previous = previous if isinstance(previous, dict) else None
+        if action == "change" and entity == "lead":
+            changed = previous is None or "is_archived" in previous
+            if data.get("is_archived") is not True or not changed:
+                return []
+            reason, current = "Pipedrive lead archived", data
+        elif action == "change" and entity == "deal":
+            status = data.get("status")
+            if status not in ("won", "lost") or not (previous is None or "status" in previous):
+                return []
+            reason, current = f"Pipedrive deal {status}", data
+        elif action == "delete" and entity in ("lead", "person"):
+            reason, current = f"Pipedrive {entity} deleted", previous or {}
+            if merged_into := _text(meta.get("merged_to_id")):
+                reason += f" (merged into {merged_into})"
+        else:
+            return []
+        event_id = _text(meta.get("id"))
+        if event_id is None:
+            raise MalformedRequestError(f"{action}.{entity} without `meta.id`", field="meta.id")
+        entity_id = _text(current.get("id")) or _text(meta.get("entity_id"))
+        refs = []
+        if entity == "lead" and entity_id:
+            refs.append(entity_id)
+        person_id = _numeric_id(entity_id) if entity == "person" else _numeric_id(current.get("person_id"))
+        if person_id:
+            refs.append(person_id)
+        raw = {"entity": entity, "id": entity_id}
+        return [StopEvent(f"stop:v2:{event_id}:{ref}", ref, reason, raw=raw) for ref in refs]
+
+    def _v1_stops(self, body: dict[str, Any], meta: dict[str, Any]) -> list[StopEvent]:
+        """v1 (no lead events): `deleted.person`, and `updated.deal` into won or lost, naming the person.
+
+        v1 sends whole objects in `current` and `previous` and has no event id: a deletion happens once,
+        and a deal's update_time tells one win from another while a resend repeats it.
+        """
+        event = body.get("event") or f"{meta.get('action')}.{meta.get('object')}"
+        current = body.get("current") if isinstance(body.get("current"), dict) else {}
+        previous = body.get("previous") if isinstance(body.get("previous"), dict) else {}
+        if event == "deleted.person":
+            person_id = _numeric_id(previous.get("id")) or _numeric_id(meta.get("id"))
+            if person_id is None:
+                raise MalformedRequestError("deleted.person without a person id", field="meta.id")
+            return [StopEvent(f"stop:v1:person:{person_id}:deleted", person_id, "Pipedrive person deleted",
+                              raw={"entity": "person", "id": person_id})]
+        status = current.get("status")
+        if event != "updated.deal" or status not in ("won", "lost") or previous.get("status") == status:
+            return []
+        deal_id, person_id = _numeric_id(current.get("id")), _person_of(current.get("person_id"))
+        if deal_id is None or person_id is None:
+            return []  # a deal of an organization only: no person to stop
+        changed_at = _text(current.get("update_time")) or "-"
+        return [StopEvent(f"stop:v1:deal:{deal_id}:{status}:{changed_at}", person_id, f"Pipedrive deal {status}",
+                          raw={"entity": "deal", "id": deal_id})]
 
     def _v2(self, meta: dict[str, Any], data: Any) -> list[LeadEvent]:
         action, entity = meta.get("action"), meta.get("entity") or meta.get("object")

@@ -7,6 +7,9 @@ answer must be the SOAP Ack, or Salesforce resends for 24 hours.
 Write-back: a completed call Task on the Lead or Contact, through a connected app's client-credentials
 flow (SALESFORCE_INSTANCE_URL, SALESFORCE_CLIENT_ID, SALESFORCE_CLIENT_SECRET). The Task's Subject
 names the job, so a SOQL query finds a write the process may have died after.
+
+Stop events: a Lead notification whose IsConverted is true or whose Status is in stop_values (sent by
+a record-triggered Flow on Status, docs/crm/salesforce.md). Such a notification is never a new lead.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
 from crm2calls.errors import ForbiddenError, MalformedRequestError, WriteBackError
-from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate, StopEvent
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import Ack, InboundRequest, IntakeResult, Source, Written, payload_for
 from crm2calls.sources.client import DEFAULT_TIMEOUT
@@ -140,18 +143,55 @@ class SalesforceSource(Source):
 
     def parse(self, request: InboundRequest) -> list[LeadEvent]:
         """One event per notification, keyed by the notification Id (Salesforce resends the same ids)."""
+        return [
+            LeadEvent(
+                key=f"notification:{n.id}", ref=n.fields.get("Id") or n.id, lead=self._lead(n.fields)
+            )
+            for n in self._notifications(request)
+            if self.stop_reason(n) is None
+        ]
+
+    def parse_stops(self, request: InboundRequest) -> list[StopEvent]:
+        """A converted or closed Lead's notification stops it, named by its Id as its lead event's ref is.
+
+        A converted lead also names its ConvertedContactId when that field is sent: a lead that came as
+        that Contact's notification has the contact's Id as its ref.
+        """
+        stops = []
+        for notification in self._notifications(request):
+            reason = self.stop_reason(notification)
+            if reason is None:
+                continue
+            fields = notification.fields
+            refs = [fields.get("Id") or notification.id]
+            if (contact := _text(fields.get("ConvertedContactId"))) and contact not in refs:
+                refs.append(contact)
+            for ref in refs:
+                key = f"stop:notification:{notification.id}" + ("" if ref == refs[0] else f":{ref}")
+                stops.append(StopEvent(key, ref, reason, raw={"notification_id": notification.id}))
+        return stops
+
+    def stop_reason(self, notification: Notification) -> str | None:
+        """Why a notification means "stop calling" (a Lead converted or in a stop Status), or None."""
+        if notification.sobject_type != "Lead":
+            return None
+        fields = notification.fields
+        if (_text(fields.get("IsConverted")) or "").lower() == "true":
+            return "Salesforce lead converted"
+        status = _text(fields.get("Status"))
+        if status and status in self.policy.stop_statuses:
+            return f"Salesforce lead Status {status}"
+        return None
+
+    def _notifications(self, request: InboundRequest) -> list[Notification]:
+        """The message's notifications, once its OrganizationId is the configured one (403 otherwise)."""
         organization, notifications = parse_message(request.body)
         expected = self.settings.crm.salesforce_organization_id
         if expected and not organization_matches(organization, expected):
             raise ForbiddenError(
                 "OrganizationId is not the one in SALESFORCE_ORGANIZATION_ID", field="OrganizationId"
             )
-        return [
-            LeadEvent(
-                key=f"notification:{n.id}", ref=n.fields.get("Id") or n.id, lead=self._lead(n.fields)
-            )
-            for n in notifications
-        ]
+        return notifications
 
     def _lead(self, fields: dict[str, str | None]) -> Lead:
         phones = [PhoneCandidate(fields[name], kind) for name, kind in PHONE_FIELDS if _text(fields.get(name))]

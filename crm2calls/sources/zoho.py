@@ -7,6 +7,11 @@ channels expire: renew_watch() subscribes the channel again for a week.
 
 Write-back: a note on the lead (or contact) whose title names the job, so listing the record's notes
 finds a write the process may have died after.
+
+Stop events (notifications): Leads.edit carries ids only, so the worker reads the lead (check_stop) and
+stops when its Lead_Status is in stop_values; an edit whose affected_fields leave out Lead_Status is no
+stop, and one whose affected_values give Lead_Status is decided at once. Leads.delete and Contacts.delete
+stop at once.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from crm2calls.errors import (
     WriteBackError,
 )
 from crm2calls.mapping import scalar_text as _text
-from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate
+from crm2calls.model import Lead, LeadEvent, LeadRecord, PhoneCandidate, StopEvent
 from crm2calls.policy import SourcePolicy
 from crm2calls.sources.base import (
     FORM,
@@ -51,7 +56,10 @@ if TYPE_CHECKING:
     from crm2calls.sources.client import CrmHttpClient
 
 MODULES = ("Leads", "Contacts")
-WATCH_EVENTS = ("Leads.create", "Contacts.create")
+# Leads.edit, Leads.delete and Contacts.delete bring the stop events.
+WATCH_EVENTS = ("Leads.create", "Contacts.create", "Leads.edit", "Leads.delete", "Contacts.delete")
+STATUS_FIELD = "Lead_Status"
+STOP_OPERATIONS = frozenset({("Leads", "update"), ("Leads", "delete"), ("Contacts", "delete")})
 CHANNEL_LIFETIME = timedelta(days=7) - timedelta(hours=1)  # Zoho's maximum is a week: stay under it
 TOKEN_MARGIN = timedelta(minutes=1)  # refresh a little before Zoho says the token expires
 MAX_NOTIFY_TOKEN = 50  # Zoho refuses longer tokens
@@ -72,6 +80,21 @@ def _record_id(value: Any) -> str | None:
     """A Zoho record id as digits (it goes into an API path), or None."""
     text = _text(value)
     return text if text and text.isascii() and text.isdigit() else None
+
+
+def _affected(data: dict[str, Any]) -> tuple[dict[str, set[str]], dict[str, dict[str, Any]]]:
+    """({record id: changed field names}, {record id: new values}) from affected_fields / affected_values."""
+    changed: dict[str, set[str]] = {}
+    for item in data.get("affected_fields") or []:
+        if isinstance(item, dict):
+            for record_id, names in item.items():
+                if isinstance(names, list):
+                    changed.setdefault(str(record_id), set()).update(n for n in names if isinstance(n, str))
+    values: dict[str, dict[str, Any]] = {}
+    for item in data.get("affected_values") or []:
+        if isinstance(item, dict) and isinstance(item.get("values"), dict) and _text(item.get("record_id")):
+            values[str(item["record_id"])] = item["values"]
+    return changed, values
 
 
 def is_notification(data: Any) -> bool:
@@ -149,6 +172,59 @@ class ZohoSource(Source):
                 raw={"module": module, "id": record_id},
             ))
         return events
+
+    def parse_stops(self, request: InboundRequest) -> list[StopEvent]:
+        """Leads.edit (checked, or decided by affected_values), Leads.delete and Contacts.delete notifications.
+
+        The record is the bare Zoho record id, as the notification lead events' ref is.
+        """
+        data = self._notification(request)
+        if data is None:
+            return []  # a workflow webhook: a new lead, never a stop
+        channel_id, ids = _text(data.get("channel_id")), data.get("ids")
+        if channel_id is None or not isinstance(ids, list):
+            raise MalformedRequestError("a notification needs `channel_id` and an `ids` array", field="ids")
+        operation, module = data.get("operation"), data.get("module")
+        if (module, operation) not in STOP_OPERATIONS:
+            return []
+        changed, values = _affected(data)
+        # Zoho sends each edit once with its own server_time; a resent callback repeats it, and so its key.
+        sent_at = _text(data.get("server_time")) or "-"
+        stops = []
+        for index, value in enumerate(ids):
+            record_id = _record_id(value)
+            if record_id is None:
+                raise MalformedRequestError(f"ids[{index}] is not a record id", field=f"ids[{index}]")
+            raw = {"module": module, "id": record_id}
+            if operation == "delete":
+                key = f"stop:notification:{channel_id}:{record_id}:delete"
+                stops.append(StopEvent(key, record_id, f"Zoho CRM {module} record deleted", raw=raw))
+                continue
+            if record_id in changed and STATUS_FIELD not in changed[record_id]:
+                continue  # an edit of other fields
+            key = f"stop:notification:{channel_id}:{record_id}:update:{sent_at}"
+            status = _text(values.get(record_id, {}).get(STATUS_FIELD))
+            if status is None:
+                stops.append(StopEvent(key, record_id, "Zoho CRM lead edited", check=True, raw=raw))
+            elif status in self.policy.stop_statuses:
+                stops.append(StopEvent(key, record_id, f"Zoho CRM lead's {STATUS_FIELD} is {status}", raw=raw))
+        return stops
+
+    def check_stop(self, event: StopEvent, now: datetime) -> str | None:
+        """GET the lead: its Lead_Status in stop_values, or no such lead any more (deleted or converted)."""
+        record_id = _record_id(event.raw.get("id"))
+        if event.raw.get("module") != "Leads" or record_id is None:
+            raise EnrichmentError("Zoho: the stored stop event has no lead id", retryable=False)
+        answer = self._call("GET", f"crm/v8/Leads/{record_id}", now)
+        rows = answer.get("data") if isinstance(answer, dict) else None
+        if answer is None:  # 204: Zoho has no such lead now; a converted lead leaves the Leads module too
+            return f"Zoho CRM lead {record_id} is gone (deleted or converted)"
+        if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
+            raise EnrichmentError(f"Zoho: lead {record_id} came back without data", retryable=True)
+        status = _text(rows[0].get(STATUS_FIELD))
+        if status and status in self.policy.stop_statuses:
+            return f"Zoho CRM lead's {STATUS_FIELD} is {status}"
+        return None
 
     # Zoho's APIs
 

@@ -79,6 +79,11 @@ class Bitrix24Emulator(StandIn):
         with self._lock:
             self.records[entity][str(record["ID"])] = copy.deepcopy(record)
 
+    def set_fields(self, entity: str, record_id: str, **fields: Any) -> None:
+        """A manager edits a record: e.g. STATUS_ID="JUNK", STATUS_SEMANTIC_ID="F" (lost), STAGE_ID for deals."""
+        with self._lock:
+            self.records[entity][str(record_id)].update(fields)
+
     def fail_next(
         self, status: int, error: str, description: str = "", *, times: int = 1, retry_after: int | None = None
     ) -> None:

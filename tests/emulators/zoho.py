@@ -54,6 +54,11 @@ class ZohoStandIn(StandIn):
         """Create a record in a module."""
         self.records[(module, record_id)] = {"id": record_id, **fields}
 
+    def set_fields(self, module: str, record_id: str, **fields: Any) -> None:
+        """A user edits a record, e.g. Lead_Status="Lost Lead"."""
+        with self._lock:
+            self.records[(module, record_id)].update(fields)
+
     def revoke_tokens(self) -> None:
         """Every access token issued so far stops working (Zoho revokes or the admin regenerates)."""
         with self._lock:
