@@ -359,8 +359,20 @@ def _send_batch(
         report.count(None, requests=1)
         now = services.clock()
         for record, job_id in zip(group, _job_ids(ids, len(group)), strict=True):
-            report.count(_saved(lifecycle.sent, services, record, job_id, now, owner, fingerprint))
+            report.count(_saved(_sent, services, record, job_id, now, owner, fingerprint))
     return accepted
+
+
+def _sent(
+    services: Services, record: LeadRecord, job_id: str | None, now: datetime, owner: str, fingerprint: str | None
+) -> bool:
+    """Record the job; only then read the record's stop mark, so a stop that came during the send cancels it."""
+    saved = lifecycle.sent(services, record, job_id, now, owner, fingerprint)
+    if saved and record.status is Status.SENT:
+        from crm2calls.stops import after_sent
+
+        after_sent(services, record, now)
+    return saved
 
 
 def _passes_schema(record: LeadRecord) -> bool:
