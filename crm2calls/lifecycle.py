@@ -468,7 +468,9 @@ QUEUED = frozenset({Status.SENT, Status.CALLING})  # its job is in Aimylogic and
 
 def stop_mark(key: str) -> str:
     """The text a stop leaves in the history lines it writes: it is applied to a lead once, whoever sees it."""
-    return f"(stop {key})"
+    import hashlib
+
+    return f"(stop {hashlib.sha256(key.encode()).hexdigest()[:10]})"
 
 
 def stopped_by(record: LeadRecord, key: str) -> bool:
@@ -545,6 +547,7 @@ def cancel_confirmed(
 def cancel_unconfirmed(services: Services, record: LeadRecord, now: datetime, why: str, *, owner: str | None) -> bool:
     """Aimylogic did not cancel the job (ended, unknown, or an answer we cannot read): follow it to its report."""
     drop_work(record, "cancel")
-    if record.status in QUEUED and "poll" not in record.work:
-        set_work(record, "poll", now, attempts=0)
+    poll = record.work.get("poll")
+    if record.status in QUEUED and (poll is None or poll.due is None or poll.due > now):
+        set_work(record, "poll", now)  # it has likely ended: look at its report now
     return save_work(services, record, now, f"cancel not confirmed: {why}", owner=owner)
