@@ -81,7 +81,8 @@ def apply_stops(services: Services, source: str, events: list[StopEvent]) -> lis
     """Apply each stop event to the record's leads (StoreError -> 503: the CRM retries); wakes the follow-up worker."""
     now = services.clock()
     results = [_apply_one(services, source, event, now) for event in events]
-    if any(did in ("cancel_planned", "check_planned") for result in results for did in result.leads.values()):
+    planned = ("cancel_planned", "check_planned")
+    if any(did in planned for result in results if not result.repeat for did in result.leads.values()):
         services.notify_follow_up()
     return results
 
