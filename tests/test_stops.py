@@ -42,6 +42,7 @@ class Stand:
     url: str
     aimylogic: Any
     kicks: list[float]
+    app: Any
 
     def post(self, body: Any, form: bool = False) -> dict[str, Any]:
         """POST a generic webhook; its JSON answer (202 asserted, and its schema)."""
@@ -89,7 +90,7 @@ def stand(request, make_services, aimylogic):
     app = create_app(services=services)
     services.notify_follow_up = lambda: kicks.append(time.monotonic())
     server = LocalServer(app).start()
-    yield Stand(services, server.url, aimylogic, kicks)
+    yield Stand(services, server.url, aimylogic, kicks, app)
     server.stop()
 
 
