@@ -508,23 +508,20 @@ def leads_forget(phone: str) -> None:
     key, masked = _phone_key_of(phone)
     svc = _services()
     queued = [record for record in _leads_of_phone(svc, key) if record.status in QUEUED]
-    by_phone = [record.id for record in queued if not _exact_job(record)]
-    for line in _stop_and_cancel(svc, by_phone, "forgotten at the person's request"):
+    for line in _stop_and_cancel(svc, [record.id for record in queued], "forgotten at the person's request"):
         click.echo(line)
-    if any((record := svc.store.get(lead_id)) and "cancel" in record.work for lead_id in by_phone):
+    waiting = [record for record in queued if (now := svc.store.get(record.id)) and "cancel" in now.work]
+    if any(not _exact_job(record) for record in waiting):
         raise click.ClickException(
             f"a job of {masked} is known by its phone only and Aimylogic did not take its cancel: nothing was "
             "erased; run `leads forget` again once Aimylogic answers"
         )
-    kept = [_strip(svc, record.id, "forgotten at the person's request") for record in queued if _exact_job(record)]
+    kept = [_strip(svc, record.id, "forgotten at the person's request") for record in waiting]
     count = svc.store.forget(key)
     click.echo(f"erased {count} lead(s) of {masked}; a do-not-call entry, if any, is kept (a pseudonym only)")
-    kept = [lead_id for lead_id in kept if lead_id]
     if kept:
-        for line in _cancel_now(svc, kept):
-            click.echo(line)
         click.echo(f"{len(kept)} queued job(s) keep their id and campaign, with no phone, until Aimylogic confirms "
-                   "the cancel: `leads show ID`")  # fmt: skip
+                   "the cancel (the worker retries it): `leads show ID`")  # fmt: skip
 
 
 def _leads_of_phone(svc: Services, key: str) -> list[LeadRecord]:
@@ -532,11 +529,8 @@ def _leads_of_phone(svc: Services, key: str) -> list[LeadRecord]:
     return [record for record in svc.store.list(limit=1_000_000_000) if record.phone_key == key]
 
 
-def _strip(svc: Services, lead_id: str, reason: str) -> str | None:
-    """Stop a queued lead and keep only what cancelling its job needs: no phone, entry or history; its id."""
-    from crm2calls.lifecycle import set_work
-
-    _stop_and_cancel(svc, [lead_id], reason, cancel=False)
+def _strip(svc: Services, lead_id: str, reason: str) -> str:
+    """Keep of a stopped lead only what cancelling its job needs: no phone, entry or history; its id."""
     now = svc.clock()
     record = svc.store.lease(lead_id, "operator:forget", now, 60)
     if record is None:
@@ -544,7 +538,6 @@ def _strip(svc: Services, lead_id: str, reason: str) -> str | None:
     record.entry = record.raw = record.phone_masked = record.phone_key = record.outcome = None
     note = f"{reason}: kept without its phone until Aimylogic cancels job {record.job_id}"
     record.history = [{"at": now.isoformat(), "status": record.status.value, "note": note}]
-    set_work(record, "cancel", now)
     record.lease_owner = record.lease_until = None
     svc.store.update(record, "operator:forget")
     return lead_id

@@ -89,6 +89,8 @@ def apply_stops(services: Services, source: str, events: list[StopEvent]) -> lis
 
 def _apply_one(services: Services, source: str, event: StopEvent, now: datetime) -> StopResult:
     result = StopResult(event.key, event.record, event.reason)
+    if event.record in ("", "-"):  # the ref of leads that came without an id: it names no record
+        return result
     store, name = services.store, mark_name(source, event.record)
     previous = store.get_meta(name)
     if previous is not None and previous.get("key") == event.key:
