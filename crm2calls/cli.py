@@ -535,8 +535,11 @@ def _strip(svc: Services, lead_id: str, reason: str) -> str:
     record = svc.store.lease(lead_id, "operator:forget", now, 60)
     if record is None:
         raise click.ClickException(f"lead {lead_id} is being worked on right now: nothing was erased; try again")
+    # The stops it has seen stay known (their marks), so none of them is applied to it again.
+    notes = " ".join(step.get("note", "") for step in record.history)
+    seen = " ".join(dict.fromkeys(re.findall(r"\(stop [0-9a-f]{10}\)", notes)))
     record.entry = record.raw = record.phone_masked = record.phone_key = record.outcome = None
-    note = f"{reason}: kept without its phone until Aimylogic cancels job {record.job_id}"
+    note = f"{reason}: kept without its phone until Aimylogic cancels job {record.job_id} {seen}".strip()
     record.history = [{"at": now.isoformat(), "status": record.status.value, "note": note}]
     record.lease_owner = record.lease_until = None
     svc.store.update(record, "operator:forget")

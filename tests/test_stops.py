@@ -502,3 +502,71 @@ def test_an_update_of_a_record_we_have_no_work_for_writes_nothing(stand, crm):
     [result] = apply_stops(stand.services, "scripted", [StopEvent("e3", "deal:9", "deal updated", check=True)])
     assert result.leads == {} and not result.tombstone
     assert stand.services.store.get_meta(mark_name("scripted", "deal:9")) is None
+
+
+def test_an_update_of_a_lead_not_sent_yet_is_looked_up_once_it_is_sent(stand, crm):
+    from crm2calls.intake import new_lead_id
+    from crm2calls.model import Lead, LeadRecord, PhoneCandidate
+
+    services = stand.services
+    now = services.clock()
+    record = LeadRecord(id=new_lead_id(now), source="scripted", key="scripted:deal:10", ref="deal:10",
+                        status=Status.RECEIVED, created_at=now, updated_at=now, next_attempt_at=now)  # fmt: skip
+    lead = Lead(external_id="deal:10", phones=[PhoneCandidate("+79123456742", "mobile")])
+    stored, _, _ = lifecycle.accept_new(services, record, lead, now)
+    [result] = apply_stops(services, "scripted", [StopEvent("e4", "deal:10", "deal updated", check=True)])
+    assert result.leads == {stored.id: "nothing"} and stand.get(stored.id).status is Status.PENDING
+
+    crm.answers = ["deal:10 is lost"]
+    deliver_pending(services)  # sent, then its stop mark read: the check is planned
+    assert "check_stop" in stand.get(stored.id).work
+    follow_up(services)
+    follow_up(services)
+    assert stand.get(stored.id).status is Status.CANCELED and len(crm.checked) == 1
+
+
+class SlowCrm(ClosingCrm):
+    """A CRM whose phone lookup (enrichment) waits until the test lets it answer."""
+
+    go = threading.Event()
+    asked = threading.Event()
+
+    def enrich(self, event, now):
+        from crm2calls.model import Lead, PhoneCandidate
+
+        self.asked.set()
+        assert self.go.wait(10)
+        return Lead(external_id=event.ref, phones=[PhoneCandidate("+79123456743", "mobile")])
+
+
+def test_a_stop_while_the_worker_fetches_the_phone_cancels_the_job_right_after_its_send(stand):
+    from crm2calls.intake import new_lead_id
+    from crm2calls.model import LeadRecord
+
+    services = stand.services
+    source = SlowCrm(services.settings, services.settings.policy.source("scripted"))
+    source.go, source.asked = threading.Event(), threading.Event()
+    services._sources["scripted"] = source
+    now = services.clock()
+    record = LeadRecord(id=new_lead_id(now), source="scripted", key="scripted:lead:11", ref="lead:11",
+                        status=Status.RECEIVED, created_at=now, updated_at=now, next_attempt_at=now)  # fmt: skip
+    stored, _, _ = lifecycle.accept_new(services, record, None, now)
+    worker = threading.Thread(target=deliver_pending, args=(services,))
+    worker.start()
+    assert source.asked.wait(10)
+
+    [result] = apply_stops(services, "scripted", [StopEvent("e5", "lead:11", "lead deleted")])
+
+    assert result.leads == {stored.id: "deferred"}
+    source.go.set()
+    worker.join(timeout=10)
+    record = stand.get(stored.id)
+    assert record.status is Status.SENT and "cancel" in record.work  # placed, then its cancel planned at once
+    follow_up(services)
+    assert stand.aimylogic.cancelled_ids() == [record.job_id] and stand.get(stored.id).status is Status.CANCELED
+
+
+def test_a_stop_naming_no_record_touches_nothing(stand):
+    [summary] = stand.post({"phone": "+79123456744"})["leads"]  # a lead without an id: its ref is "-"
+    assert stand.stop("-") == {"record": "-", "reason": "closed in the CRM", "leads": []}
+    assert stand.get(summary["lead_id"]).status is Status.PENDING
