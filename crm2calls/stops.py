@@ -93,7 +93,7 @@ def _apply_one(services: Services, source: str, event: StopEvent, now: datetime)
         return result
     store, name = services.store, mark_name(source, event.record)
     previous = store.get_meta(name)
-    if previous is not None and previous.get("key") == event.key:
+    if previous is not None and previous.get("key") == event.key and "did" in previous:  # done, not cut short
         result.repeat, result.tombstone = True, bool(previous.get("tombstone"))
         result.leads = dict(previous.get("did", {}))
         return result

@@ -570,3 +570,37 @@ def test_a_stop_naming_no_record_touches_nothing(stand):
     [summary] = stand.post({"phone": "+79123456744"})["leads"]  # a lead without an id: its ref is "-"
     assert stand.stop("-") == {"record": "-", "reason": "closed in the CRM", "leads": []}
     assert stand.get(summary["lead_id"]).status is Status.PENDING
+
+
+def test_a_stop_cut_short_by_a_store_failure_is_finished_by_the_crms_retry(stand):
+    from crm2calls.errors import StoreError
+    from crm2calls.intake import new_lead_id
+    from crm2calls.model import Lead, LeadRecord, PhoneCandidate
+
+    stand.lead("s-12", "+79123456745")
+    now = stand.services.clock()
+    again = LeadRecord(id=new_lead_id(now), source="generic", key="generic:other-event", ref="s-12",
+                       status=Status.RECEIVED, created_at=now, updated_at=now, next_attempt_at=now)  # fmt: skip
+    lifecycle.accept_new(stand.services, again, Lead("s-12", [PhoneCandidate("+79123456746")]), now)
+    store = stand.services.store
+    original = store.lease
+    calls = []
+
+    def fail_second_lease(lead_id, *args):
+        calls.append(lead_id)
+        if len(calls) == 2:
+            raise StoreError("sqlite store: database is locked")
+        return original(lead_id, *args)
+
+    store.lease = fail_second_lease
+    try:
+        response = requests.post(f"{stand.url}/webhooks/generic?key={SECRET}", json={"event": "lead.closed",
+                                 "id": "s-12"}, timeout=10)  # fmt: skip
+    finally:
+        del store.lease
+    assert response.status_code == 503  # the CRM retries the event
+
+    stopped = stand.stop("s-12")
+
+    assert "status" not in stopped and [lead["did"] for lead in stopped["leads"]] == ["already stopped", "canceled"]
+    assert {record.status for record in store.find_by_ref("generic", "s-12")} == {Status.CANCELED}
