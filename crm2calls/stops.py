@@ -278,8 +278,11 @@ def _cancel(run: Any, cancel: Any, records: list[LeadRecord], **named: list[str]
     try:
         answer = cancel(**named)
     except RejectedError as exc:  # e.g. an id Aimylogic no longer knows: nothing was cancelled for sure
-        for record in records:
-            lifecycle.cancel_unconfirmed(services, record, now, exc.message, owner=run.owner)
+        if len(records) > 1:  # one bad id must not leave the others' jobs calling: halve until it is alone
+            middle = len(records) // 2
+            return [*_cancel(run, cancel, records[:middle], ids=named["ids"][:middle]),
+                    *_cancel(run, cancel, records[middle:], ids=named["ids"][middle:])]  # fmt: skip
+        lifecycle.cancel_unconfirmed(services, records[0], now, exc.message, owner=run.owner)
         return []
     except Crm2CallsError as exc:
         return [_retry(run, record, exc) for record in records]

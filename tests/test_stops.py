@@ -604,3 +604,19 @@ def test_a_stop_cut_short_by_a_store_failure_is_finished_by_the_crms_retry(stand
 
     assert "status" not in stopped and [lead["did"] for lead in stopped["leads"]] == ["already stopped", "canceled"]
     assert {record.status for record in store.find_by_ref("generic", "s-12")} == {Status.CANCELED}
+
+
+def test_one_unknown_id_refused_with_a_400_does_not_leave_the_other_jobs_calling(stand):
+    ids = [stand.lead(f"u-{n}", f"+791234567{n:02d}") for n in range(60, 64)]
+    deliver_pending(stand.services)
+    gone = stand.get(ids[1])
+    stand.services.store.update(replace(gone, job_id="999"), owner=None)  # a job id Aimylogic never had
+    stand.aimylogic.unknown_answer = 400
+    stand.post([{"event": "lead.closed", "id": f"u-{n}"} for n in range(60, 64)])
+
+    follow_up(stand.services)
+
+    assert [stand.get(lead_id).status for lead_id in ids] == [Status.CANCELED, Status.SENT, Status.CANCELED,
+                                                              Status.CANCELED]  # fmt: skip
+    assert "cancel not confirmed: Aimylogic cancel: HTTP 400" in history(stand.get(ids[1]))
+    assert len(stand.aimylogic.cancels) == 5  # the four, the refused half, each of its two, the other half

@@ -229,6 +229,7 @@ class _CancelEndpoint:
             self.cancelled: dict[str, str] = {}  # job id -> token of the campaign it was cancelled in
             self.finished: set[str] = set()  # jobs that ended (called or not): no longer cancellable
             self.cancel_answer = "ids"  # "object": {"cancelled": [...]}, "empty": a 200 with no body
+            self.unknown_answer = 200  # 400: a request naming a job id the campaign never had is refused whole
 
     def finish_job(self, job_id: str) -> None:
         """The job's calls are over: a cancel leaves it alone."""
@@ -250,6 +251,10 @@ class _CancelEndpoint:
         ids = [str(job_id) for job_id in body.get("ids") or []]
         phones = {str(phone) for phone in body.get("phones") or []}
         with self._lock:
+            unknown = [job_id for job_id in ids if job_id not in campaign.jobs]
+            if unknown and self.unknown_answer != 200:
+                self.cancels.append({"token": campaign.token, "ids": ids, "phones": sorted(phones), "answer": None})
+                return _text(f"unknown job id {unknown[0]}", self.unknown_answer)
             named = [job for job in campaign.jobs if job in ids or str(self.calls[job]["phone"]) in phones]
             done = [job for job in named if job not in self.finished and job not in self.cancelled]
             for job in done:
