@@ -21,6 +21,7 @@ status and no work is due (LeadRecord.final).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -468,8 +469,6 @@ QUEUED = frozenset({Status.SENT, Status.CALLING})  # its job is in Aimylogic and
 
 def stop_mark(key: str) -> str:
     """The text a stop leaves in the history lines it writes: it is applied to a lead once, whoever sees it."""
-    import hashlib
-
     return f"(stop {hashlib.sha256(key.encode()).hexdigest()[:10]})"
 
 

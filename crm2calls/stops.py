@@ -221,9 +221,10 @@ def cancel_jobs(run: Any, leads: list[LeadRecord]) -> None:
 
     Aimylogic's answer is read as documented (a.6: the array of the ids it cancelled). A job it leaves out
     (ended already, or unknown to it) is not called canceled: the lead is followed until its report says how
-    it ended. Shapes the docs do not show (an object, an empty body) and a 400 cancel nothing here either, so
-    a lead is never marked canceled without Aimylogic naming its job. An outage, a 429 or a refused token keeps
-    the "cancel" item and retries it with backoff, counted for /healthz until a pass cancels with no failure.
+    it ended. Shapes the docs do not show (an object, an empty body) cancel nothing here either, so a lead is
+    never marked canceled without Aimylogic naming its job. A 400 (an id it does not know, say: undocumented)
+    is halved until the refused lead is alone; that one is followed like a job left out. An outage, a 429 or
+    a refused token keeps the "cancel" item and retries it with backoff, counted for /healthz meanwhile.
     """
     services, now = run.services, run.now
     failed: dict[str, str] = {}  # lead id -> why its cancel is retried
