@@ -508,8 +508,11 @@ def leads_forget(phone: str) -> None:
     key, masked = _phone_key_of(phone)
     svc = _services()
     queued = [record for record in _leads_of_phone(svc, key) if record.status in QUEUED]
-    for line in _stop_and_cancel(svc, [record.id for record in queued], "forgotten at the person's request"):
+    lines = _stop_and_cancel(svc, [record.id for record in queued], "forgotten at the person's request")
+    for line in lines:
         click.echo(line)
+    if any(line.endswith(BUSY) for line in lines):
+        raise click.ClickException(f"a lead of {masked} is busy: nothing was erased; run `leads forget` again")
     waiting = [record for record in queued if (now := svc.store.get(record.id)) and "cancel" in now.work]
     if any(not _exact_job(record) for record in waiting):
         raise click.ClickException(
@@ -550,7 +553,10 @@ def _exact_job(record: LeadRecord) -> bool:
     return bool(record.job_id) and "," not in (record.job_id or "")
 
 
-def _stop_and_cancel(svc: Services, lead_ids: list[str], reason: str, cancel: bool = True) -> list[str]:
+BUSY = "a worker holds it right now (sending or polling it): run the command again in a few seconds"
+
+
+def _stop_and_cancel(svc: Services, lead_ids: list[str], reason: str) -> list[str]:
     """Stop these leads as a CRM stop would, then cancel their queued jobs now; a line per lead."""
     from crm2calls.stops import stop_lead
 
@@ -564,10 +570,10 @@ def _stop_and_cancel(svc: Services, lead_ids: list[str], reason: str, cancel: bo
         elif did == "cancel_planned":
             planned.append(lead_id)
         elif did == "deferred":
-            lines.append(f"lead {lead_id}: a worker holds it right now; it applies the stop after its own step")
+            lines.append(f"lead {lead_id}: not stopped: {BUSY}")
         else:
             lines.append(f"lead {lead_id}: nothing to cancel, it is {status}; the stop is recorded in its history")
-    if planned and cancel:
+    if planned:
         lines += _cancel_now(svc, planned)
     return lines
 
@@ -622,8 +628,11 @@ def leads_cancel(lead_id: str | None, source_name: str | None, ref: str | None, 
         lead_ids = [record.id for record in svc.store.find_by_ref(source_name, ref)]
         if not lead_ids:
             raise click.ClickException(f"no lead of {source_name} record {ref}")
-    for line in _stop_and_cancel(svc, lead_ids, reason):
+    lines = _stop_and_cancel(svc, lead_ids, reason)
+    for line in lines:
         click.echo(line)
+    if any(line.endswith(BUSY) for line in lines):
+        sys.exit(1)
 
 
 @leads_cli.command("reconcile")

@@ -124,3 +124,18 @@ def test_forget_of_a_job_known_by_phone_only_erases_nothing_while_aimylogic_is_d
     assert result.exit_code == 0, result.output
     assert stand.aimylogic.cancels[-1]["phones"] == ["79123456757"]
     assert stand.get(lead_id) is None
+
+
+def test_a_lead_a_worker_holds_is_not_stopped_behind_its_back_and_forget_erases_nothing(stand):  # noqa: F811
+    services = stand.services
+    lead_id = sent(stand, "c-10", "+79123456758")
+    services.clock.advance(seconds=61)  # its poll is due: a follow-up pass takes it
+    [held] = services.store.claim(Status.SENT, services.clock(), 300, 1, "follow-up:busy")
+
+    result = run(stand, "cancel", lead_id)
+    assert result.exit_code == 1
+    assert result.output == (f"lead {lead_id}: not stopped: a worker holds it right now (sending or polling it): "
+                             "run the command again in a few seconds\n")  # fmt: skip
+    result = run(stand, "forget", "+79123456758", "--yes")
+    assert result.exit_code == 1 and "is busy: nothing was erased" in result.output
+    assert stand.get(lead_id).phone_key == held.phone_key and stand.get(lead_id).status is Status.SENT
