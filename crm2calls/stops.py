@@ -12,15 +12,16 @@ or Aimylogic, and idempotently by its key:
 
 A lead a worker holds (being enriched, sent, polled) is never written from here: the holder's lease-checked
 write would lose, and a sender would then record its job over ours, leaving the job uncancelled. Instead the
-request path writes the mark first and reads the lead after it, while a holder writes the lead first and reads
-the mark after it (delivery once lifecycle.sent() has recorded the job id; the follow-up pass after its
-handlers). Each of these is one atomic, strongly consistent operation on both stores (SQLite serialises
-writers; DynamoDB's conditional writes and ConsistentRead gets), so whichever side comes second sees the
-other's write: the request path sees the lead sent and plans the cancel itself, or the holder sees the mark
-and plans it. Both may; the history line a stop writes carries its key (lifecycle.stop_mark), so a stop is
-applied to a lead once. The same read covers the `ref` index's lag on DynamoDB: a lead the index does not show
-yet is caught when it is sent. A lead held while being enriched or admitted is caught the same way, at its send:
-its job is cancelled right after it is placed.
+request path writes the mark (and LATEST_META, when the latest stop came) first and reads the lead after it,
+while a holder writes the lead first and reads the mark after it (delivery once lifecycle.sent() has recorded
+the job ids of a batch; the follow-up pass after its handlers): one read of LATEST_META per batch, and a read of
+each lead's mark only when a stop came after the lead arrived. Each of these is one atomic, strongly consistent
+operation on both stores (SQLite serialises writers; DynamoDB's conditional writes and ConsistentRead gets), so
+whichever side comes second sees the other's write: the request path sees the lead sent and plans the cancel
+itself, or the holder sees the mark and plans it. Both may; the history line a stop writes carries its key
+(lifecycle.stop_mark), so a stop is applied to a lead once. The same read covers the `ref` index's lag on
+DynamoDB: a lead the index does not show yet is caught when it is sent. A lead held while being enriched or
+admitted is caught the same way, at its send: its job is cancelled right after it is placed.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ from crm2calls.store.base import KEY_TTL
 log = logging.getLogger("crm2calls.stops")
 
 LEASE_SECONDS = 30  # the request path holds a lead only for its own write
+LATEST_META = "stops:latest"  # {"at"}: when the latest stop came; a holder reads marks only when one is this recent
+CLOCK_MARGIN = timedelta(seconds=5)  # stops written at once may overwrite LATEST_META out of order, and hosts' clocks
+
 CANCEL_CHUNK = 500  # job ids per callJob/cancel request
 
 
@@ -105,8 +109,10 @@ def _apply_one(services: Services, source: str, event: StopEvent, now: datetime)
             return result
         mark["raw"] = event.raw  # what check_stop needs; kept only with the mark
         store.put_meta(name, mark, expires_at=now + KEY_TTL)
+        store.put_meta(LATEST_META, {"at": now.isoformat()})
     else:
         store.put_meta(name, mark, expires_at=now + KEY_TTL)
+        store.put_meta(LATEST_META, {"at": now.isoformat()})
         leads = store.find_by_ref(source, event.record)  # read after the mark: see the module docstring
     owner = f"stop:{uuid.uuid4().hex[:12]}"
     for found in leads:
@@ -162,32 +168,44 @@ def _applies(mark: dict[str, Any] | None, record: LeadRecord) -> bool:
     return bool(mark.get("tombstone")) or datetime.fromisoformat(mark["at"]) >= record.created_at
 
 
-def after_sent(services: Services, record: LeadRecord, now: datetime) -> None:
-    """The job id is recorded: a stop that came while the lead was being sent cancels it now."""
+def _maybe_stopped(services: Services, records: list[LeadRecord]) -> list[LeadRecord]:
+    """Of these leads, those a stop may have come for: one read, and none when no stop came since they arrived."""
+    latest = services.store.get_meta(LATEST_META)
+    if not latest:
+        return []
+    at = datetime.fromisoformat(latest["at"]) + CLOCK_MARGIN
+    return [record for record in records if record.created_at <= at]
+
+
+def after_sent(services: Services, records: list[LeadRecord], now: datetime) -> None:
+    """Their job ids are recorded: a stop that came while the leads were being sent cancels their jobs now."""
     try:
-        mark = services.store.get_meta(mark_name(record.source, record.ref))
-        if not _applies(mark, record):
-            return
-        owner = f"stop:{uuid.uuid4().hex[:12]}"
-        if _stop_one(services, record.id, mark, now, owner) in ("cancel_planned", "check_planned"):
-            services.notify_follow_up()
-    except Crm2CallsError as exc:  # the follow-up pass reads the mark again after its next poll of the lead
-        log.error("lead %s: could not read its stop mark after the send: %s", record.id, exc)
+        planned = _consult(services, _maybe_stopped(services, records), now)
+    except Crm2CallsError as exc:  # the follow-up pass reads the marks again after its next poll of the leads
+        log.error("could not read stop marks after a send: %s", exc)
+        return
+    if planned:
+        services.notify_follow_up()
 
 
 def consult_marks(services: Services, records: list[LeadRecord], now: datetime) -> int:
     """After a follow-up pass: stop the queued leads whose stop came while the pass held them; how many."""
-    stopped = 0
-    for record in records:
-        if record.status not in lifecycle.QUEUED or "cancel" in record.work:
-            continue
-        mark = services.store.get_meta(mark_name(record.source, record.ref))
-        if _applies(mark, record):
-            owner = f"stop:{uuid.uuid4().hex[:12]}"
-            stopped += _stop_one(services, record.id, mark, now, owner) in ("cancel_planned", "check_planned")
+    queued = [record for record in records if record.status in lifecycle.QUEUED and "cancel" not in record.work]
+    stopped = _consult(services, _maybe_stopped(services, queued) if queued else [], now)
     if stopped:
         services.notify_follow_up()
     return stopped
+
+
+def _consult(services: Services, records: list[LeadRecord], now: datetime) -> int:
+    """Read each lead's stop mark and apply the ones it has not seen; how many now have work planned."""
+    planned = 0
+    for record in records:
+        mark = services.store.get_meta(mark_name(record.source, record.ref))
+        if _applies(mark, record):
+            owner = f"stop:{uuid.uuid4().hex[:12]}"
+            planned += _stop_one(services, record.id, mark, now, owner) in ("cancel_planned", "check_planned")
+    return planned
 
 
 # An operator's stop (`leads cancel`, `leads block`)

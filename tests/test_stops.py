@@ -620,3 +620,24 @@ def test_one_unknown_id_refused_with_a_400_does_not_leave_the_other_jobs_calling
                                                               Status.CANCELED]  # fmt: skip
     assert "cancel not confirmed: Aimylogic cancel: HTTP 400" in history(stand.get(ids[1]))
     assert len(stand.aimylogic.cancels) == 5  # the four, the refused half, each of its two, the other half
+
+
+def test_a_send_reads_no_stop_mark_unless_a_stop_came_after_its_leads(stand, monkeypatch):
+    store = stand.services.store
+    read: list[str] = []
+    original = store.get_meta
+    monkeypatch.setattr(store, "get_meta", lambda name: read.append(name) or original(name))
+    for n in range(3):
+        stand.lead(f"q-{n}", f"+7912345677{n}")
+    stand.services.clock.advance(seconds=10)
+    stand.stop("someone-else")  # a stop of another record, after these leads arrived
+    read.clear()
+    deliver_pending(stand.services)
+    marks = [name for name in read if name.startswith("stop")]
+    assert marks[0] == "stops:latest" and sorted(marks[1:]) == [f"stop:generic:q-{n}" for n in range(3)]
+
+    stand.services.clock.advance(seconds=10)
+    stand.lead("q-3", "+79123456773")  # arrived after the latest stop: its mark is not read
+    read.clear()
+    deliver_pending(stand.services)
+    assert [name for name in read if name.startswith("stop")] == ["stops:latest"]
