@@ -368,9 +368,14 @@ def leads_show(lead_id: str, reveal: bool) -> None:
 
 
 def _work_lines(record: LeadRecord) -> list[str]:
-    """Its follow-up work (a cancel being retried shows its attempts and error) and its call's outcome."""
+    """Its follow-up work (a cancel being retried shows its attempts and error) and its call's outcome.
+
+    The write-back item has lines of its own (where it was written, its dead letter), so it is left out here.
+    """
     lines = []
     for task, item in sorted(record.work.items()):
+        if task == "write_back":
+            continue
         when = f"due {item.due.isoformat()}" if item.due else "PARKED (an operator must act)"
         tried = f"; {item.attempts} attempt(s)" if item.attempts else ""
         lines.append(f"work: {task} {when}{tried}" + (f"; last error: {item.error}" if item.error else ""))
