@@ -122,6 +122,26 @@ class AimylogicClient:
             raise UnavailableError("Aimylogic campaign: the answer is not a JSON object")
         return details
 
+    def cancel(self, ids: list[str] | None = None, phones: list[str] | None = None) -> list[str] | None:
+        """POST callJob/cancel for these job ids and/or phones; the job ids Aimylogic says it cancelled.
+
+        None when a 2xx answer is not a list of ids (undocumented: a.6 documents only "an array of all
+        cancelled job IDs"); the caller then keeps following the jobs, whose reports tell what happened.
+        """
+        body: dict[str, list[str]] = {}
+        if ids:
+            body["ids"] = [str(job_id) for job_id in ids]
+        if phones:
+            body["phones"] = [str(phone) for phone in phones]
+        response = self._call("POST", f"/api/calls/campaign/{self._token}/callJob/cancel", json=body)
+        try:
+            answer = response.json()
+        except ValueError:
+            return None
+        if not isinstance(answer, list):
+            return None
+        return [str(job_id) for job_id in answer]
+
     def _call(self, method: str, path: str, entries: int = 0, **kwargs: Any) -> requests.Response:
         what = path.rsplit("/", 1)[-1]
         started = time.perf_counter()

@@ -19,6 +19,8 @@ from crm2calls.policy import DEFAULT_CAMPAIGN, Policy, SourcePolicy
 from crm2calls.services import Services
 from crm2calls.stats import GROUPINGS, funnel
 
+QUEUED = (Status.SENT, Status.CALLING)  # a job in Aimylogic that may still call (crm2calls/lifecycle.py QUEUED)
+
 config_cli = AppGroup("config", help="Check the configuration.")
 dialer_cli = AppGroup("dialer", help="Talk to Aimylogic directly.")
 leads_cli = AppGroup("leads", help="Inspect and operate the lead store.")
@@ -370,6 +372,8 @@ def leads_show(lead_id: str, reveal: bool) -> None:
     if record.last_error:
         click.echo(f"last error: {record.last_error}")
     _show_write_back(record)
+    for line in _work_lines(record):
+        click.echo(line)
     if record.entry:
         entry = json.dumps(json.loads(record.entry), indent=2, ensure_ascii=False)
         click.echo("entry:\n" + (entry if reveal else redact(entry)))
@@ -388,6 +392,22 @@ def _show_write_back(record: LeadRecord) -> None:
         state = f"due {item.due.isoformat()}" if item.due else "DEAD LETTER (`leads replay ID` writes it again)"
         error = f"; last error: {item.error}" if item.error else ""
         click.echo(f"write-back: {state}; attempts {item.attempts}{error}")
+
+def _work_lines(record: LeadRecord) -> list[str]:
+    """Its follow-up work (a cancel being retried shows its attempts and error) and its call's outcome.
+
+    The write-back item has lines of its own (where it was written, its dead letter), so it is left out here.
+    """
+    lines = []
+    for task, item in sorted(record.work.items()):
+        if task == "write_back":
+            continue
+        when = f"due {item.due.isoformat()}" if item.due else "PARKED (an operator must act)"
+        tried = f"; {item.attempts} attempt(s)" if item.attempts else ""
+        lines.append(f"work: {task} {when}{tried}" + (f"; last error: {item.error}" if item.error else ""))
+    if record.outcome:
+        lines.append("outcome: " + json.dumps(record.outcome, ensure_ascii=False, sort_keys=True))
+    return lines
 
 
 def _job(svc: Services, record: LeadRecord) -> str:
@@ -526,6 +546,9 @@ def leads_block(phone: str, note: str) -> None:
     svc = _services()
     block(svc, key, svc.clock(), note)
     click.echo(f"{masked} is on the do-not-call list")
+    queued = [record.id for record in _leads_of_phone(svc, key) if record.status in QUEUED]
+    for line in _stop_and_cancel(svc, queued, f"number blocked by an operator{f': {note}' if note else ''}"):
+        click.echo(line)
 
 
 @leads_cli.command("unblock")
@@ -544,10 +567,140 @@ def leads_unblock(phone: str) -> None:
 @click.argument("phone")
 @click.confirmation_option(prompt="Erase every lead, entry and history held for this number?")
 def leads_forget(phone: str) -> None:
-    """Erase everything the store holds about a person (their leads, entries, history, claims)."""
+    """Erase everything the store holds about a person (their leads, entries, history, claims).
+
+    Jobs still queued in Aimylogic are cancelled first. A job known by its id keeps a lead with no phone,
+    entry or history (its job id and campaign) until Aimylogic confirms the cancel; one known only by the
+    phone is cancelled now, or nothing is erased.
+    """
     key, masked = _phone_key_of(phone)
-    count = _services().store.forget(key)
+    svc = _services()
+    queued = [record for record in _leads_of_phone(svc, key) if record.status in QUEUED]
+    lines = _stop_and_cancel(svc, [record.id for record in queued], "forgotten at the person's request")
+    for line in lines:
+        click.echo(line)
+    if any(line.endswith(BUSY) for line in lines):
+        raise click.ClickException(f"a lead of {masked} is busy: nothing was erased; run `leads forget` again")
+    waiting = [record for record in queued if (now := svc.store.get(record.id)) and "cancel" in now.work]
+    if any(not _exact_job(record) for record in waiting):
+        raise click.ClickException(
+            f"a job of {masked} is known by its phone only and Aimylogic did not take its cancel: nothing was "
+            "erased; run `leads forget` again once Aimylogic answers"
+        )
+    kept = [_strip(svc, record.id, "forgotten at the person's request") for record in waiting]
+    count = svc.store.forget(key)
     click.echo(f"erased {count} lead(s) of {masked}; a do-not-call entry, if any, is kept (a pseudonym only)")
+    if kept:
+        click.echo(f"{len(kept)} queued job(s) keep their id and campaign, with no phone, until Aimylogic confirms "
+                   "the cancel (the worker retries it): `leads show ID`")  # fmt: skip
+
+
+def _leads_of_phone(svc: Services, key: str) -> list[LeadRecord]:
+    """Every lead of a phone (a Scan on DynamoDB: an operator's command)."""
+    return [record for record in svc.store.list(limit=1_000_000_000) if record.phone_key == key]
+
+
+def _strip(svc: Services, lead_id: str, reason: str) -> str:
+    """Keep of a stopped lead only what cancelling its job needs: no phone, entry or history; its id."""
+    now = svc.clock()
+    record = svc.store.lease(lead_id, "operator:forget", now, 60)
+    if record is None:
+        raise click.ClickException(f"lead {lead_id} is being worked on right now: nothing was erased; try again")
+    # The stops it has seen stay known (their marks), so none of them is applied to it again.
+    notes = " ".join(step.get("note", "") for step in record.history)
+    seen = " ".join(dict.fromkeys(re.findall(r"\(stop [0-9a-f]{10}\)", notes)))
+    record.entry = record.raw = record.phone_masked = record.phone_key = record.outcome = None
+    note = f"{reason}: kept without its phone until Aimylogic cancels job {record.job_id} {seen}".strip()
+    record.history = [{"at": now.isoformat(), "status": record.status.value, "note": note}]
+    record.lease_owner = record.lease_until = None
+    svc.store.update(record, "operator:forget")
+    return lead_id
+
+
+def _exact_job(record: LeadRecord) -> bool:
+    return bool(record.job_id) and "," not in (record.job_id or "")
+
+
+BUSY = "a worker holds it right now (sending or polling it): run the command again in a few seconds"
+
+
+def _stop_and_cancel(svc: Services, lead_ids: list[str], reason: str) -> list[str]:
+    """Stop these leads as a CRM stop would, then cancel their queued jobs now; a line per lead."""
+    from crm2calls.stops import stop_lead
+
+    lines, planned = [], []
+    for lead_id in lead_ids:
+        did = stop_lead(svc, lead_id, reason)
+        record = svc.store.get(lead_id)
+        status = record.status.value if record else "?"
+        if did == "canceled":
+            lines.append(f"lead {lead_id}: canceled; it was never sent and will not be")
+        elif did == "cancel_planned":
+            planned.append(lead_id)
+        elif did == "deferred":
+            lines.append(f"lead {lead_id}: not stopped: {BUSY}")
+        else:
+            lines.append(f"lead {lead_id}: nothing to cancel, it is {status}; the stop is recorded in its history")
+    if planned:
+        lines += _cancel_now(svc, planned)
+    return lines
+
+
+def _cancel_now(svc: Services, lead_ids: list[str]) -> list[str]:
+    """Run these leads' "cancel" work now, as the follow-up worker would; what Aimylogic made of each."""
+    import uuid
+
+    from crm2calls.followup import LEASE, FollowUpPass
+    from crm2calls.stops import cancel_jobs
+
+    now = svc.clock()
+    run = FollowUpPass(svc, now, f"operator:{uuid.uuid4().hex[:12]}")
+    lease = int(LEASE.total_seconds())
+    leased = [record for lead_id in lead_ids if (record := svc.store.lease(lead_id, run.owner, now, lease))]
+    cancel_jobs(run, leased)
+    lines = []
+    for lead_id in lead_ids:
+        record = svc.store.get(lead_id)
+        item = record.work.get("cancel") if record else None
+        if record is None:
+            lines.append(f"lead {lead_id}: gone")
+        elif item is None and record.status is Status.CANCELED:
+            jobs = ", ".join((record.outcome or {}).get("canceled_ids", [])) or "none queued"
+            lines.append(f"lead {lead_id}: canceled; Aimylogic cancelled job {jobs}")
+        elif item is None:
+            lines.append(f"lead {lead_id}: Aimylogic did not cancel job {record.job_id} (it has ended or is unknown); "
+                         f"its report tells how it ended")  # fmt: skip
+        elif item.due is None:
+            lines.append(f"lead {lead_id}: cancel PARKED: {item.error}")
+        else:
+            lines.append(f"lead {lead_id}: cancel failed ({item.error}); the worker retries it from "
+                         f"{item.due:%H:%M:%S} UTC")  # fmt: skip
+    return lines
+
+
+@leads_cli.command("cancel")
+@click.argument("lead_id", required=False)
+@click.option("--source", "source_name", default=None, help="With --ref: the leads of one CRM record.")
+@click.option("--ref", default=None, help="The CRM's id of the record, as `leads show` prints it.")
+@click.option("--reason", default="canceled by an operator", show_default=True, help="Kept in its history.")
+def leads_cancel(lead_id: str | None, source_name: str | None, ref: str | None, reason: str) -> None:
+    """Stop one lead (or every lead of one CRM record): never sent, or its queued job cancelled in Aimylogic."""
+    svc = _services()
+    if bool(lead_id) == bool(source_name or ref) or bool(source_name) != bool(ref):
+        raise click.UsageError("give a lead id, or --source and --ref")
+    if lead_id:
+        if svc.store.get(lead_id) is None:
+            raise click.ClickException(f"no lead {lead_id}")
+        lead_ids = [lead_id]
+    else:
+        lead_ids = [record.id for record in svc.store.find_by_ref(source_name, ref)]
+        if not lead_ids:
+            raise click.ClickException(f"no lead of {source_name} record {ref}")
+    lines = _stop_and_cancel(svc, lead_ids, reason)
+    for line in lines:
+        click.echo(line)
+    if any(line.endswith(BUSY) for line in lines):
+        sys.exit(1)
 
 
 @leads_cli.command("reconcile")

@@ -358,9 +358,21 @@ def _send_batch(
         accepted = True
         report.count(None, requests=1)
         now = services.clock()
+        recorded = []
         for record, job_id in zip(group, _job_ids(ids, len(group)), strict=True):
-            report.count(_saved(lifecycle.sent, services, record, job_id, now, owner, fingerprint))
+            status = _saved(lifecycle.sent, services, record, job_id, now, owner, fingerprint)
+            report.count(status)
+            recorded += [record] if status is Status.SENT else []
+        _stopped_while_sending(services, recorded)
     return accepted
+
+
+def _stopped_while_sending(services: Services, records: list[LeadRecord]) -> None:
+    """Their job ids are recorded: only now read the stops, so one that came during the send cancels the job."""
+    if records:
+        from crm2calls.stops import after_sent
+
+        after_sent(services, records, services.clock())
 
 
 def _passes_schema(record: LeadRecord) -> bool:

@@ -88,6 +88,18 @@ def next_task(record: LeadRecord, now: datetime) -> str | None:
     return min(due, key=lambda task: (order.index(task) if task in order else len(order), task), default=None)
 
 
+def _stopped_meanwhile(services: Services, claimed: list[LeadRecord], now: datetime) -> None:
+    """A stop that came while this pass held a queued lead was left to us: read its mark now (crm2calls/stops.py)."""
+    if not claimed:
+        return
+    from crm2calls.stops import consult_marks
+
+    try:
+        consult_marks(services, claimed, now)
+    except Exception as exc:  # the next pass that holds the lead reads the mark again
+        log.error("reading stop marks failed: %s", redact(f"{type(exc).__name__}: {exc}"), exc_info=True)
+
+
 def follow_up(services: Services, limit: int = 500, time_budget: float | None = None) -> FollowUpReport:
     """Claim the leads whose follow-up work is due and run it, one task per lead.
 
@@ -123,6 +135,7 @@ def follow_up(services: Services, limit: int = 500, time_budget: float | None = 
             handler(task)(run, batches[task])
         except Exception as exc:  # the store or a bug: the leases expire and the next pass tries again
             log.error("follow-up task %s failed: %s", task, redact(f"{type(exc).__name__}: {exc}"), exc_info=True)
+    _stopped_meanwhile(services, claimed, now)
     report.seconds = time.monotonic() - started
     if report.claimed:
         log.info("%s", report, extra={"fields": {"event": "follow_up", "claimed": report.claimed, **report.tasks}})

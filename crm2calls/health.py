@@ -27,6 +27,7 @@ HEALTH_META = "health"  # {"pass_at", "backlog", "held", "oldest_waiting_at"}: w
 CRM_AUTH_META = "crm_auth"  # {source: {"reason", "since"}} while a CRM refuses our credentials
 # {source: {"dead": n, "held": {"reason", "since", "retry_at"}}}: write-backs of call outcomes (crm2calls/writeback.py)
 WRITE_BACK_META = "write_back"
+CANCELS_META = "cancels"  # {"leads": [ids], "error", "since"} while cancels of stopped leads' jobs fail (stops.py)
 RECORD_EVERY = timedelta(seconds=1)  # a pass that saw what the last record says rewrites it at most this often
 LAMBDA_SWEEP = timedelta(minutes=1)  # zappa_settings.json runs crm2calls.lambda_tasks.deliver every minute
 LOCAL_SILENCE = timedelta(seconds=30)  # a local worker passes every poll_seconds: this long without one is a stop
@@ -129,6 +130,7 @@ def check(services: Services) -> tuple[dict[str, Any], int]:
         body["campaigns"], campaign_reasons = campaign_states(services)
         refused = store.get_meta(CRM_AUTH_META) or {}
         write_backs = store.get_meta(WRITE_BACK_META) or {}
+        cancels = store.get_meta(CANCELS_META)
     except Exception as exc:  # the check must answer whatever the store raises
         log.error("health check: the lead store is unreachable: %s", redact(f"{type(exc).__name__}: {exc}"))
         reasons.insert(0, Reason("store_unreachable", STORE_MESSAGE, failing=True))
@@ -142,6 +144,14 @@ def check(services: Services) -> tuple[dict[str, Any], int]:
         body["backlog"] = last["backlog"]
         reasons.extend(_backlog_reasons(services, body["oldest_waiting_s"], body["backlog"]))
     reasons.extend(campaign_reasons)
+    if cancels:
+        body["cancels_retrying"] = len(cancels["leads"])
+        reasons.append(Reason(
+            "cancels_retrying",
+            f"{len(cancels['leads'])} stopped lead(s) still have a job queued in Aimylogic: cancelling it fails since "
+            f"{cancels['since']} ({cancels['error']}). Each is retried with backoff until Aimylogic cancels it; "
+            "`leads show ID` shows its cancel.",
+        ))
     for source, note in sorted(refused.items()):
         reasons.append(Reason(
             "crm_credentials_refused",

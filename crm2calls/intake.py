@@ -11,6 +11,7 @@ from crm2calls import lifecycle
 from crm2calls.model import LeadEvent, LeadRecord, Status
 from crm2calls.services import Services
 from crm2calls.sources.base import IntakeResult, Source
+from crm2calls.stops import tombstone
 
 log = logging.getLogger("crm2calls.intake")
 
@@ -53,6 +54,9 @@ def _accept_one(services: Services, source: Source, event: LeadEvent, now: datet
         updated_at=now,
         next_attempt_at=now,
     )
+    if (stopped := tombstone(services, source.name, event.ref, now)) is not None:  # a CRM retry out of order
+        stored, created = lifecycle.accept_stopped(services, record, now, stopped)
+        return _result(event, stored, reason=None if created else "already received")
     if event.lead is None:
         record.raw = json.dumps(event.raw, ensure_ascii=False, separators=(",", ":"))
     stored, created, unusable = lifecycle.accept_new(services, record, event.lead, now)
@@ -62,7 +66,7 @@ def _accept_one(services: Services, source: Source, event: LeadEvent, now: datet
 
 
 def _result(event: LeadEvent, record: LeadRecord, reason: str | None = None, field: str | None = None) -> IntakeResult:
-    if record.status in (Status.DUPLICATE, Status.REJECTED):
+    if record.status in (Status.DUPLICATE, Status.REJECTED, Status.CANCELED):
         reason = record.last_error or _note(record)
     return IntakeResult(event.key, event.ref, record.status, record.id, reason, field)
 

@@ -21,6 +21,7 @@ status and no work is due (LeadRecord.final).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -560,3 +561,94 @@ def notify_dropped(services: Services, record: LeadRecord, now: datetime, *, own
     """RESULTS_WEBHOOK_URL is not set: the work is dropped with no request and no history line."""
     drop_work(record, NOTIFY)
     return save_work(services, record, now, owner=owner)
+
+
+# Stops: the CRM closed or deleted the lead, or an operator stopped it (crm2calls/stops.py decides, this writes).
+
+NOT_SENT = frozenset({Status.RECEIVED, Status.PENDING, Status.HELD})
+QUEUED = frozenset({Status.SENT, Status.CALLING})  # its job is in Aimylogic and may still call
+
+
+def stop_mark(key: str) -> str:
+    """The text a stop leaves in the history lines it writes: it is applied to a lead once, whoever sees it."""
+    return f"(stop {hashlib.sha256(key.encode()).hexdigest()[:10]})"
+
+
+def stopped_by(record: LeadRecord, key: str) -> bool:
+    """Has the stop with this key been applied to the lead already?"""
+    mark = stop_mark(key)
+    return any(mark in step.get("note", "") for step in record.history)
+
+
+def stop(
+    services: Services, record: LeadRecord, now: datetime, reason: str, key: str, *, check: bool = False, owner: str
+) -> str | None:
+    """Apply a stop to a lead `owner` holds; what it did, or None when the lease was lost.
+
+    not sent: canceled, never sent, its slot given back; being sent by a sender that died: canceled, its job (if
+    any) cancelled by phone; queued in Aimylogic: "cancel" due now (check: "check_stop" first); ended: only
+    recorded, the outcome kept. A check on a lead not sent yet waits for its send (crm2calls/stops.py).
+    No write-back is planned: the manager stopped the lead in the CRM, which knows it already.
+    """
+    mark = stop_mark(key)
+    if check and record.status not in QUEUED:
+        return _done(save_work(services, record, now, owner=owner), "nothing")  # only a queued job is worth a lookup
+    if record.status in NOT_SENT:
+        record.last_error, record.next_attempt_at = reason, None
+        note = f"stopped before it was sent: {reason} {mark}"
+        return _done(save(services, record, Status.CANCELED, now, note, owner=owner), "canceled")
+    if record.status is Status.SENDING:  # its sender's lease ran out mid-send: a job may exist, known by phone only
+        record.last_error = reason
+        set_work(record, "cancel", now, attempts=0)
+        note = f"stopped while it was being sent: {reason}; a job, if any, is cancelled by phone {mark}"
+        return _done(save(services, record, Status.CANCELED, now, note, owner=owner), "cancel_planned")
+    if record.status in QUEUED:
+        task = "check_stop" if check else "cancel"
+        if task not in record.work or record.work[task].due is None:
+            set_work(record, task, now, attempts=0)
+        if check:
+            note = f"the CRM changed the record ({reason}): looked up before the call {mark}"
+            return _done(save_work(services, record, now, note, owner=owner), "check_planned")
+        record.last_error = reason
+        note = f"stop: {reason}; job {record.job_id or '(unknown)'} is cancelled in Aimylogic {mark}"
+        return _done(save_work(services, record, now, note, owner=owner), "cancel_planned")
+    note = f"stop recorded: {reason}; it stays {record.status} {mark}"
+    return _done(save_work(services, record, now, note, owner=owner), "recorded")
+
+
+def _done(saved: bool, what: str) -> str | None:
+    return what if saved else None
+
+
+def accept_stopped(services: Services, record: LeadRecord, now: datetime, reason: str) -> tuple[LeadRecord, bool]:
+    """A new lead of a CRM record stopped before it arrived (a tombstone): stored canceled, never called."""
+    record.last_error, record.next_attempt_at = reason, None
+    return _insert(services, record, Status.CANCELED, now, f"stopped before it arrived: {reason}", NO_CLAIMS)
+
+
+def cancel_confirmed(
+    services: Services, record: LeadRecord, now: datetime, cancelled: list[str], *, owner: str | None
+) -> bool:
+    """Aimylogic cancelled the lead's job: canceled, its outcome says so, nothing left to follow."""
+    drop_work(record, "cancel")
+    drop_work(record, "poll")
+    record.outcome = {
+        "job_status": "canceled",
+        "canceled_by": "crm2calls",
+        "reason": record.last_error,
+        "canceled_ids": cancelled,
+        "finished_at": now.isoformat(),
+    }
+    note = f"Aimylogic cancelled job {', '.join(cancelled)}"
+    if record.status in QUEUED:
+        return save(services, record, Status.CANCELED, now, note, owner=owner)
+    return save_work(services, record, now, note, owner=owner)
+
+
+def cancel_unconfirmed(services: Services, record: LeadRecord, now: datetime, why: str, *, owner: str | None) -> bool:
+    """Aimylogic did not cancel the job (ended, unknown, or an answer we cannot read): follow it to its report."""
+    drop_work(record, "cancel")
+    poll = record.work.get("poll")
+    if record.status in QUEUED and (poll is None or poll.due is None or poll.due > now):
+        set_work(record, "poll", now)  # it has likely ended: look at its report now
+    return save_work(services, record, now, f"cancel not confirmed: {why}", owner=owner)

@@ -23,7 +23,9 @@ WEBHOOK_DESCRIPTION = (
     "Authentication: where a CRM's own credential is configured (signing secret, application token, "
     "Basic auth) it is required and the shared key alone does not pass; otherwise WEBHOOK_SECRET is "
     "required as ?key= or X-Webhook-Secret. A well-formed lead that cannot be called (no phone, invalid "
-    "number) is accepted and reported with status rejected; nothing is dialled from this request."
+    "number) is accepted and reported with status rejected; nothing is dialled from this request. A body may "
+    "also hold stop events (a lead closed or deleted in the CRM; the generic source's {\"event\": "
+    "\"lead.closed\", \"id\": ...}): never a call, each listed under `stops` with what it did."
 )
 
 ERRORS = {

@@ -123,10 +123,19 @@ def receive(source_name: str) -> Response:
     from crm2calls.intake import accept
 
     svc, source, req = verified(source_name)
-    results = accept(svc, source, source.parse(req))
+    events, stop_events = source.parse(req), source.parse_stops(req)
+    results = accept(svc, source, events)
     g.leads = len(results)
     g.outcomes = Counter(result.outcome for result in results)
-    return render(source.acknowledge(results))
+    ack = source.acknowledge(results)
+    if stop_events:  # after the leads: a body holding a lead and its stop ends with the lead stopped
+        from crm2calls.stops import apply_stops
+
+        stopped = apply_stops(svc, source.name, stop_events)
+        g.stops = len(stopped)
+        if isinstance(ack.body, dict):  # a CRM that expects its own answer gets it unchanged
+            ack.body["stops"] = [result.as_json() for result in stopped]
+    return render(ack)
 
 
 @bp.post("/preview/<source_name>")

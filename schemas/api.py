@@ -8,7 +8,7 @@ from crm2calls.model import Status
 from schemas.phone_entry import PhoneEntrySchema
 
 STATUSES = [status.value for status in Status]
-OUTCOMES = ["accepted", "duplicate", "rejected"]  # IntakeResult.outcome: internal states stay internal
+OUTCOMES = ["accepted", "duplicate", "rejected", "canceled"]  # IntakeResult.outcome: internal states stay internal
 
 
 class ErrorSchema(Schema):
@@ -31,18 +31,45 @@ class LeadSummarySchema(Schema):
         required=True,
         validate=validate.OneOf(OUTCOMES),
         metadata={"description": "accepted: it will be called; duplicate: the person was called recently; "
-                  "rejected: well-formed but unusable (no or invalid phone): stored, never called."},
+                  "rejected: well-formed but unusable (no or invalid phone): stored, never called; "
+                  "canceled: the CRM stopped the record before this lead arrived: stored, never called."},
     )
     lead_id = fields.String(metadata={"description": "Our id of the stored lead."})
     reason = fields.String(metadata={"description": "Why it was rejected, is a duplicate, or was already received."})
     field = fields.String()
 
 
+class StopLeadSchema(Schema):
+    """What a stop did to one of our leads of the record."""
+
+    lead_id = fields.String(required=True)
+    did = fields.String(
+        required=True,
+        validate=validate.OneOf(
+            ["canceled", "cancel_planned", "check_planned", "recorded", "nothing", "deferred", "already stopped"]
+        ),
+        metadata={"description": "canceled: never sent; cancel_planned: its queued job is cancelled in Aimylogic; "
+                  "check_planned: the CRM record is looked up first; recorded: its call had ended, kept; "
+                  "deferred: a worker held it and applies the stop after its own write."},
+    )
+
+
+class StopSummarySchema(Schema):
+    """What one stop event ("stop calling this record") did (crm2calls/stops.py StopResult.as_json)."""
+
+    record = fields.String(required=True, metadata={"description": "The CRM record it names, as leads' ref holds it."})
+    reason = fields.String(required=True)
+    status = fields.String(metadata={"description": "already received: a repeat, answered as the first time."})
+    leads = fields.List(fields.Nested(StopLeadSchema), required=True)
+    tombstone = fields.Boolean(metadata={"description": "No lead of the record yet: a later one is not called."})
+
+
 class LeadsAckSchema(Schema):
-    """The default acknowledgement: one summary per lead event of the request."""
+    """The default acknowledgement: one summary per lead event of the request, and per stop event."""
 
     source = fields.String(required=True)
     leads = fields.List(fields.Nested(LeadSummarySchema), required=True)
+    stops = fields.List(fields.Nested(StopSummarySchema), metadata={"description": "Only when the body held stops."})
 
 
 class CountAckSchema(Schema):
@@ -61,6 +88,7 @@ REASON_CODES = [
     "campaign_held",
     "crm_credentials_refused",
     "dry_run",
+    "cancels_retrying",
 ]
 
 
@@ -103,6 +131,10 @@ class HealthSchema(Schema):
     backlog = fields.Integer(
         required=True, allow_none=True, validate=validate.Range(min=0),
         metadata={"description": "Leads waiting to be sent, as the latest delivery pass saw them; null before one."},
+    )
+    cancels_retrying = fields.Integer(
+        validate=validate.Range(min=1),
+        metadata={"description": "Stopped leads whose job cancel Aimylogic has not taken yet; absent when none."},
     )
     leads = fields.Dict(
         keys=fields.String(validate=validate.OneOf(STATUSES)),

@@ -618,6 +618,8 @@ def test_leads_stored_before_campaigns_belong_to_default(backend: Backend, store
             conn.execute("ALTER TABLE leads DROP COLUMN outcome")
             conn.execute("ALTER TABLE leads DROP COLUMN job_token")
             conn.execute("ALTER TABLE leads DROP COLUMN campaign")
+            conn.execute("DROP INDEX meta_expires")  # nor v5's
+            conn.execute("ALTER TABLE meta DROP COLUMN expires_at")
     else:
         import boto3
 
@@ -657,6 +659,8 @@ def test_leads_stored_before_outcomes_are_found_by_ref(backend: Backend, store: 
         with sqlite3.connect(store.path) as conn:
             conn.execute("DROP INDEX leads_ref")
             conn.execute("ALTER TABLE leads DROP COLUMN outcome")
+            conn.execute("DROP INDEX meta_expires")  # a v3 database has no v5 column either
+            conn.execute("ALTER TABLE meta DROP COLUMN expires_at")
     else:
         import boto3
 
@@ -787,3 +791,72 @@ def test_sqlite_a_failing_commit_rolls_back_and_the_connection_works_on(tmp_path
     assert not conn.in_transaction
     store.insert(lead(1))  # the next write starts its own transaction
     assert store.get("lead-1") == lead(1)
+
+
+# Leasing one lead (a stop on the request path, an operator's command) and expiring documents
+
+
+def test_lease_takes_one_free_lead_whatever_its_status_and_refuses_a_held_one(store: LeadStore) -> None:
+    store.insert(lead(1, status=Status.SENT))
+    store.insert(lead(2))
+    [claimed] = store.claim(Status.PENDING, T0, 300, 1, "worker")  # lead 2 is being sent
+
+    taken = store.lease("lead-1", "stop", T0, 60)
+    assert taken is not None and (taken.status, taken.lease_owner) == (Status.SENT, "stop")
+    assert store.lease("lead-1", "other", T0 + MIN / 2, 60) is None  # a live lease
+    assert store.lease(claimed.id, "stop", T0, 60) is None  # never a lead a worker holds
+    assert store.lease("lead-9", "stop", T0, 60) is None  # unknown
+    assert store.update(replace(taken, status=Status.CANCELED, lease_owner=None, lease_until=None), "stop")
+    assert store.update(replace(claimed, status=Status.SENT), "worker")  # the worker's lease was untouched
+    again = store.lease("lead-1", "other", T0 + 2 * MIN, 60)  # free again after the write
+    assert again is not None and again.status is Status.CANCELED
+
+
+def test_lease_after_expiry_and_a_stale_worker_write_loses(store: LeadStore) -> None:
+    store.insert(lead(1))
+    [claimed] = store.claim(Status.PENDING, T0, 60, 1, "worker")
+    taken = store.lease(claimed.id, "stop", T0 + 2 * MIN, 60)  # the worker died: its lease ran out
+    assert taken is not None and taken.status is Status.SENDING
+    assert not store.update(replace(claimed, status=Status.PENDING), "worker")
+
+
+def test_meta_may_expire_and_purge_forgets_it_then(backend: Backend, store: LeadStore) -> None:
+    store.put_meta("stop:generic:42", {"reason": "closed"}, expires_at=T0 + DAY)
+    store.put_meta("campaign:default", {"delivery": "sending"})
+    assert store.get_meta("stop:generic:42") == {"reason": "closed"}  # readers check their own times
+    store.purge(T0)
+    assert store.get_meta("stop:generic:42") == {"reason": "closed"}  # not yet expired: kept
+    store.purge(T0 + DAY)
+    if backend.name == "sqlite":
+        assert store.get_meta("stop:generic:42") is None
+    else:  # the table's TTL forgets documents (purge scans leads only): its expires_at says when
+        assert _dynamodb_expiry(store, "stop:generic:42") == T0 + DAY
+    assert store.get_meta("campaign:default") == {"delivery": "sending"}  # documents without expiry stay
+    store.put_meta("stop:generic:42", {"reason": "again"})  # written again without expiry: kept for good
+    store.purge(T0 + 2 * DAY)
+    assert store.get_meta("stop:generic:42") == {"reason": "again"}
+    if backend.name == "dynamodb":
+        assert _dynamodb_expiry(store, "stop:generic:42") is None
+
+
+def _dynamodb_expiry(store: Any, name: str) -> datetime | None:
+    """When the table's TTL may forget a named document."""
+    item = store._client.get_item(TableName=store.table, Key={"pk": {"S": f"META#{name}"}})["Item"]
+    return datetime.fromtimestamp(int(item["expires_at"]["N"]), UTC) if "expires_at" in item else None
+
+
+def test_sqlite_v4_store_gains_expiring_meta(tmp_path: Any) -> None:
+    path = tmp_path / "leads.db"
+    with sqlite3.connect(path) as conn:
+        from crm2calls.store.sqlite import MIGRATIONS
+
+        for step in range(1, 5):
+            MIGRATIONS[step](conn)
+        conn.execute("INSERT INTO meta (name, json) VALUES ('campaign:default', '{\"held\": 2}')")
+        conn.execute("PRAGMA user_version = 4")
+    store = open_store(f"sqlite:///{path}")
+    store.migrate()
+    assert store.get_meta("campaign:default") == {"held": 2}
+    store.put_meta("stop:generic:1", {"reason": "closed"}, expires_at=T0)
+    store.purge(T0)
+    assert store.get_meta("stop:generic:1") is None and store.get_meta("campaign:default") == {"held": 2}

@@ -47,8 +47,8 @@ class IntakeResult:
 
     @property
     def outcome(self) -> str:
-        """What the CRM needs to know: accepted (we will call), duplicate, or rejected (we never will)."""
-        if self.status in (Status.DUPLICATE, Status.REJECTED):
+        """What the CRM needs to know: accepted (we will call), duplicate, rejected or canceled (we never will)."""
+        if self.status in (Status.DUPLICATE, Status.REJECTED, Status.CANCELED):
             return str(self.status)
         return "accepted"
 

@@ -9,10 +9,12 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from crm2calls.errors import MalformedRequestError
-from crm2calls.model import LeadEvent
+from crm2calls.model import LeadEvent, StopEvent
 from crm2calls.sources.base import FORM, InboundRequest, Source
 
 MAX_LEADS_PER_REQUEST = 1000
+# {"event": "lead.closed" | "lead.deleted", "id": <the lead's id>, "reason"?: text, "event_id"?: id}: stop calling
+STOP_EVENTS = {"lead.closed": "closed in the CRM", "lead.deleted": "deleted in the CRM"}
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -99,17 +101,39 @@ def idempotency_key(record: dict[str, Any], lead_id: str | None) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def is_stop(record: dict[str, Any]) -> bool:
+    """A stop event, not a lead: {"event": "lead.closed" | "lead.deleted", "id": ...}."""
+    return isinstance(record.get("event"), str) and record["event"] in STOP_EVENTS
+
+
+def stop_event(record: dict[str, Any], index: int) -> StopEvent:
+    """One stop object as a StopEvent; its record is the lead's ref (its id as the lead webhook gave it)."""
+    lead_id = record.get("id")
+    if lead_id in (None, "") or isinstance(lead_id, bool | dict | list):
+        raise MalformedRequestError(f"a {record['event']} event needs the lead's id", field=f"[{index}].id")
+    reason = record.get("reason")
+    text = STOP_EVENTS[record["event"]] + (f": {reason}" if isinstance(reason, str) and reason else "")
+    return StopEvent(key="stop:" + idempotency_key(record, record.get("event_id")), record=str(lead_id), reason=text)
+
+
 class GenericSource(Source):
-    """POST /webhooks/generic: JSON (object, array, or array at records_path) or a form."""
+    """POST /webhooks/generic: JSON (object, array, or array at records_path) or a form; leads and stop events."""
 
     name = "generic"
 
+    def _records(self, request: InboundRequest) -> list[dict[str, Any]]:
+        data = parse_form(request.body) if request.content_type == FORM else parse_json(request.body)
+        return records_of(data, self.policy.records_path if request.content_type != FORM else None)
+
+    def parse_stops(self, request: InboundRequest) -> list[StopEvent]:
+        """Each {"event": "lead.closed" | "lead.deleted", "id": ...} object becomes a stop event."""
+        return [stop_event(record, i) for i, record in enumerate(self._records(request)) if is_stop(record)]
+
     def parse(self, request: InboundRequest) -> list[LeadEvent]:
-        """Each lead object becomes one event, keyed by its id or its content."""
+        """Each lead object becomes one event, keyed by its id or its content; stop events are parse_stops'."""
         from crm2calls.mapping import lead_from_fields
 
-        data = parse_form(request.body) if request.content_type == FORM else parse_json(request.body)
-        records = records_of(data, self.policy.records_path if request.content_type != FORM else None)
+        records = [record for record in self._records(request) if not is_stop(record)]
         events = []
         for record in records:
             lead = lead_from_fields(record, self.policy)

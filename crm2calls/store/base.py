@@ -10,7 +10,7 @@ from crm2calls.errors import Crm2CallsError
 from crm2calls.model import LeadRecord, Status
 
 KEY_TTL = timedelta(days=8)  # CRMs retry for up to 3 days; keys must outlive that by a margin
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,13 @@ class LeadStore(Protocol):
     def renew(self, lead_ids: list[str], owner: str, until: datetime) -> set[str]:
         """Extend `owner`'s leases on these leads to `until`; return the ids it still holds."""
 
+    def lease(self, lead_id: str, owner: str, now: datetime, lease_seconds: int) -> LeadRecord | None:
+        """Lease one lead to `owner`, whatever its status, unless a live lease holds it; the lead as stored, or None.
+
+        Status and due time are unchanged: the holder writes it with update(record, owner) as a worker does
+        (a stop on the request path, an operator's command). None: unknown, or another owner holds it.
+        """
+
     def update(self, record: LeadRecord, owner: str | None, claims: Claims = NO_CLAIMS) -> bool:
         """Write the record's mutable fields and its claims in one transaction.
 
@@ -134,11 +141,17 @@ class LeadStore(Protocol):
     def get_meta(self, name: str) -> dict[str, Any] | None:
         """A small named document (campaign pause, block list entries, ...)."""
 
-    def put_meta(self, name: str, value: dict[str, Any] | None) -> None:
-        """Write (or, with None, delete) a named document."""
+    def put_meta(self, name: str, value: dict[str, Any] | None, expires_at: datetime | None = None) -> None:
+        """Write (or, with None, delete) a named document; one with expires_at may be forgotten after it.
+
+        Readers still check their document's own time: the store forgets late (purge, DynamoDB TTL), never early.
+        """
 
     def purge(self, before: datetime) -> int:
-        """Delete final leads (end status, no work left) created before `before`, and their keys; return how many."""
+        """Delete final leads (end status, no work left) created before `before`, and their keys; return how many.
+
+        Counters and named documents that expired by `before` go too.
+        """
 
     def forget(self, phone_key: str) -> int:
         """Erase every trace of this phone but its do-not-call entry (leads, keys, slots, counters); count the leads."""

@@ -7,7 +7,7 @@ Items, all under one string hash key `pk`:
                     claimed_at; expires_at = end of the window; taken in the transaction that writes its lead
   COUNTER#{name}    a guard counter (its name carries its window): value, expires_at; counted in the
                     transaction that writes its lead
-  META#{name}       a small JSON document
+  META#{name}       a small JSON document; expires_at when it may be forgotten (stop tombstones)
   SCHEMA            the schema version
 The `due` index (status, next_attempt_at) holds only leads with a next_attempt_at: the work to claim.
 The `ref` index (source_ref = "{source}#{ref}", keys only) finds the leads a CRM record gave (stop events).
@@ -502,6 +502,28 @@ class DynamoDBStore:
             held.add(lead_id)
         return held
 
+    @_store_errors
+    def lease(self, lead_id: str, owner: str, now: datetime, lease_seconds: int) -> LeadRecord | None:
+        """Lease one lead to `owner`, whatever its status, unless a live lease holds it; the lead, or None."""
+        try:
+            updated = self._client.update_item(
+                TableName=self.table,
+                Key=self._key(f"LEAD#{lead_id}"),
+                UpdateExpression="SET lease_owner = :owner, lease_until = :until",
+                ConditionExpression=(
+                    "attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until <= :now)"
+                ),
+                ExpressionAttributeValues={
+                    ":owner": {"S": owner},
+                    ":until": {"S": iso(now + timedelta(seconds=lease_seconds))},
+                    ":now": {"S": iso(now)},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return None
+        return from_row(_decode(updated["Attributes"]))
+
     def _update_item(self, record: LeadRecord, condition: str, values: dict[str, Any]) -> dict[str, Any]:
         """The Update of a lead's mutable fields under `condition`, as a transaction item's body."""
         row = self._lead_values(to_row(record))
@@ -748,13 +770,19 @@ class DynamoDBStore:
         return json.loads(found["Item"]["json"]["S"]) if "Item" in found else None
 
     @_store_errors
-    def put_meta(self, name: str, value: dict[str, Any] | None) -> None:
-        """Write (or, with None, delete) a named document."""
+    def put_meta(self, name: str, value: dict[str, Any] | None, expires_at: datetime | None = None) -> None:
+        """Write (or, with None, delete) a named document; the table's TTL forgets it once expires_at has passed."""
         if value is None:
             self._client.delete_item(TableName=self.table, Key=self._key(f"META#{name}"))
         else:
             item = {"pk": f"META#{name}", "json": json.dumps(value, ensure_ascii=False)}
+            if expires_at is not None:
+                item["expires_at"] = _epoch(expires_at)
             self._client.put_item(TableName=self.table, Item=_encode(item))
+
+
+def _v5_expiring_meta(store: DynamoDBStore) -> None:
+    """Named documents may carry expires_at: the table's TTL attribute already, so nothing to change."""
 
 
 # Step n takes the table from schema version n-1 to n.
@@ -763,4 +791,5 @@ MIGRATIONS: dict[int, Callable[[DynamoDBStore], None]] = {
     2: DynamoDBStore._v2_final,
     3: DynamoDBStore._v3_campaigns,
     4: DynamoDBStore._v4_outcomes,
+    5: _v5_expiring_meta,
 }

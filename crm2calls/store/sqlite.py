@@ -89,12 +89,19 @@ def _v4_outcomes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX leads_ref ON leads (source, ref)")
 
 
+def _v5_expiring_meta(conn: sqlite3.Connection) -> None:
+    """Named documents may expire (stop tombstones live as long as idempotency keys); purge forgets them."""
+    conn.execute("ALTER TABLE meta ADD COLUMN expires_at TEXT")
+    conn.execute("CREATE INDEX meta_expires ON meta (expires_at) WHERE expires_at IS NOT NULL")
+
+
 # Step n takes the schema from version n-1 to n.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _create_v1,
     2: _v2_work_and_final,
     3: _v3_campaigns,
     4: _v4_outcomes,
+    5: _v5_expiring_meta,
 }
 
 # One statement, so atomic: an expired counter restarts at 1, a live one grows while under the limit.
@@ -268,6 +275,16 @@ class SQLiteStore:
             return {row[0] for row in conn.execute(sql, (iso(until), owner, *lead_ids)).fetchall()}
 
     @_store_errors
+    def lease(self, lead_id: str, owner: str, now: datetime, lease_seconds: int) -> LeadRecord | None:
+        """Lease one lead to `owner`, whatever its status, unless a live lease holds it; the lead, or None."""
+        sql = """UPDATE leads SET lease_owner = ?, lease_until = ?
+            WHERE id = ? AND (lease_until IS NULL OR lease_until <= ?) RETURNING *"""
+        until = iso(now + timedelta(seconds=lease_seconds))
+        with self._write() as conn:
+            row = conn.execute(sql, (owner, until, lead_id, iso(now))).fetchone()
+        return None if row is None else from_row(dict(row))
+
+    @_store_errors
     def update(self, record: LeadRecord, owner: str | None, claims: Claims = NO_CLAIMS) -> bool:
         """Write the record's mutable fields and its claims if `owner` still holds its lease (None: unconditional)."""
         params: dict[str, Any] = to_row(record)
@@ -358,22 +375,24 @@ class SQLiteStore:
         return None if row is None else json.loads(row[0])
 
     @_store_errors
-    def put_meta(self, name: str, value: dict[str, Any] | None) -> None:
-        """Write (or, with None, delete) a named document."""
+    def put_meta(self, name: str, value: dict[str, Any] | None, expires_at: datetime | None = None) -> None:
+        """Write (or, with None, delete) a named document; purge forgets it once expires_at has passed."""
         if value is None:
             self._conn().execute("DELETE FROM meta WHERE name = ?", (name,))
         else:
             self._conn().execute(
-                "INSERT INTO meta (name, json) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET json = excluded.json",
-                (name, json.dumps(value, ensure_ascii=False)),
+                "INSERT INTO meta (name, json, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "json = excluded.json, expires_at = excluded.expires_at",
+                (name, json.dumps(value, ensure_ascii=False), None if expires_at is None else iso(expires_at)),
             )
 
     @_store_errors
     def purge(self, before: datetime) -> int:
-        """Delete final leads created before `before` (and counters expired by then); return how many."""
+        """Delete final leads created before `before` (and counters and documents expired by then); return how many."""
         with self._write() as conn:
             deleted = conn.execute("DELETE FROM leads WHERE final = 1 AND created_at < ?", (iso(before),)).rowcount
             conn.execute("DELETE FROM counters WHERE expires_at <= ?", (iso(before),))
+            conn.execute("DELETE FROM meta WHERE expires_at IS NOT NULL AND expires_at <= ?", (iso(before),))
         return deleted
 
     @_store_errors

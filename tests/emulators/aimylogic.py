@@ -14,7 +14,10 @@ Where the docs are silent the emulator picks a behaviour and says so:
 * several campaigns, each with its own token (add_campaign), keep their own jobs and duplicate guard;
 * GET .../status answers the bare status as text; GET /api/calls/campaign/{token} the campaign's
   details with shortReport counters (totalNumbers = jobs, processedNumbers = 0: nobody is called here);
-* a wrong token answers 404 on every method.
+* a wrong token answers 404 on every method;
+* POST .../callJob/cancel cancels the campaign's jobs named by `ids` and/or `phones` that are neither
+  finished (finish_job) nor cancelled already, and answers the JSON array of the ids it cancelled (a.6);
+  `cancel_answer` = "object" or "empty" answers in shapes the docs do not show, to test a client's safety.
 """
 
 from __future__ import annotations
@@ -217,7 +220,55 @@ class Campaign:
     jobs: list[str] = field(default_factory=list)
 
 
-class AimylogicEmulator:
+class _CancelEndpoint:
+    """callJob/cancel (a.6): what it cancelled, per request and per job."""
+
+    def _reset_cancels(self) -> None:
+        with self._lock:
+            self.cancels: list[dict[str, Any]] = []  # one per request: token, ids, phones, answer
+            self.cancelled: dict[str, str] = {}  # job id -> token of the campaign it was cancelled in
+            self.finished: set[str] = set()  # jobs that ended (called or not): no longer cancellable
+            self.cancel_answer = "ids"  # "object": {"cancelled": [...]}, "empty": a 200 with no body
+            self.unknown_answer = 200  # 400: a request naming a job id the campaign never had is refused whole
+
+    def finish_job(self, job_id: str) -> None:
+        """The job's calls are over: a cancel leaves it alone."""
+        with self._lock:
+            self.finished.add(job_id)
+
+    def cancelled_ids(self) -> list[str]:
+        """Every job id cancelled so far, in order."""
+        with self._lock:
+            return list(self.cancelled)
+
+    def _cancel(self, request: Request, campaign: Campaign) -> Response:
+        try:
+            body = json.loads(request.get_data())
+        except ValueError:
+            return _text("body is not valid JSON", 400)
+        if not isinstance(body, dict) or not (body.get("ids") or body.get("phones")):
+            return _text("give ids or phones", 400)
+        ids = [str(job_id) for job_id in body.get("ids") or []]
+        phones = {str(phone) for phone in body.get("phones") or []}
+        with self._lock:
+            unknown = [job_id for job_id in ids if job_id not in campaign.jobs]
+            if unknown and self.unknown_answer != 200:
+                self.cancels.append({"token": campaign.token, "ids": ids, "phones": sorted(phones), "answer": None})
+                return _text(f"unknown job id {unknown[0]}", self.unknown_answer)
+            named = [job for job in campaign.jobs if job in ids or str(self.calls[job]["phone"]) in phones]
+            done = [job for job in named if job not in self.finished and job not in self.cancelled]
+            for job in done:
+                self.cancelled[job] = campaign.token
+            self.cancels.append({"token": campaign.token, "ids": ids, "phones": sorted(phones), "answer": done})
+            shape = self.cancel_answer
+        if shape == "object":
+            return Response(json.dumps({"cancelled": done}), 200, mimetype="application/json")
+        if shape == "empty":
+            return Response(b"", 200)
+        return Response(json.dumps(done), 200, mimetype="application/json")
+
+
+class AimylogicEmulator(_CancelEndpoint):
     """A real HTTP server on 127.0.0.1 that keeps the addPhones contract; use it as a context manager."""
 
     def __init__(self, token: str = "8231.7056.1b131df1", *, clock=_utcnow, first_job_id: int = 5665334669):
@@ -248,6 +299,7 @@ class AimylogicEmulator:
             self.campaigns: dict[str, Campaign] = {self.token: Campaign(self.token, "Qualification", 1001)}
             self.paused_answer = 503
             self.closed_answer = 400
+        self._reset_cancels()
 
     def start(self) -> AimylogicEmulator:
         """Serve on a free port in a daemon thread."""
@@ -397,6 +449,8 @@ class AimylogicEmulator:
             return _text(campaign.status)
         if request.path == prefix and request.method == "GET":
             return self._details(campaign)
+        if request.path == prefix + "/callJob/cancel" and request.method == "POST":
+            return self._cancel(request, campaign)
         return _text("not found", 404)
 
     def _details(self, campaign: Campaign) -> Response:
