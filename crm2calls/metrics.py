@@ -85,10 +85,20 @@ CRM_API_REQUESTS = Metric(
     rollups=(("result",),),
 )
 DELIVERY_PASSES = Metric("crm2calls_delivery_passes_total", "counter", (), "Delivery passes run")
+CALL_OUTCOMES = Metric(
+    "crm2calls_call_outcomes_total", "counter", ("campaign", "outcome"),
+    "Calls that reached a final jobStatus, by campaign and jobStatus (longCallWithResult, noAnswer, ...)",
+    rollups=(("outcome",),),
+)
+REPORT_REQUESTS = Metric(
+    "crm2calls_getreport_requests_total", "counter", ("campaign", "result"),
+    "callJob/getReport requests by campaign and result (ok, auth, rejected, unavailable)", rollups=(("result",),),
+)
 
 METRICS = (
     WEBHOOKS, LEAD_TRANSITIONS, LEADS, OLDEST_WAITING, CAMPAIGN_HELD, SPEED_TO_LEAD,
     AIMYLOGIC_REQUESTS, ADDPHONES_ENTRIES, CRM_API_REQUESTS, DELIVERY_PASSES,
+    CALL_OUTCOMES, REPORT_REQUESTS,
 )
 
 
@@ -368,3 +378,13 @@ def delivery_pass() -> None:
     """A delivery pass ran (a stalled worker or schedule stops counting)."""
     _sink.record(DELIVERY_PASSES, (), 1)
 
+
+
+def call_outcome(campaign: str, outcome: str) -> None:
+    """A call reached its final jobStatus (longCallWithResult, noAnswer, canceled, ...)."""
+    _sink.record(CALL_OUTCOMES, (campaign, outcome), 1)
+
+
+def report_request(campaign: str, result: str) -> None:
+    """One callJob/getReport request of a campaign and its result (ok, auth, rejected, unavailable)."""
+    _sink.record(REPORT_REQUESTS, (campaign, result), 1)
