@@ -5,6 +5,7 @@ is due (next_poll): within a minute while the job is being dialled or waits for 
 calling window is open in the lead's zone; within 15 minutes otherwise; never after finishDateTime plus
 GRACE. A job known only in part (the send got fewer job ids than entries, or none) is found by its phone,
 and known by its id from then on. The lead's status follows the job through crm2calls/lifecycle.py.
+A dry run's dialer has no getReport (it creates no job): leads sent for real wait, asked again hourly.
 """
 
 from __future__ import annotations
@@ -297,16 +298,16 @@ def _never_ended(record: LeadRecord, job_status: str | None, entry: dict[str, An
 
 
 def _pick(record: LeadRecord, reports: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The report of this lead's job among its phone's: jobs created since the lead was sent (older ones
-    belong to earlier leads of the number), one of the ids its send got first, else the newest."""
+    """The report of this lead's job among its phone's: the first job created since the lead was sent (older
+    ones belong to earlier leads of the number, later ones to later leads), one of the ids its send got first."""
     sent = _sent_at(record)
     if sent is not None:
         since = (sent - timedelta(minutes=1)).timestamp() * 1000  # a minute for clocks that disagree
         reports = [report for report in reports if (report.get("createdAt") or since) >= since]
     known = set((record.job_id or "").split(","))
-    return max(
+    return min(
         reports,
-        key=lambda report: (str(report.get("callJobId")) in known, report.get("createdAt") or 0),
+        key=lambda report: (str(report.get("callJobId")) not in known, report.get("createdAt") or 0),
         default=None,
     )
 

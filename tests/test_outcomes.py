@@ -411,3 +411,19 @@ def test_lifecycle_keeps_a_stopped_lead_stopped_when_its_job_reports(make, clock
 
     assert lifecycle.follow_job(services, record, outcome, clock.now, "me", None)
     assert services.store.get(lead.id).status is Status.CANCELED
+
+
+def test_two_leads_of_one_phone_each_find_their_own_job(make, aimylogic, clock):
+    services = make()
+    aimylogic.plan_job("79120000007", JobPlan(final=None, stuck="planned"))
+    aimylogic.omit_ids(1, times=2)  # neither send learns its job id
+    [first] = send(services, 1, start=7)
+    clock.advance(hours=25)  # no follow-up pass ran meanwhile; the duplicate window has passed
+    [second] = send(services, 1, start=8, phone="79120000007")  # another lead, the same person
+
+    run_minutes(services, clock, 1)
+
+    body = aimylogic.status_requests[-1].json()
+    jobs = aimylogic.jobs_of()
+    assert body == {"phones": ["79120000007", "79120000007"]}
+    assert (services.store.get(first.id).job_id, services.store.get(second.id).job_id) == (jobs[0], jobs[1])
