@@ -126,6 +126,7 @@ class _CampaignPoll:
     def __init__(self, run: FollowUpPass, campaign: str):
         self.run, self.campaign = run, campaign
         self.services, self.owner = run.services, run.owner
+        self.refused = False  # the campaign's token was refused before: a success says it works again
 
     def now(self) -> datetime:
         return self.services.clock()
@@ -143,8 +144,8 @@ class _CampaignPoll:
             self._wait_all(records, self.now() + NO_DIALER_RETRY, "a dry run asks Aimylogic nothing")
             return
         state = campaigns.state(services, self.campaign)
-        refused = state.get("delivery") == campaigns.TOKEN_REFUSED
-        if refused and state.get("retry_at") and self.now() < datetime.fromisoformat(state["retry_at"]):
+        self.refused = state.get("delivery") == campaigns.TOKEN_REFUSED
+        if self.refused and state.get("retry_at") and self.now() < datetime.fromisoformat(state["retry_at"]):
             self._wait_all(records, datetime.fromisoformat(state["retry_at"]), state.get("reason") or "token refused")
             return
         fingerprint = getattr(dialer, "fingerprint", None)
@@ -160,11 +161,10 @@ class _CampaignPoll:
                 self._saved(lifecycle.stop_polling(services, record, self.now(), "it has no entry", self.owner), record)
             else:
                 (by_id if exact_job(record) else by_phone).append(record)
-        ok = self._ask(ask, "ids", by_id, by_phone, refused)
-        if ok:
-            self._ask(ask, "phones", by_phone, [], refused)
+        if self._ask(ask, "ids", by_id, by_phone):
+            self._ask(ask, "phones", by_phone, [])
 
-    def _ask(self, ask: Any, kind: str, records: list[LeadRecord], by_phone: list[LeadRecord], refused: bool) -> bool:
+    def _ask(self, ask: Any, kind: str, records: list[LeadRecord], by_phone: list[LeadRecord]) -> bool:
         """Request chunk after chunk; False when a failure held the rest (they are written already)."""
         chunks = list(_chunks(records))
         for number, chunk in enumerate(chunks):
@@ -185,9 +185,9 @@ class _CampaignPoll:
                 self._failed([*chunk, *(r for later in chunks[number + 1 :] for r in later), *by_phone], exc)
                 return False
             metrics.report_request(self.campaign, "ok")
-            if refused:
+            if self.refused:
                 campaigns.accepted(self.services, self.campaign)
-                refused = False
+                self.refused = False
             if kind == "ids":
                 by_phone.extend(self._by_id(chunk, reports))
             else:
