@@ -427,3 +427,17 @@ def test_two_leads_of_one_phone_each_find_their_own_job(make, aimylogic, clock):
     jobs = aimylogic.jobs_of()
     assert body == {"phones": ["79120000007", "79120000007"]}
     assert (services.store.get(first.id).job_id, services.store.get(second.id).job_id) == (jobs[0], jobs[1])
+
+
+def test_a_pass_out_of_time_starts_no_request_and_leaves_the_leads_to_the_next(make, aimylogic, clock):
+    services = make()
+    leads = send(services, 3)
+    clock.advance(minutes=1)
+
+    follow_up(services, time_budget=0)  # Lambda's budget already spent: no request starts
+
+    assert reports(aimylogic) == 0
+    assert all(services.store.get(lead.id).status is Status.SENT for lead in leads)
+    clock.advance(minutes=6)  # their leases ran out
+    follow_up(services)
+    assert reports(aimylogic) == 1 and all(services.store.get(lead.id).status is Status.CALLED for lead in leads)
