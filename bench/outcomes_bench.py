@@ -141,7 +141,7 @@ def run(leads: int, directory: Path, seed: int = 12) -> dict:
         services = Services(settings, clock=clock)
         store = services.store
         end = times[-1] + timedelta(hours=WINDOW_HOURS) + GRACE + timedelta(minutes=5)
-        posted, lead_polls, passes, started = 0, 0, 0, time.perf_counter()
+        posted, lead_polls, passes, busiest, started = 0, 0, 0, 0, time.perf_counter()
         while clock.now <= end:
             while posted < leads and times[posted] <= clock.now:
                 arrived = times[posted]
@@ -155,6 +155,7 @@ def run(leads: int, directory: Path, seed: int = 12) -> dict:
                 ))  # fmt: skip
                 posted += 1
             deliver_pending(services)
+            this_minute = 0
             while True:  # the minute's follow-up pass, claiming as followup.follow_up does, the poll task only
                 owner = f"bench:{uuid.uuid4().hex[:8]}"
                 claimed = []
@@ -164,9 +165,11 @@ def run(leads: int, directory: Path, seed: int = 12) -> dict:
                     break
                 passes += 1
                 lead_polls += len(claimed)
+                this_minute += len(claimed)
                 poll_jobs(FollowUpPass(services, clock.now, owner), claimed)
                 if len(claimed) < CLAIM_LIMIT:
                     break
+            busiest = max(busiest, this_minute)
             clock.now += timedelta(minutes=1)
         seconds = time.perf_counter() - started
         # What we saw: from each job's final status to the lead's.
@@ -193,6 +196,7 @@ def run(leads: int, directory: Path, seed: int = 12) -> dict:
             "naive": naive,
             "lead_polls": lead_polls,
             "passes": passes,
+            "busiest": busiest,
             "delays": delays,
             "statuses": {k: v for k, v in counts.items() if v},
             "seconds": seconds,
@@ -233,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         if seen:
             print(f"job final -> lead final, {label}: p50 {percentile(seen, 0.5):.0f} s, "
                   f"p95 {percentile(seen, 0.95):.0f} s, max {max(seen):.0f} s over {len(seen)} calls")  # fmt: skip
-    print(f"statuses at the end: {result['statuses']}; {result['passes']} poll batches; "
+    print(f"statuses at the end: {result['statuses']}; {result['passes']} poll batches "
+          f"(claims of up to {CLAIM_LIMIT}); at most {result['busiest']} leads polled in one minute; "
           f"simulated in {result['seconds']:.0f} s")  # fmt: skip
     return 0
 
