@@ -120,6 +120,7 @@ def run(leads: int, directory: Path, seed: int = 12) -> dict:
     from crm2calls.outcomes import GRACE, poll_jobs
     from crm2calls.phones import mask
     from crm2calls.services import Services
+    from crm2calls.zones import zone_tzinfo
     from tests.emulators.aimylogic import AimylogicEmulator
 
     rng = random.Random(seed)
@@ -174,6 +175,7 @@ def run(leads: int, directory: Path, seed: int = 12) -> dict:
         seconds = time.perf_counter() - started
         # What we saw: from each job's final status to the lead's.
         delays: dict[bool, list[float]] = {True: [], False: []}  # by whether it was dialled
+        slowest: list[tuple[float, str, str, str]] = []
         for record in store.list(limit=10 * leads):
             job = emulator.jobs.get(record.job_id or "")
             moment = final_at(job) if job else None
@@ -181,6 +183,10 @@ def run(leads: int, directory: Path, seed: int = 12) -> dict:
                 seen = next(datetime.fromisoformat(s["at"]) for s in record.history if s["status"] != "sent"
                             and job.plan.final in s.get("note", ""))  # fmt: skip
                 delays[job.plan.attempts > 0].append((seen - moment).total_seconds())
+                if job.plan.attempts:
+                    local = moment.astimezone(zone_tzinfo(json.loads(record.entry)["gmtZone"]))
+                    slowest.append(((seen - moment).total_seconds(), job.plan.final, f"{local:%a %H:%M} local",
+                                    " ".join(step["note"].split()[2] for step in record.history[1:])))
         # The baseline: a request per lead per minute from its send until it sees the job final, on the same jobs.
         naive = 0
         for job in emulator.jobs.values():
@@ -197,6 +203,7 @@ def run(leads: int, directory: Path, seed: int = 12) -> dict:
             "lead_polls": lead_polls,
             "passes": passes,
             "busiest": busiest,
+            "slowest": sorted(slowest, reverse=True)[:5],
             "delays": delays,
             "statuses": {k: v for k, v in counts.items() if v},
             "seconds": seconds,
@@ -231,12 +238,15 @@ def main(argv: list[str] | None = None) -> int:
              result["naive"], "1.0", result["naive"]],
         ],
     )  # fmt: skip
-    print(f"requests ours vs naive: {ratio(result['requests'], result['naive'])}")
+    print(f"requests ours vs naive: {ratio(result['requests'], result['naive'])} "
+          f"({result['naive'] / max(result['requests'], 1):.0f} times fewer)")
     for dialled, label in ((True, "dialled (inProcess just before)"), (False, "never dialled (planned before)")):
         seen = delays[dialled]
         if seen:
             print(f"job final -> lead final, {label}: p50 {percentile(seen, 0.5):.0f} s, "
                   f"p95 {percentile(seen, 0.95):.0f} s, max {max(seen):.0f} s over {len(seen)} calls")  # fmt: skip
+    for delay, final, when, seen in result["slowest"]:
+        print(f"  slowest dialled: {delay:.0f} s, {final} at {when}; jobStatus seen: {seen}")
     print(f"statuses at the end: {result['statuses']}; {result['passes']} poll batches "
           f"(claims of up to {CLAIM_LIMIT}); at most {result['busiest']} leads polled in one minute; "
           f"simulated in {result['seconds']:.0f} s")  # fmt: skip
