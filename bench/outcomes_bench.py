@@ -83,20 +83,23 @@ def entry_for(n: int, arrived: datetime, rng: random.Random) -> dict:
     }
 
 
-def plan_for(entry: dict, arrived: datetime, rng: random.Random):
-    """The job's plan: dialled 1-30 minutes after its window opens (the campaign's queue), then as MIX says."""
+def plan_for(entry: dict, arrived: datetime, sent: datetime, rng: random.Random):
+    """The job's plan: dialled 1-30 minutes after its window opens (the campaign's queue), then as MIX says.
+
+    Its times count from `sent`, when addPhones creates the job (the pass after the lead's arrival).
+    """
     from crm2calls.zones import next_window_opening
     from tests.emulators.aimylogic import JobPlan
 
     opens = next_window_opening(entry, arrived) or arrived
     queued = opens + timedelta(seconds=rng.uniform(60, 1800))
     dialled = next_window_opening(entry, queued) or queued  # Aimylogic dials inside the window only
-    wait = (dialled - arrived).total_seconds()
+    wait = (dialled - sent).total_seconds()
     final, attempts = rng.choices([(f, a) for _, f, a in MIX], [share for share, _, _ in MIX])[0]
     if final == "notDone":
         wait = WINDOW_HOURS * 3600.0
     if final == "canceled":
-        wait = rng.uniform(600, 6 * 3600)
+        wait = rng.uniform(600, 6 * 3600)  # a person cancels it (the campaign's page): any time
     ring = rng.uniform(60, 300) if final and final.startswith("longCall") else rng.uniform(20, 45)
     return JobPlan(final=final, attempts=attempts, wait=wait, ring=ring, retry=3600.0, duration=int(ring))
 
@@ -147,7 +150,7 @@ def run(leads: int, directory: Path, seed: int = 12) -> dict:
             while posted < leads and times[posted] <= clock.now:
                 arrived = times[posted]
                 entry = entry_for(posted, arrived, rng)
-                emulator.plan_job(entry["phone"], plan_for(entry, arrived, rng))
+                emulator.plan_job(entry["phone"], plan_for(entry, arrived, clock.now, rng))
                 store.insert(LeadRecord(
                     id=uuid.uuid4().hex, source="generic", key=f"generic:{posted}", ref=str(posted),
                     status=Status.PENDING, created_at=arrived, updated_at=arrived, next_attempt_at=arrived,
