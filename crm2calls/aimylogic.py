@@ -1,4 +1,4 @@
-"""The Aimylogic Calls API client (addPhones, test/addPhone, status) and the dry-run dialer.
+"""The Aimylogic Calls API client (addPhones, test/addPhone, status, getReport) and the dry-run dialer.
 
 The campaign token is the only credential and sits in the URL path, so no exception message,
 log line or repr built here ever contains a URL: messages name the host at most.
@@ -141,6 +141,34 @@ class AimylogicClient:
         if not isinstance(answer, list):
             return None
         return [str(job_id) for job_id in answer]
+
+    def get_report(
+        self, ids: list[str | int] | None = None, phones: list[str | int] | None = None
+    ) -> list[dict[str, Any]]:
+        """POST callJob/getReport: one report object per job Aimylogic knows among `ids` or `phones`.
+
+        Job ids are opaque: sent as given (addPhones answers strings of digits; the docs' examples
+        send numbers) and answered with callJobId as a string. An id Aimylogic does not know is simply
+        absent from the answer.
+        """
+        body: dict[str, list[str | int]] = {}
+        if ids:
+            body["ids"] = list(ids)
+        if phones:
+            body["phones"] = list(phones)
+        if not body:
+            raise ValueError("get_report needs ids or phones")
+        response = self._call("POST", f"/api/calls/campaign/{self._token}/callJob/getReport", json=body)
+        try:
+            reports = response.json()
+        except ValueError:
+            reports = None
+        if not isinstance(reports, list) or not all(isinstance(report, dict) for report in reports):
+            raise UnavailableError("Aimylogic getReport: the answer is not a JSON array of reports")
+        for report in reports:
+            if report.get("callJobId") is not None:
+                report["callJobId"] = str(report["callJobId"])
+        return reports
 
     def _call(self, method: str, path: str, entries: int = 0, **kwargs: Any) -> requests.Response:
         what = path.rsplit("/", 1)[-1]

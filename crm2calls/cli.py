@@ -14,6 +14,7 @@ from flask.cli import AppGroup
 
 from crm2calls.config import MISSING_SHARED_KEY, Settings, check_configuration, is_loopback, load_settings
 from crm2calls.errors import ConfigError, Crm2CallsError, UnusableLeadError
+from crm2calls.lifecycle import JOB_STATUSES
 from crm2calls.model import LeadRecord, Status
 from crm2calls.policy import DEFAULT_CAMPAIGN, Policy, SourcePolicy
 from crm2calls.services import Services
@@ -26,6 +27,10 @@ dialer_cli = AppGroup("dialer", help="Talk to Aimylogic directly.")
 leads_cli = AppGroup("leads", help="Inspect and operate the lead store.")
 crm_cli = AppGroup("crm", help="Jobs that talk to the CRMs (also scheduled on Lambda).")
 aws_cli = AppGroup("aws", help="Set up the AWS side of a Lambda deployment.")
+
+
+# `leads list --outcome`: a jobStatus, or the lead status it leads to.
+OUTCOMES = [*JOB_STATUSES, *dict.fromkeys(status.value for status in JOB_STATUSES.values())]
 
 
 def _state():
@@ -311,12 +316,21 @@ def _known_campaign(settings: Settings, campaign: str | None) -> None:
 @click.option("--since", default=None, help="Only leads newer than this age: 2h, 7d.")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--campaign", default=None, help="Only leads of this campaign.")
-def leads_list(status: str | None, source: str | None, since: str | None, limit: int, campaign: str | None) -> None:
+@click.option("--outcome", type=click.Choice(OUTCOMES), default=None,
+              help="Only leads whose call ended so: a jobStatus (noAnswer, ...) or called, not_reached, ...")
+def leads_list(
+    status: str | None, source: str | None, since: str | None, limit: int, campaign: str | None, outcome: str | None
+) -> None:
     """A table of leads, newest first, phones masked."""
     svc = _services()
     _known_campaign(svc.settings, campaign)
     after = svc.clock() - parse_age(since) if since else None
-    records = svc.store.list(Status(status) if status else None, source, after, limit, campaign=campaign)
+    if outcome:  # the store has no outcome index: filter what the other options select
+        found = svc.store.list(Status(status) if status else None, source, after, 1_000_000_000, campaign=campaign)
+        matching_outcome = [r for r in found if _has_outcome(r, outcome)]
+        records = matching_outcome[:limit]
+    else:
+        records = svc.store.list(Status(status) if status else None, source, after, limit, campaign=campaign)
     click.echo(
         f"{'id':24} {'created (UTC)':19} {'source':10} {'campaign':10} {'status':9} {'att':>3} {'phone':15} last error"
     )
@@ -326,12 +340,14 @@ def leads_list(status: str | None, source: str | None, since: str | None, limit:
             f"{r.id:24} {r.created_at:%Y-%m-%d %H:%M:%S} {r.source[:10]:10} {r.campaign[:10]:10} {r.status.value:9} "
             f"{r.attempts:>3} {(r.phone_masked or '-'):15} {error}"
         )
-    if status or source or since or campaign:  # the totals of what was asked for, not of the whole store
+    if outcome:
+        counts = dict(Counter(r.status.value for r in matching_outcome))
+    elif status or source or since or campaign:  # the totals of what was asked for, not of the whole store
         matching = svc.store.list(Status(status) if status else None, source, after, 1_000_000_000, campaign=campaign)
         counts = dict(Counter(r.status.value for r in matching))
     else:
         counts = svc.store.count_by_status()
-    filters = (("status", status), ("source", source), ("since", since), ("campaign", campaign))
+    filters = (("status", status), ("source", source), ("since", since), ("campaign", campaign), ("outcome", outcome))
     asked = ", ".join(f"{name} {value}" for name, value in filters if value)
     click.echo(
         f"totals{f' ({asked})' if asked else ''}: "
@@ -372,7 +388,7 @@ def leads_show(lead_id: str, reveal: bool) -> None:
     if record.last_error:
         click.echo(f"last error: {record.last_error}")
     _show_write_back(record)
-    for line in _work_lines(record):
+    for line in _outcome_lines(record) + _work_lines(record):
         click.echo(line)
     if record.entry:
         entry = json.dumps(json.loads(record.entry), indent=2, ensure_ascii=False)
@@ -393,20 +409,53 @@ def _show_write_back(record: LeadRecord) -> None:
         error = f"; last error: {item.error}" if item.error else ""
         click.echo(f"write-back: {state}; attempts {item.attempts}{error}")
 
-def _work_lines(record: LeadRecord) -> list[str]:
-    """Its follow-up work (a cancel being retried shows its attempts and error) and its call's outcome.
 
-    The write-back item has lines of its own (where it was written, its dead letter), so it is left out here.
+def _work_lines(record: LeadRecord) -> list[str]:
+    """Its other follow-up work (a cancel being retried shows its attempts and error).
+
+    The write-back and the polling have lines of their own (_show_write_back, _outcome_lines).
     """
     lines = []
     for task, item in sorted(record.work.items()):
-        if task == "write_back":
+        if task in ("write_back", "poll"):
             continue
         when = f"due {item.due.isoformat()}" if item.due else "PARKED (an operator must act)"
         tried = f"; {item.attempts} attempt(s)" if item.attempts else ""
         lines.append(f"work: {task} {when}{tried}" + (f"; last error: {item.error}" if item.error else ""))
-    if record.outcome:
-        lines.append("outcome: " + json.dumps(record.outcome, ensure_ascii=False, sort_keys=True))
+    return lines
+
+
+def _has_outcome(record: LeadRecord, outcome: str) -> bool:
+    job_status = (record.outcome or {}).get("job_status")
+    return job_status is not None and outcome in (job_status, JOB_STATUSES.get(job_status, Status.CALLING).value)
+
+
+def _outcome_lines(record: LeadRecord) -> list[str]:
+    """The call's outcome as Aimylogic reported it, and whether its job is still polled."""
+    from crm2calls.logs import redact
+
+    outcome = record.outcome
+    poll = record.work.get("poll")
+    lines = []
+    if outcome:
+        parts = [f"call: {outcome.get('job_status')}"]
+        if outcome.get("call_result"):
+            parts.append(f"result {outcome['call_result']}")
+        parts.append(f"{outcome.get('attempts', 0)} attempt(s)")
+        if outcome.get("duration_s"):
+            parts.append(f"talked {outcome['duration_s']} s")
+        if outcome.get("started_at"):
+            parts.append(f"started {outcome['started_at']}")
+        if outcome.get("finished_at"):
+            parts.append(f"finished {outcome['finished_at']}")
+        if outcome.get("tag"):
+            parts.append(f"tag {outcome['tag'].get('name')}")
+        lines.append(", ".join(parts))
+        if outcome.get("report") is not None:
+            lines.append("report: " + redact(json.dumps(outcome["report"], ensure_ascii=False)))
+    if poll is not None:
+        state = f"next {poll.due.isoformat()}" if poll.due else "PARKED, no longer polled"
+        lines.append(f"polling its job: {state}" + (f" ({poll.error})" if poll.error else ""))
     return lines
 
 

@@ -652,3 +652,103 @@ def cancel_unconfirmed(services: Services, record: LeadRecord, now: datetime, wh
     if record.status in QUEUED and (poll is None or poll.due is None or poll.due > now):
         set_work(record, "poll", now)  # it has likely ended: look at its report now
     return save_work(services, record, now, f"cancel not confirmed: {why}", owner=owner)
+
+
+# Following a sent lead's job (crm2calls/outcomes.py polls callJob/getReport and calls these).
+
+# jobStatus -> the lead's status; statuses Aimylogic may add later keep the lead calling (and polled).
+JOB_STATUSES: dict[str, Status] = {
+    "planned": Status.CALLING,
+    "inProcess": Status.CALLING,
+    "onRetry": Status.CALLING,
+    "longCallWithResult": Status.CALLED,
+    "longCallWithNoResult": Status.CALLED,
+    "noAnswer": Status.NOT_REACHED,
+    "nonexistentNumber": Status.NOT_REACHED,
+    "notDone": Status.NOT_REACHED,
+    "canceled": Status.CANCELED,
+}
+FINAL_JOB_STATUSES = frozenset(job for job, status in JOB_STATUSES.items() if status is not Status.CALLING)
+
+
+def follow_job(
+    services: Services,
+    record: LeadRecord,
+    outcome: dict,
+    now: datetime,
+    owner: str,
+    next_poll: datetime | None,
+    *,
+    matched_job: str | None = None,
+    stop_reason: str | None = None,
+) -> bool:
+    """Aimylogic reported the lead's job: keep the outcome, follow its status, plan the next poll or the results.
+
+    A final jobStatus ends the polling and plans the write-backs; otherwise the next poll is at `next_poll`
+    (the caller's schedule). One history line per change of jobStatus, none for a poll that saw nothing
+    new, so a job polled fifty times while planned keeps a readable history. matched_job: the job id its
+    report was found under by phone (the send did not know it exactly); kept from now on. next_poll None
+    for a job that is not final: it is no longer polled, for `stop_reason` (parked; the status stays).
+    False when the lease was lost.
+    """
+    job_status = outcome.get("job_status")
+    before = (record.outcome or {}).get("job_status")
+    found = matched_job is not None and matched_job != record.job_id
+    if found:
+        record.job_id = matched_job
+    record.outcome = outcome
+    status = JOB_STATUSES.get(job_status, Status.CALLING)
+    if not _allowed(record.status, status, False):  # stopped here first (a CRM stop): the status stays
+        status = record.status
+    final = job_status in FINAL_JOB_STATUSES
+    if final:
+        drop_work(record, "poll")
+        plan_results(services, record, now)
+    else:
+        set_work(record, "poll", next_poll, attempts=0, error=stop_reason if next_poll is None else None)
+    stopped = next_poll is None and not final
+    if job_status == before and status is record.status and not found and not stopped:
+        return save_work(services, record, now, owner=owner)
+    note = _job_note(record, outcome) + (" (its id found by phone)" if found else "")
+    if stopped:
+        note += f"; no longer polled: {stop_reason}"
+
+    if status is record.status:  # planned -> inProcess -> onRetry: the lead stays calling
+        saved = save_work(services, record, now, note, owner=owner)
+    else:
+        saved = save(services, record, status, now, note, owner=owner)
+    if saved and final and job_status != before:
+        metrics.call_outcome(record.campaign, job_status)
+    return saved
+
+
+def _job_note(record: LeadRecord, outcome: dict) -> str:
+    job_status = outcome.get("job_status")
+    parts = [f"job {record.job_id} {job_status}"]
+    if job_status not in JOB_STATUSES:
+        parts[0] += " (a jobStatus this release does not know: polled on)"
+    if outcome.get("attempts"):
+        parts.append(f"attempt {outcome['attempts']}")
+    if job_status in FINAL_JOB_STATUSES:
+        if outcome.get("call_result"):
+            parts.append(f"result {outcome['call_result']}")
+        if outcome.get("duration_s"):
+            parts.append(f"{outcome['duration_s']} s")
+    return ", ".join(parts)
+
+
+def stop_polling(services: Services, record: LeadRecord, now: datetime, reason: str, owner: str) -> bool:
+    """Its job can no longer be followed (never ended, unknown to Aimylogic, token replaced): the poll is
+    parked with the reason, a dead letter an operator sees; the lead keeps its status. False: lease lost."""
+    set_work(record, "poll", None, error=reason)
+    return save_work(services, record, now, f"no longer polled: {reason}", owner=owner)
+
+
+def poll_later(
+    services: Services, record: LeadRecord, now: datetime, due: datetime, error: str | None, *, owner: str,
+    attempts: int | None = None,
+) -> bool:
+    """Poll the job again at `due` (an outage, a held token, a report not there yet), status unchanged, no history."""
+    set_work(record, "poll", due, attempts=attempts, error=error)
+    return save_work(services, record, now, owner=owner)
+

@@ -95,10 +95,20 @@ WRITE_BACK_DELAY = Metric(
     "From a call's end (its job's final status seen) to its outcome written in the CRM", unit="Seconds",
     rollups=((),), buckets=SPEED_BUCKETS,
 )
+CALL_OUTCOMES = Metric(
+    "crm2calls_call_outcomes_total", "counter", ("campaign", "outcome"),
+    "Calls that reached a final jobStatus, by campaign and jobStatus (longCallWithResult, noAnswer, ...)",
+    rollups=(("outcome",),),
+)
+REPORT_REQUESTS = Metric(
+    "crm2calls_getreport_requests_total", "counter", ("campaign", "result"),
+    "callJob/getReport requests by campaign and result (ok, auth, rejected, unavailable)", rollups=(("result",),),
+)
 
 METRICS = (
     WEBHOOKS, LEAD_TRANSITIONS, LEADS, OLDEST_WAITING, CAMPAIGN_HELD, SPEED_TO_LEAD,
     AIMYLOGIC_REQUESTS, ADDPHONES_ENTRIES, CRM_API_REQUESTS, DELIVERY_PASSES,
+    CALL_OUTCOMES, REPORT_REQUESTS,
 )
 METRICS += (WRITE_BACKS, WRITE_BACK_DELAY)
 
@@ -386,3 +396,13 @@ def write_back(crm: str, result: str, delay_seconds: float | None = None) -> Non
     _sink.record(WRITE_BACKS, (crm, result), 1)
     if delay_seconds is not None:
         _sink.record(WRITE_BACK_DELAY, (crm,), max(0.0, delay_seconds))
+
+
+def call_outcome(campaign: str, outcome: str) -> None:
+    """A call reached its final jobStatus (longCallWithResult, noAnswer, canceled, ...)."""
+    _sink.record(CALL_OUTCOMES, (campaign, outcome), 1)
+
+
+def report_request(campaign: str, result: str) -> None:
+    """One callJob/getReport request of a campaign and its result (ok, auth, rejected, unavailable)."""
+    _sink.record(REPORT_REQUESTS, (campaign, result), 1)

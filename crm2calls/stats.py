@@ -19,6 +19,8 @@ _WAITING = {Status.RECEIVED, Status.PENDING, Status.SENDING, Status.HELD}
 # Columns of the table and the JSON, in funnel order: every lead counts once in `received` and once
 # in exactly one of the columns after `sent` (its status now); `sent` counts those that reached Aimylogic.
 COUNTS = ("received", "duplicate", "rejected", "sent", "waiting", "failed", "expired", "dry_run")
+# Where sent leads' calls stand (their job followed): after `sent` in the JSON always, in the table as they land.
+CALL_COUNTS = ("calling", "called", "not_reached", "canceled")
 
 
 def _group_name(record: LeadRecord, by: str) -> str:
@@ -69,7 +71,7 @@ class Group:
         """The group as the JSON output shows it."""
         return {
             "name": self.name,
-            **{name: self.counts[name] for name in COUNTS},
+            **{name: self.counts[name] for name in _columns(CALL_COUNTS)},
             "speed_to_lead_s": {"p50": percentile(self.speeds, 0.50), "p95": percentile(self.speeds, 0.95)},
         }
 
@@ -98,8 +100,9 @@ class Funnel:
 
     def table(self) -> str:
         """The report as a readable table."""
-        header = [self.by or "leads", *COUNTS, "speed p50", "speed p95"]
-        rows = [*(_row(group) for group in self.groups), _row(self.total)]
+        columns = _columns(tuple(name for name in CALL_COUNTS if self.total.counts[name]))
+        header = [self.by or "leads", *columns, "speed p50", "speed p95"]
+        rows = [*(_row(group, columns) for group in self.groups), _row(self.total, columns)]
         lines = [f"leads from {self.since:%Y-%m-%d %H:%M} to {self.until:%Y-%m-%d %H:%M} UTC", ""]
         lines += _aligned([header, *rows])
         if not self.total.counts["received"]:
@@ -147,9 +150,15 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _row(group: Group) -> list[str]:
+def _columns(calls: tuple[str, ...]) -> tuple[str, ...]:
+    """The funnel's columns with these call columns after `sent`."""
+    sent = COUNTS.index("sent") + 1
+    return (*COUNTS[:sent], *calls, *COUNTS[sent:])
+
+
+def _row(group: Group, columns: tuple[str, ...]) -> list[str]:
     speeds = (percentile(group.speeds, 0.50), percentile(group.speeds, 0.95))
-    return [group.name, *(str(group.counts[name]) for name in COUNTS), *(_duration(s) for s in speeds)]
+    return [group.name, *(str(group.counts[name]) for name in columns), *(_duration(s) for s in speeds)]
 
 
 def _aligned(rows: list[list[str]]) -> list[str]:

@@ -228,3 +228,42 @@ def _plan(
     if len(set(per_day.values())) == 1:
         per_day = {"default": per_day[days[0]]}
     return WindowPlan(target, days, per_day, f"hours common to {len(zones)} zones")
+
+
+# Whether an addPhones entry's calling window is open at a moment (follow-up polling reads it).
+
+
+def _entry_window(entry: dict) -> CallWindow:
+    """The days and hours of a frozen entry as a CallWindow; absent fields mean every day, all day."""
+    days = tuple(entry.get("allowedDays") or WEEKDAYS)
+    allowed = entry.get("allowedTime") or {"default": [{"localTimeFrom": "00:00", "localTimeTo": "23:59"}]}
+    hours = {
+        key: tuple(Interval(time.fromisoformat(i["localTimeFrom"]), time.fromisoformat(i["localTimeTo"])) for i in ivs)
+        for key, ivs in allowed.items()
+    }
+    return CallWindow(days, hours, 0, 0, 1)  # only days and hours matter here
+
+
+def _entry_zone(entry: dict) -> tzinfo:
+    try:
+        return zone_tzinfo(entry.get("gmtZone") or "UTC")
+    except ValueError:  # Aimylogic took the entry, so the zone was valid there; UTC is the nearest guess
+        return UTC
+
+
+def next_window_opening(entry: dict, at: datetime) -> datetime | None:
+    """`at` itself when the entry's calling window is open then, else when it next opens (None: never).
+
+    Minutes of the local week, as the window masks count them; the zone's offset at `at` serves the
+    whole week ahead (a DST change inside it moves the answer by an hour at most).
+    """
+    mask = _local_mask(_entry_window(entry))
+    if not mask:
+        return None
+    local = at.astimezone(_entry_zone(entry))
+    minute = local.weekday() * DAY + local.hour * 60 + local.minute
+    ahead = _rotate(mask, -minute)  # bit k: local minute `minute + k` of the week
+    if ahead & 1:
+        return at
+    first = (ahead & -ahead).bit_length() - 1
+    return (local.replace(second=0, microsecond=0) + timedelta(minutes=first)).astimezone(UTC)

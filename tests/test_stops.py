@@ -28,6 +28,7 @@ from crm2calls.stops import apply_stops, mark_name, tombstone
 from crm2calls.store.base import KEY_TTL
 from schemas.api import HealthSchema, LeadsAckSchema
 from tests.conftest import FIXTURES, SECRET, TOKEN
+from tests.emulators.aimylogic import JobPlan
 from tests.emulators.base import LocalServer
 from tests.servers import aws_env, moto_endpoint  # noqa: F401  (fixtures)
 
@@ -79,6 +80,7 @@ class Stand:
 @pytest.fixture(params=["sqlite", "dynamodb"])
 def stand(request, make_services, aimylogic):
     """The app over real HTTP on either store, sending to the emulator; follow-up kicks are counted, not run."""
+    aimylogic.default_plan = JobPlan(final=None)  # a queued job waits for our cancel; a test ends one with finish_job
     overrides: dict[str, Any] = {"aimylogic_url": aimylogic.url, "aimylogic_token": TOKEN}
     if request.param == "dynamodb":
         request.getfixturevalue("aws_env")

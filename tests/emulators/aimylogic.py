@@ -18,6 +18,11 @@ Where the docs are silent the emulator picks a behaviour and says so:
 * POST .../callJob/cancel cancels the campaign's jobs named by `ids` and/or `phones` that are neither
   finished (finish_job) nor cancelled already, and answers the JSON array of the ids it cancelled (a.6);
   `cancel_answer` = "object" or "empty" answers in shapes the docs do not show, to test a client's safety.
+
+* callJob/getReport answers each job's report as the injected clock has moved it along its JobPlan
+  (plan_job per phone, default_plan otherwise): planned, then attempts (inProcess, onRetry between them),
+  then its final status, or never one; the report's phone is normalised 8... -> 7... as the real one's is
+  (aimylogic-calls-api.md a.10); unknown ids are left out of the answer, not refused.
 """
 
 from __future__ import annotations
@@ -206,6 +211,147 @@ class _Scripted:
     only: str | None = None  # answer only requests whose path ends so ("status"); None: those that place calls
 
 
+# getReport: jobs that move on the clock.
+
+FINAL_STATUSES = ("canceled", "noAnswer", "nonexistentNumber", "notDone", "longCallWithResult", "longCallWithNoResult")
+TALKED = ("longCallWithResult", "longCallWithNoResult")
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """How a job moves: `planned` for `wait` seconds, then `attempts` dials of `ring` seconds each
+    (inProcess), `retry` seconds apart (onRetry), then `final`; final None: it never ends, and stays
+    `stuck` after the wait. A talked call (longCall...) lasts `duration` seconds of its last attempt."""
+
+    final: str | None = "longCallWithResult"
+    attempts: int = 1
+    wait: float = 60.0
+    ring: float = 45.0
+    retry: float = 600.0
+    duration: int = 40
+    result: str | None = None  # callResult; None: "OK" for a talked call, else the final status
+    report: dict | None = None  # reportData the script set
+    tag: tuple[str, dict] | None = None  # tagName, tagPayload
+    stuck: str = "planned"
+
+
+@dataclass
+class _Job:
+    id: str
+    phone: str
+    token: str
+    created: datetime
+    plan: JobPlan
+    canceled_at: datetime | None = None  # callJob/cancel took it (before it ended)
+
+    def report(self, now: datetime) -> dict[str, Any]:
+        """The job's report at `now`, as getReport answers it."""
+        if self.canceled_at is not None and now >= self.canceled_at:
+            before = self.report(self.canceled_at - timedelta(microseconds=1))  # attempts made until then
+            return {
+                **before, "callJobId": self.id, "phone": self.phone, "createdAt": _ms(self.created),
+                "jobStatus": "canceled", "callResult": "canceled", "finishedAt": _ms(self.canceled_at),
+            }
+        plan, elapsed = self.plan, (now - self.created).total_seconds()
+        status, attempts, started, finished, duration = "planned", 0, None, None, 0
+        ends = plan.wait + plan.attempts * plan.ring + max(plan.attempts - 1, 0) * plan.retry
+        if elapsed >= plan.wait and plan.attempts:
+            started = plan.wait
+        if plan.final is None:
+            if elapsed >= plan.wait:
+                status = plan.stuck
+        elif elapsed >= ends:
+            status, attempts, finished = plan.final, plan.attempts, ends
+            duration = plan.duration if plan.final in TALKED else 0
+        elif elapsed >= plan.wait:
+            done = elapsed - plan.wait
+            attempt = int(done // (plan.ring + plan.retry))
+            attempts = attempt + 1
+            status = "inProcess" if done - attempt * (plan.ring + plan.retry) < plan.ring else "onRetry"
+        talked = status in TALKED
+        return {
+            "callJobId": self.id,
+            "phone": self.phone,
+            "createdAt": _ms(self.created),
+            "jobStatus": status,
+            "callResult": (plan.result or ("OK" if talked else status)) if status in FINAL_STATUSES else None,
+            "reportData": plan.report if talked else None,
+            "attemptsCount": attempts,
+            "callDuration": duration,
+            "startedAt": None if started is None else _ms(self.created + timedelta(seconds=started)),
+            "finishedAt": None if finished is None else _ms(self.created + timedelta(seconds=finished)),
+            "redialNumber": None,
+            "tagName": plan.tag[0] if plan.tag and talked else None,
+            "tagPayload": plan.tag[1] if plan.tag and talked else None,
+        }
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def report_phone(phone: Any) -> str:
+    """The phone as Aimylogic's reports give it: digits, a Russian 8... as 7... (a.10)."""
+    digits = str(phone)
+    return "7" + digits[1:] if len(digits) == 11 and digits.startswith("8") else digits
+
+
+def _is_report(path: str) -> bool:
+    return path.startswith("/api/calls/campaign/") and path.endswith("/callJob/getReport")
+
+
+class _ReportMixin:
+    """getReport's scripting and handler, kept apart from addPhones'."""
+
+    def plan_job(self, phone: str | int, plan: JobPlan) -> None:
+        """The jobs addPhones creates for `phone` from now on move as `plan` says."""
+        with self._lock:
+            self.plans[report_phone(phone)] = plan
+
+    def hang_reports(self, seconds: float, *, times: int = 1) -> None:
+        """The next `times` getReport requests wait `seconds` (or until recover()), then answer as usual."""
+        with self._lock:
+            self._report_hang.extend([seconds] * times)
+
+    def omit_ids(self, count: int, *, times: int = 1) -> None:
+        """The next `times` addPhones answers leave out their last `count` job ids (the jobs are created)."""
+        with self._lock:
+            self._omit_ids.extend([count] * times)
+
+    def job_report(self, job_id: str) -> dict[str, Any]:
+        """A job's report now, as getReport would answer it."""
+        with self._lock:
+            return self.jobs[job_id].report(self.clock())
+
+    def _get_report(self, request: Request, campaign: Campaign) -> Response:
+        try:
+            body = json.loads(request.get_data())
+        except ValueError:
+            return _text("body is not valid JSON", 400)
+        if not isinstance(body, dict) or not (body.get("ids") or body.get("phones")):
+            return _text('body must be an object with "ids" and/or "phones" arrays', 400)
+        ids, phones = body.get("ids") or [], body.get("phones") or []
+        if not isinstance(ids, list) or not isinstance(phones, list):
+            return _text("ids and phones must be arrays", 400)
+        if any(isinstance(v, bool) or not isinstance(v, (str, int)) for v in (*ids, *phones)):
+            return _text("ids and phones: each a string or a number", 400)
+        with self._lock:
+            self.report_ids_asked += len(ids)
+            self.report_phones_asked += len(phones)
+            hang = self._report_hang.popleft() if self._report_hang else None
+        if hang is not None:
+            self._wait(hang)
+        wanted_ids, wanted_phones = {str(v) for v in ids}, {report_phone(v) for v in phones}
+        with self._lock:
+            now = self.clock()
+            reports = [
+                job.report(now)
+                for job in self.jobs.values()
+                if job.token == campaign.token and (job.id in wanted_ids or job.phone in wanted_phones)
+            ]
+        return Response(json.dumps(reports), 200, mimetype="application/json")
+
+
 STATUSES = ("planned", "inProcess", "paused", "finished", "deleted")
 
 
@@ -236,6 +382,13 @@ class _CancelEndpoint:
         with self._lock:
             self.finished.add(job_id)
 
+    def _ended(self, job: str, now: datetime) -> bool:
+        """Finished by hand (finish_job) or by its plan on the clock (getReport's jobs)."""
+        if job in self.finished:
+            return True
+        planned = self.jobs.get(job)
+        return planned is not None and planned.report(now)["jobStatus"] in FINAL_STATUSES
+
     def cancelled_ids(self) -> list[str]:
         """Every job id cancelled so far, in order."""
         with self._lock:
@@ -256,9 +409,12 @@ class _CancelEndpoint:
                 self.cancels.append({"token": campaign.token, "ids": ids, "phones": sorted(phones), "answer": None})
                 return _text(f"unknown job id {unknown[0]}", self.unknown_answer)
             named = [job for job in campaign.jobs if job in ids or str(self.calls[job]["phone"]) in phones]
-            done = [job for job in named if job not in self.finished and job not in self.cancelled]
+            now = self.clock()
+            done = [job for job in named if job not in self.cancelled and not self._ended(job, now)]
             for job in done:
                 self.cancelled[job] = campaign.token
+                if job in self.jobs:  # its reports say canceled from now on
+                    self.jobs[job].canceled_at = now
             self.cancels.append({"token": campaign.token, "ids": ids, "phones": sorted(phones), "answer": done})
             shape = self.cancel_answer
         if shape == "object":
@@ -268,7 +424,7 @@ class _CancelEndpoint:
         return Response(json.dumps(done), 200, mimetype="application/json")
 
 
-class AimylogicEmulator(_CancelEndpoint):
+class AimylogicEmulator(_CancelEndpoint, _ReportMixin):
     """A real HTTP server on 127.0.0.1 that keeps the addPhones contract; use it as a context manager."""
 
     def __init__(self, token: str = "8231.7056.1b131df1", *, clock=_utcnow, first_job_id: int = 5665334669):
@@ -288,7 +444,7 @@ class AimylogicEmulator(_CancelEndpoint):
         with self._lock:
             self.delay = 0.0  # seconds each request waits before it is handled
             self.requests: list[Recorded] = []  # addPhones and test calls: what places calls
-            self.status_requests: list[Recorded] = []  # GET status and campaign details: what only reads
+            self.status_requests: list[Recorded] = []  # GET status, campaign details, getReport: what only reads
             self.entries: list[dict] = []  # every valid entry of every accepted addPhones request, duplicates too
             self.calls: dict[str, dict] = {}  # job id -> entry: distinct jobs, each one real call
             self.test_calls: dict[str, dict] = {}  # job id -> query of test/addPhone (real calls, no guard)
@@ -299,6 +455,11 @@ class AimylogicEmulator(_CancelEndpoint):
             self.campaigns: dict[str, Campaign] = {self.token: Campaign(self.token, "Qualification", 1001)}
             self.paused_answer = 503
             self.closed_answer = 400
+            self.jobs: dict[str, _Job] = {}  # job id -> its plan and creation time (getReport)
+            self.plans: dict[str, JobPlan] = {}  # normalised phone -> the plan of its next jobs
+            self.default_plan = JobPlan()
+            self.report_ids_asked = 0  # ids asked in getReport requests, over all of them
+            self.report_phones_asked = 0
         self._reset_cancels()
 
     def start(self) -> AimylogicEmulator:
@@ -378,7 +539,8 @@ class AimylogicEmulator(_CancelEndpoint):
     def count(self, what: str, token: str | None = None) -> int:
         """How many requests of a kind ("addPhones", "status", "details") a campaign got."""
         prefix = f"/api/calls/campaign/{token or self.token}"
-        paths = {"addPhones": prefix + "/addPhones", "status": prefix + "/status", "details": prefix}
+        paths = {"addPhones": prefix + "/addPhones", "status": prefix + "/status", "details": prefix,
+                 "getReport": prefix + "/callJob/getReport"}  # fmt: skip
         return sum(1 for r in (*self.requests, *self.status_requests) if r.path == paths[what])
 
     def recover(self) -> None:
@@ -387,6 +549,8 @@ class AimylogicEmulator(_CancelEndpoint):
             self._script: deque[_Scripted] = deque()
             self._hang_before: deque[float] = deque()
             self._hang_after: deque[float] = deque()
+            self._report_hang: deque[float] = deque()
+            self._omit_ids: deque[int] = deque()
             for campaign in getattr(self, "campaigns", {}).values():
                 campaign.status = "inProcess"
             self._release.set()
@@ -407,6 +571,7 @@ class AimylogicEmulator(_CancelEndpoint):
     def _app(self, request: Request) -> Response:
         recorded = Recorded(request.method, request.path, dict(request.args), request.get_data())
         reads = request.method == "GET" and request.path.startswith("/api/calls/campaign/")
+        reads = reads or _is_report(request.path)  # getReport is a POST that only reads
         with self._lock:
             (self.status_requests if reads else self.requests).append(recorded)
             hang = self._hang_before.popleft() if self._hang_before and not reads else None
@@ -451,6 +616,8 @@ class AimylogicEmulator(_CancelEndpoint):
             return self._details(campaign)
         if request.path == prefix + "/callJob/cancel" and request.method == "POST":
             return self._cancel(request, campaign)
+        if request.path == prefix + "/callJob/getReport":
+            return self._get_report(request, campaign) if request.method == "POST" else _text("method not allowed", 405)
         return _text("not found", 404)
 
     def _details(self, campaign: Campaign) -> Response:
@@ -495,12 +662,15 @@ class AimylogicEmulator(_CancelEndpoint):
                 job_id = self._new_id()
                 self.calls[job_id] = entry
                 campaign.jobs.append(job_id)
+                phone = report_phone(entry["phone"])
+                self.jobs[job_id] = _Job(job_id, phone, campaign.token, now, self.plans.get(phone, self.default_plan))
                 self._seen[key] = (job_id, now)
                 ids.append(job_id)
             hang = self._hang_after.popleft() if self._hang_after else None
+            omit = self._omit_ids.popleft() if self._omit_ids else 0
         if hang is not None:
             self._wait(hang)
-        return Response(json.dumps(ids), 200, mimetype="application/json")
+        return Response(json.dumps(ids[: max(len(ids) - omit, 0)]), 200, mimetype="application/json")
 
     def _test_add_phone(self, request: Request) -> Response:
         phone = request.args.get("phone", "")
