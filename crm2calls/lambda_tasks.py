@@ -59,8 +59,12 @@ def deliver(event: dict[str, Any] | None, context: Any) -> str:
     """Scheduled every minute: one delivery pass (what `flask --app app leads deliver` runs)."""
     from crm2calls.delivery import deliver_pending
 
+    services = app_services()
     with metrics.batch():  # one set of metric lines per invocation
-        return str(deliver_pending(app_services(), time_budget=_time_budget(context)))
+        report = deliver_pending(services, time_budget=_time_budget(context))
+        # Leads by status once a minute, from the store's maintained counts: no request pays for it.
+        metrics.lead_counts(services.store.count_by_status())
+        return str(report)
 
 
 def deliver_task() -> str:

@@ -84,6 +84,10 @@ class CampaignHealthSchema(Schema):
     )
     held = fields.Integer(required=True, validate=validate.Range(min=0), metadata={"description": "Leads held back."})
     reason = fields.String(metadata={"description": "Why it is not sending, and what fixes it."})
+    oldest_waiting_s = fields.Integer(
+        validate=validate.Range(min=0),
+        metadata={"description": "Age of the campaign's oldest lead waiting to be sent (0: none); after a pass."},
+    )
 
 
 class HealthSchema(Schema):
@@ -104,10 +108,12 @@ class HealthSchema(Schema):
         required=True, allow_none=True, validate=validate.Range(min=0),
         metadata={"description": "Leads waiting to be sent, as the latest delivery pass saw them; null before one."},
     )
-    leads = fields.Dict(
+    counts = fields.Dict(
         keys=fields.String(validate=validate.OneOf(STATUSES)),
-        values=fields.Integer(),
-        metadata={"description": "Leads per status, only with ?counts=1 (a full table scan on DynamoDB)."},
+        values=fields.Integer(validate=validate.Range(min=0)),
+        required=True, allow_none=True,
+        metadata={"description": "Leads per status, every status listed, from maintained counts (no scan); "
+                  "null when the lead store cannot be reached."},
     )
 
 

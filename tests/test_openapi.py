@@ -73,7 +73,7 @@ def test_the_health_check_is_described_as_one_document_with_every_reason_code(sp
     for status in ("200", "503"):
         assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Health"}
     health = spec["components"]["schemas"]["Health"]["properties"]
-    assert set(health) == {"status", "reasons", "dry_run", "campaigns", "oldest_waiting_s", "backlog", "leads"}
+    assert set(health) == {"status", "reasons", "dry_run", "campaigns", "oldest_waiting_s", "backlog", "counts"}
     assert health["status"]["enum"] == ["ok", "degraded", "failing"]
     documented = (ROOT / "docs" / "operations.md").read_text()
     codes = spec["components"]["schemas"]["Reason"]["properties"]["code"]["enum"]
