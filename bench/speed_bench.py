@@ -74,7 +74,7 @@ def stamping_emulator() -> object:
             super().reset()
             self.arrived: dict[str, float] = {}
 
-        def _add_phones(self, request):
+        def _add_phones(self, request, *args):
             now = time.perf_counter()
             try:
                 phones = [str(entry.get("phone")) for entry in request.get_json(force=True, silent=True) or []]
@@ -83,7 +83,7 @@ def stamping_emulator() -> object:
             with self._lock:
                 for phone in phones:
                     self.arrived.setdefault(phone, now)
-            return super()._add_phones(request)
+            return super()._add_phones(request, *args)
 
     return Stamping(token=TOKEN)
 
