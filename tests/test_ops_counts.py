@@ -27,7 +27,7 @@ from tests.test_lambda_handler import (  # noqa: F401 - fixtures
     settings_dir,
     store,
 )
-from tests.test_metrics import METRICS_TOKEN, URL, emf_values, scrape
+from tests.test_metrics import METRICS_TOKEN, URL, emf_values, metrics_client, scrape  # noqa: F401 - fixtures
 from tests.test_metrics_lambda import emf_lines
 
 
@@ -79,3 +79,19 @@ def test_on_lambda_the_sweep_writes_leads_by_status_and_a_webhook_does_not(invok
     assert all(len(found) == 1 for found in counted.values())  # every status, once a sweep
     assert sum(found[0] for found in counted.values()) >= 1
     assert emf_values(lines, "crm2calls_oldest_waiting_seconds", campaign="default")
+
+
+def test_leads_list_of_a_campaign_totals_from_the_counts_and_recount_repairs_them(app, client, services):
+    import sqlite3
+
+    runner = app.test_cli_runner()
+    for n in range(2):
+        assert client.post(URL, json={"id": f"r{n}", "phone": f"+7912345670{n}"}).status_code == 202
+    listed = runner.invoke(args=["leads", "list", "--campaign", "default"]).output
+    assert "totals (campaign default): pending 2" in listed
+    with sqlite3.connect(services.store.path) as conn:  # a hand edit the triggers never saw
+        conn.execute("UPDATE lead_counts SET leads = 7 WHERE status = 'pending'")
+    assert "totals: pending 7" in runner.invoke(args=["leads", "list"]).output
+    result = runner.invoke(args=["leads", "recount"])
+    assert result.exit_code == 0 and "counted: pending 2" in result.output
+    assert "totals: pending 2" in runner.invoke(args=["leads", "list"]).output
