@@ -196,3 +196,23 @@ def test_an_upgrade_from_v4_counts_the_stored_leads_once(backend: Backend, store
     upgraded.insert(lead(4))
     assert counted(upgraded)["pending"] == {"default": 2}
     assert SCHEMA_VERSION == 5
+
+
+def test_an_owner_writing_after_someone_else_moved_its_lead_counts_from_where_the_lead_is(store: LeadStore) -> None:
+    store.insert(lead(1))
+    [taken] = store.claim(Status.PENDING, T0, 60, 1, "worker")
+    store.update(replace(store.get("lead-1"), status=Status.HELD), owner=None)  # the lease stays: still ours
+    assert store.update(moved(taken, Status.SENT, job_id="job-1"), owner="worker")
+    assert counted(store) == {"sent": {"default": 1}}
+    assert_counts_true(store)
+
+
+def test_a_claim_larger_than_one_transaction_takes_every_lead_once(store: LeadStore) -> None:
+    for n in range(120):
+        store.insert(lead(n))
+    got = in_threads(3, lambda i: store.claim(Status.PENDING, T0, 60, 100, f"worker-{i}"))
+    ids = [record.id for batch in got for record in batch]
+    assert len(ids) == len(set(ids)) == 120
+    assert all(record.status is Status.SENDING and record.lease_owner == f"worker-{i}"
+               for i, batch in enumerate(got) for record in batch)
+    assert counted(store) == {"sending": {"default": 120}}

@@ -56,6 +56,8 @@ WAITING_INDEX = "waiting"
 WAITING = frozenset(status.value for status in WAITING_STATUSES)
 COUNT_PREFIX = "c#"  # a COUNT item's attribute per campaign
 WRITE_TRIES = 8  # a lead written by others between our read and our write is read again, this many times
+TAKE_CHUNK = 50  # leads taken in one transaction by claim() (a transaction holds at most 100 items)
+LEASED_MEMORY = 10_000  # leases this process granted whose status it remembers, so update() need not read it
 FINAL_RETENTION = timedelta(days=90)  # TTL of a lead once final; `leads purge` may remove it sooner
 TRANSACTION_TRIES = 5  # concurrent transactions on one item cancel each other; retry briefly
 _CLIENT_LOCK = threading.Lock()
@@ -145,6 +147,8 @@ class DynamoDBStore:
         )
         with _CLIENT_LOCK:  # creating clients from boto3's shared default session is not thread-safe
             self._client = boto3.client("dynamodb", config=config)
+        # lead id -> (status, campaign) it was leased in here: update() by the owner guesses it is still so.
+        self._leased: dict[str, tuple[str, str]] = {}
 
     def table_definition(self) -> dict[str, Any]:
         """The create_table arguments: on-demand, hash key pk, the sparse `due` index and the `ref` index."""
@@ -581,14 +585,58 @@ class DynamoDBStore:
         # Read more than needed: other workers may win some of the candidates.
         candidates = [item for s in statuses for item in self._due(s, now, 2 * limit + 10)]
         candidates.sort(key=lambda item: (item["next_attempt_at"]["S"], item.get("created_at", {}).get("S", "")))
+        until = iso(now + timedelta(seconds=lease_seconds))
         claimed: list[LeadRecord] = []
-        for item in candidates:
-            if len(claimed) == limit:
-                break
-            record = self._take_lead(item, new_status, now, iso(now + timedelta(seconds=lease_seconds)), owner)
-            if record is not None:
-                claimed.append(record)
+        while candidates and len(claimed) < limit:
+            size = min(limit - len(claimed), TAKE_CHUNK)
+            chunk, candidates = candidates[:size], candidates[size:]
+            moving = [item for item in chunk if item["status"]["S"] != new_status.value]
+            claimed += self._take_moving(moving, new_status, now, until, owner)
+            for item in chunk:
+                if item["status"]["S"] == new_status.value and len(claimed) < limit:
+                    record = self._take_lead(item, new_status, now, until, owner)
+                    claimed += [record] if record is not None else []
+        if len(self._leased) > LEASED_MEMORY:
+            self._leased.clear()
+        for record in claimed:
+            self._leased[record.id] = (record.status.value, record.campaign)
+        claimed.sort(key=lambda r: (r.next_attempt_at, r.created_at))
         return claimed
+
+    def _take_moving(
+        self, seen: list[dict[str, Any]], new_status: Status, now: datetime, until: str, owner: str
+    ) -> list[LeadRecord]:
+        """Lease leads that change status on the way (pending to sending): read them together, then take them
+        in one transaction with their count moves; leads another worker took meanwhile are left out."""
+        if not seen:
+            return []
+        answer = self._client.batch_get_item(
+            RequestItems={self.table: {"Keys": [{"pk": item["pk"]} for item in seen], "ConsistentRead": True}}
+        )
+        current = {item["pk"]["S"]: item for item in answer["Responses"].get(self.table, [])}
+        # Keys DynamoDB left unprocessed are candidates for the next pass, not errors.
+        takes = []
+        for item in seen:
+            now_item = current.get(item["pk"]["S"])
+            if now_item is None or now_item["status"] != item["status"]:
+                continue
+            take = self._take_update(item, new_status, now, until, owner)
+            take["ConditionExpression"] += " AND campaign = :campaign AND updated_at = :updated_at"
+            take["ExpressionAttributeValues"][":campaign"] = now_item["campaign"]
+            take["ExpressionAttributeValues"][":updated_at"] = now_item["updated_at"]
+            takes.append((now_item, take))
+        while takes:
+            moves: dict[tuple[str, str], int] = {}
+            for now_item, _ in takes:
+                status, campaign = now_item["status"]["S"], now_item["campaign"]["S"]
+                for key, delta in self._moves((status, campaign), (new_status.value, campaign)).items():
+                    moves[key] = moves.get(key, 0) + delta
+            failed = self._transact([{"Update": take} for _, take in takes] + self._count_items(moves))
+            if not failed:
+                lease = {"status": new_status.value, "lease_owner": owner, "lease_until": until}
+                return [from_row({**_decode(now_item), **lease}) for now_item, _ in takes]
+            takes = [pair for pair, code in zip(takes, failed, strict=False) if code != "ConditionalCheckFailed"]
+        return []
 
     def _due(self, status: Status, now: datetime, want: int) -> Iterator[dict[str, Any]]:
         """Up to about `want` index entries of `status` due at `now` and not under a live lease, earliest first."""
@@ -610,14 +658,10 @@ class DynamoDBStore:
                 return
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def _take_lead(
+    def _take_update(
         self, seen: dict[str, Any], new_status: Status, now: datetime, until: str, owner: str
-    ) -> LeadRecord | None:
-        """Lease one candidate if nobody changed its status or lease since it was read.
-
-        A lead that changes status on the way (pending to sending) is read first for its campaign and
-        taken in a transaction with its count move; the others in one conditional update.
-        """
+    ) -> dict[str, Any]:
+        """The Update that leases one candidate, on condition that nobody changed its status or lease since."""
         values = {
             ":seen_status": seen["status"],
             ":now": {"S": iso(now)},
@@ -636,7 +680,7 @@ class DynamoDBStore:
             values[":seen_owner"] = seen["lease_owner"]
         else:
             condition += " AND attribute_not_exists(lease_owner)"
-        take = {
+        return {
             "TableName": self.table,
             "Key": {"pk": seen["pk"]},
             "UpdateExpression": "SET #status = :new_status, lease_owner = :owner, lease_until = :until",
@@ -644,23 +688,18 @@ class DynamoDBStore:
             "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": values,
         }
-        if seen["status"]["S"] == new_status.value:
-            try:
-                updated = self._client.update_item(**take, ReturnValues="ALL_NEW")
-            except self._client.exceptions.ConditionalCheckFailedException:
-                return None  # another worker took it, or it changed
-            return from_row(_decode(updated["Attributes"]))
-        current = self._client.get_item(TableName=self.table, Key={"pk": seen["pk"]}, ConsistentRead=True).get("Item")
-        if current is None or current["status"] != seen["status"]:
-            return None
-        take["ConditionExpression"] += " AND campaign = :campaign AND updated_at = :updated_at"
-        values[":campaign"], values[":updated_at"] = current["campaign"], current["updated_at"]
-        campaign = current["campaign"]["S"]
-        moves = self._moves((seen["status"]["S"], campaign), (new_status.value, campaign))
-        if self._transact([{"Update": take}, *self._count_items(moves)]):
-            return None
-        taken = {**_decode(current), "status": new_status.value, "lease_owner": owner, "lease_until": until}
-        return from_row(taken)
+
+    def _take_lead(
+        self, seen: dict[str, Any], new_status: Status, now: datetime, until: str, owner: str
+    ) -> LeadRecord | None:
+        """Lease one candidate that keeps its status (no count moves), in one conditional update."""
+        try:
+            updated = self._client.update_item(
+                **self._take_update(seen, new_status, now, until, owner), ReturnValues="ALL_NEW"
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return None  # another worker took it, or it changed
+        return from_row(_decode(updated["Attributes"]))
 
     @_store_errors
     def renew(self, lead_ids: list[str], owner: str, until: datetime) -> set[str]:
@@ -713,15 +752,16 @@ class DynamoDBStore:
 
     def _write_lead(
         self, record: LeadRecord, allowed: Callable[[dict[str, str]], bool], condition: str, values: dict[str, Any],
-        claim_items: list[dict[str, Any]], names: list[str],
+        claim_items: list[dict[str, Any]], names: list[str], guess: dict[str, str] | None = None,
     ) -> bool:
         """Write the lead with its claims and count moves, if `allowed` by what is stored; False if not (or gone).
 
-        The write holds only while the lead's status and campaign are what was read; when another
-        writer changed them in between, the lead is read again and the write tried again.
+        The write holds only while the lead's status and campaign are what was read (or, first, what
+        `guess` says); when another writer changed them in between, the lead is read again and the
+        write tried again.
         """
-        for _ in range(WRITE_TRIES):
-            seen = self._seen(record.id)
+        for attempt in range(WRITE_TRIES):
+            seen = guess if guess is not None and attempt == 0 else self._seen(record.id)
             if seen is None or not allowed(seen):
                 return False
             values = {**values, ":seen_status": {"S": seen["status"]}, ":seen_campaign": {"S": seen["campaign"]}}
@@ -754,8 +794,12 @@ class DynamoDBStore:
         if claims.release and self._slot_holder(claims.release) != record.key:
             claims = replace(claims, release=None)  # held by another lead, or by nobody: nothing to give back
         claim_items, names = self._claim_items(record, claims)
-        holds = lambda seen: owner is None or seen.get("lease_owner") == owner  # noqa: E731
-        return self._write_lead(record, holds, condition, values, claim_items, names)
+        def holds(seen: dict[str, str]) -> bool:
+            return owner is None or seen.get("lease_owner") == owner
+
+        leased = self._leased.pop(record.id, None) if owner is not None else None
+        guess = {"status": leased[0], "campaign": leased[1], "lease_owner": owner} if leased else None
+        return self._write_lead(record, holds, condition, values, claim_items, names, guess)
 
     @_store_errors
     def record_job(self, record: LeadRecord) -> bool:
