@@ -11,7 +11,7 @@ figures are negative.
     .venv/bin/python -m bench.speed_bench [--slow-leads N] [--fast-leads N] [--burst-leads N] [--quick] [--lambda]
 
 With --lambda the same leads also go through the Lambda path, last: API events through Zappa's
-handler in this process, the store in DynamoDB at moto's server, and the asynchronous delivery task
+handler in this process, the store in DynamoDB at moto's server (in its own process), and the asynchronous delivery task
 started through boto3 at a local Invoke API that runs it at once in a thread (on AWS another
 instance would run it, after its own start-up). Leads whose entry has not arrived within 30 s were
 left to the scheduled sweep (every minute on AWS, none in the bench).

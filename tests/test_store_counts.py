@@ -216,3 +216,19 @@ def test_a_claim_larger_than_one_transaction_takes_every_lead_once(store: LeadSt
     assert all(record.status is Status.SENDING and record.lease_owner == f"worker-{i}"
                for i, batch in enumerate(got) for record in batch)
     assert counted(store) == {"sending": {"default": 120}}
+
+
+def test_dynamodb_backlog_goes_on_while_the_upgrade_builds_the_waiting_index(
+    backend: Backend, store: LeadStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    if backend.name != "dynamodb":
+        pytest.skip("the DynamoDB index")
+    import boto3
+
+    store.insert(lead(1))
+    boto3.client("dynamodb").update_table(
+        TableName=store.table, GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": "waiting"}}]
+    )  # what a query meets until the new index is active
+    with caplog.at_level(logging.WARNING, logger="crm2calls.store"):
+        backlog = store.backlog()
+    assert (backlog.waiting, backlog.oldest) == (1, {}) and "not ready" in caplog.text

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import threading
 import time
@@ -49,6 +50,8 @@ from crm2calls.store.base import (
     totals,
 )
 from crm2calls.store.records import MUTABLE_COLUMNS, Row, from_row, iso, to_row
+
+log = logging.getLogger("crm2calls.store")
 
 DUE_INDEX = "due"
 REF_INDEX = "ref"
@@ -401,19 +404,29 @@ class DynamoDBStore:
     @_store_errors
     def backlog(self) -> Backlog:
         """The unsent leads from the COUNT items; each campaign's oldest waiting lead: one entry of `waiting` each."""
+        from botocore.exceptions import ClientError
+
         counts = self.counts()
         campaigns = {
             campaign for status in WAITING for campaign, n in counts.get(status, {}).items() if n > 0
         }
         oldest = {}
         for campaign in sorted(campaigns):
-            page = self._client.query(
-                TableName=self.table,
-                IndexName=WAITING_INDEX,
-                KeyConditionExpression="waiting_campaign = :campaign",
-                ExpressionAttributeValues={":campaign": {"S": campaign}},
-                Limit=1,
-            )
+            try:
+                page = self._client.query(
+                    TableName=self.table,
+                    IndexName=WAITING_INDEX,
+                    KeyConditionExpression="waiting_campaign = :campaign",
+                    ExpressionAttributeValues={":campaign": {"S": campaign}},
+                    Limit=1,
+                )
+            except ClientError as exc:
+                if _code(exc) not in ("ValidationException", "ResourceNotFoundException"):
+                    raise
+                # The upgrade to v5 is still building the index ("Cannot read from backfilling global
+                # secondary index"), or has not added it yet: delivery goes on, the ages wait for it.
+                log.warning("dynamodb store: the waiting index is not ready yet: %s", exc)
+                break
             if page["Items"]:
                 oldest[campaign] = datetime.fromisoformat(page["Items"][0]["created_at"]["S"])
         return backlog_of(counts, oldest)
