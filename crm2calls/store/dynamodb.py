@@ -329,10 +329,14 @@ class DynamoDBStore:
         """Count every lead (a Scan) and overwrite the COUNT items; returns the totals.
 
         Not one snapshot: a lead written while the Scan runs may be counted in its old status. Run it
-        when nothing writes, or again.
+        when nothing writes, or again. Leads past their expires_at are left out: the TTL is removing them
+        (it moves no count, so the counts of final statuses grow by what it removes until a recount).
         """
         found: dict[str, dict[str, int]] = {status.value: {} for status in Status}
-        for item in self._scan_leads({}, projection=("status", "campaign")):
+        now = time.time()
+        for item in self._scan_leads({}, projection=("status", "campaign", "expires_at")):
+            if "expires_at" in item and int(item["expires_at"]["N"]) <= now:
+                continue
             by_campaign = found.setdefault(item["status"]["S"], {})
             campaign = item.get("campaign", {}).get("S", "default")
             by_campaign[campaign] = by_campaign.get(campaign, 0) + 1
