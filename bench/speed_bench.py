@@ -11,7 +11,7 @@ figures are negative.
     .venv/bin/python -m bench.speed_bench [--slow-leads N] [--fast-leads N] [--burst-leads N] [--quick] [--lambda]
 
 With --lambda the same leads also go through the Lambda path, last: API events through Zappa's
-handler in this process, the store in DynamoDB at moto's server, and the asynchronous delivery task
+handler in this process, the store in DynamoDB at moto's server (in its own process), and the asynchronous delivery task
 started through boto3 at a local Invoke API that runs it at once in a thread (on AWS another
 instance would run it, after its own start-up). Leads whose entry has not arrived within 30 s were
 left to the scheduled sweep (every minute on AWS, none in the bench).
@@ -20,9 +20,11 @@ left to the scheduled sweep (every minute on AWS, none in the bench).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -74,7 +76,7 @@ def stamping_emulator() -> object:
             super().reset()
             self.arrived: dict[str, float] = {}
 
-        def _add_phones(self, request):
+        def _add_phones(self, request, *args):
             now = time.perf_counter()
             try:
                 phones = [str(entry.get("phone")) for entry in request.get_json(force=True, silent=True) or []]
@@ -83,7 +85,7 @@ def stamping_emulator() -> object:
             with self._lock:
                 for phone in phones:
                     self.arrived.setdefault(phone, now)
-            return super()._add_phones(request)
+            return super()._add_phones(request, *args)
 
     return Stamping(token=TOKEN)
 
@@ -214,6 +216,24 @@ def lambda_invoke_api(handler: Callable[[dict, object], object], context: object
     return server
 
 
+@contextlib.contextmanager
+def moto_process() -> object:
+    """moto's server (one request at a time, as in the tests) in a process of its own: DynamoDB is another
+    service, so it must not share this process's interpreter lock with the function it serves."""
+    serve = ("import sys; from tests.servers import moto_server\n"
+             "with moto_server() as url:\n    print(url, flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", serve], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        yield child.stdout.readline().strip()
+    finally:
+        child.stdin.close()  # its end of input stops it
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
 def run_lambda(workdir: Path, levels: list[tuple[str, float, int, int]], offset: int) -> tuple[dict[str, Run], str]:
     """Webhook events through Zappa's handler in this process: the store in DynamoDB (moto's server), the
     kick through boto3 to a local Invoke API that runs Zappa's task message through the same handler."""
@@ -223,7 +243,6 @@ def run_lambda(workdir: Path, levels: list[tuple[str, float, int, int]], offset:
     from zappa.handler import LambdaHandler
 
     from crm2calls.aws import create_table
-    from tests.servers import moto_server
     from tests.test_lambda_handler import FUNCTION, STAGE, Context, http_event
 
     settings = workdir / "zappa"
@@ -240,7 +259,7 @@ def run_lambda(workdir: Path, levels: list[tuple[str, float, int, int]], offset:
         os.chdir(cwd)
     sys.path.insert(0, str(settings / "module"))
     results = {}
-    with moto_server() as endpoint, stamping_emulator() as emulator:
+    with moto_process() as endpoint, stamping_emulator() as emulator:
         os.environ.update({
             "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "eu-central-1", "AWS_ACCESS_KEY_ID": "bench",
             "AWS_SECRET_ACCESS_KEY": "bench", "AWS_LAMBDA_FUNCTION_NAME": FUNCTION, "WEBHOOK_SECRET": SECRET,
@@ -269,7 +288,8 @@ def run_lambda(workdir: Path, levels: list[tuple[str, float, int, int]], offset:
                 results[name] = measure(emulator, indexes, rate, senders, sender(f"lambda-{name}"))
             for task in invoke_api.tasks:
                 task.join(60)
-    return results, f"Zappa's handler in this process, stage {STAGE}, DynamoDB at moto's server, async task in a thread"
+    return results, (f"Zappa's handler in this process, stage {STAGE}, DynamoDB at moto's server in its own process, "
+                     "async task in a thread")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 leads at 1/s, 200 at 100/s, 200 at once")
     parser.add_argument("--lambda", dest="on_lambda", action="store_true",
                         help="also the Lambda path, at the two steady rates (at most 200 leads at 100/s)")
+    parser.add_argument("--lambda-rate", type=float, default=5.0,
+                        help="with --lambda, also this rate from 4 senders (default 5 leads/s: below what this "
+                             "process can serve as a Lambda fleet, so the row shows delivery, not a queue)")
     args = parser.parse_args(argv)
     slow, fast, burst = (5, 200, 200) if args.quick else (
         max(args.slow_leads, 1), max(args.fast_leads, 1), max(args.burst_leads, 1))
@@ -306,9 +329,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}: {described}", flush=True)
         if args.on_lambda:  # last: Zappa's handler changes this process's environment and logging
             steady = [(name, rate, senders, min(count, 200)) for name, rate, senders, count in levels if rate]
+            if args.lambda_rate:
+                steady.append((f"{args.lambda_rate:g} leads/s, 4 senders", args.lambda_rate, 4,
+                               max(10, int(20 * args.lambda_rate))))
             runs["lambda"], described = run_lambda(workdir, steady, 2_000_000)
             print(f"lambda: {described}", flush=True)
-    report(runs, levels)
+    extra = [level for level in (steady if args.on_lambda else []) if level[0] not in {name for name, *_ in levels}]
+    report(runs, levels + extra)
     return 0
 
 
@@ -329,7 +356,7 @@ def report(runs: dict[str, dict[str, Run]], levels: list[tuple[str, float, int, 
                 rows)
     print("\ntargets (ours; the burst has none: there each round waits for the one before, to fill batches):")
     for name, rate, *_ in levels:
-        if not rate:
+        if not rate or name not in runs["ours"]:
             continue
         run = runs["ours"][name]
         ok = run.p(0.5) <= TARGET_P50_MS and run.p(0.99) <= TARGET_P99_MS and not run.missing

@@ -342,6 +342,8 @@ def leads_list(
         )
     if outcome:
         counts = dict(Counter(r.status.value for r in matching_outcome))
+    elif campaign and not (status or source or since):  # the maintained counts have each campaign's
+        counts = {status: n.get(campaign, 0) for status, n in svc.store.counts().items()}
     elif status or source or since or campaign:  # the totals of what was asked for, not of the whole store
         matching = svc.store.list(Status(status) if status else None, source, after, 1_000_000_000, campaign=campaign)
         counts = dict(Counter(r.status.value for r in matching))
@@ -820,8 +822,16 @@ def aws_alarms(function_name: str, sns_topic: str | None, create: bool) -> None:
         click.echo(f"created or updated alarm {name}")
 
 
+@leads_cli.command("recount")
+def leads_recount() -> None:
+    """Count every lead again into the maintained counts: a scan, after a manual edit of the store or a logged drift."""
+    totals = _services().store.recount()
+    click.echo("counted: " + (", ".join(f"{status} {n}" for status, n in sorted(totals.items()) if n) or "no leads"))
+
+
 def register(app: Flask) -> None:
     """Attach the command groups to the app's CLI."""
     for group in (config_cli, dialer_cli, leads_cli, crm_cli, aws_cli):
         app.cli.add_command(group)
     app.cli.add_command(serve)
+

@@ -117,13 +117,16 @@ def deliver_pending(services: Services, *, time_budget: float | None = None) -> 
 def _report_state(services: Services, report: PassReport) -> None:
     """What monitoring reads after every pass, empty ones included (a silent gauge means nothing runs)."""
     store = services.store
-    oldest = store.oldest_waiting()
+    backlog = store.backlog()
     guard_holds = bool(store.get_meta(guards.GUARD_META))
     states = campaigns.record_held(services)
     report.paused = any(state["delivery"] == campaigns.TOKEN_REFUSED for state in states.values())
-    health.record_pass(services, oldest, store.backlog())
+    health.record_pass(services, backlog)
     metrics.delivery_pass()
-    metrics.oldest_waiting(guards.DEFAULT_CAMPAIGN, (services.clock() - oldest).total_seconds() if oldest else 0.0)
+    now = services.clock()
+    for campaign in sorted(set(states) | set(backlog.oldest)):
+        oldest = backlog.oldest.get(campaign)
+        metrics.oldest_waiting(campaign, (now - oldest).total_seconds() if oldest else 0.0)
     for campaign, state in states.items():
         metrics.campaign_held(campaign, guard_holds or state["delivery"] != campaigns.SENDING)
 

@@ -1,10 +1,10 @@
 """What GET /healthz answers: one document, the same on every platform, from a few single-item reads.
 
 Nothing here counts leads. Every delivery pass records what it saw (record_pass: when it ran, the
-backlog, the oldest waiting lead, the held leads); the check reads that record beside the documents
-delivery and the guards keep (campaign paused, guard holding, CRM credentials refused), so a
-monitor may call it every ten seconds, on DynamoDB too. A record that grows old is itself the news:
-nothing runs delivery.
+backlog, each campaign's oldest waiting lead, the held leads); the check reads that record beside the
+documents delivery and the guards keep (campaign paused, guard holding, CRM credentials refused) and
+the store's maintained counts, so a monitor may call it every ten seconds, on DynamoDB too. A record
+that grows old is itself the news: nothing runs delivery.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("crm2calls.health")
 
-HEALTH_META = "health"  # {"pass_at", "backlog", "held", "oldest_waiting_at"}: what the latest delivery pass saw
+# {"pass_at", "backlog", "held", "oldest_waiting_at", "oldest_by_campaign"}: what the latest delivery pass saw
+HEALTH_META = "health"
 CRM_AUTH_META = "crm_auth"  # {source: {"reason", "since"}} while a CRM refuses our credentials
 # {source: {"dead": n, "held": {"reason", "since", "retry_at"}}}: write-backs of call outcomes (crm2calls/writeback.py)
 WRITE_BACK_META = "write_back"
@@ -58,10 +59,16 @@ class Reason:
         return {"code": self.code, "message": self.message}
 
 
-def record_pass(services: Services, oldest: datetime | None, backlog: Backlog) -> None:
+def record_pass(services: Services, backlog: Backlog) -> None:
     """Note what a delivery pass saw, for the health check: at once when it changed, else once a RECORD_EVERY."""
     store, now = services.store, services.clock()
-    seen = {"backlog": backlog.waiting, "held": backlog.held, "oldest_waiting_at": oldest and oldest.isoformat()}
+    oldest = min(backlog.oldest.values(), default=None)
+    seen = {
+        "backlog": backlog.waiting,
+        "held": backlog.held,
+        "oldest_waiting_at": oldest and oldest.isoformat(),
+        "oldest_by_campaign": {campaign: at.isoformat() for campaign, at in sorted(backlog.oldest.items())},
+    }
     last = store.get_meta(HEALTH_META)
     if (
         last is not None
@@ -123,7 +130,9 @@ def check(services: Services) -> tuple[dict[str, Any], int]:
     reasons = []
     if settings.dry_run and not settings.dev_mode:
         reasons.append(Reason("dry_run", DRY_RUN_MESSAGE))
-    body: dict[str, Any] = {"dry_run": settings.dry_run, "campaigns": {}, "oldest_waiting_s": None, "backlog": None}
+    body: dict[str, Any] = {
+        "dry_run": settings.dry_run, "campaigns": {}, "oldest_waiting_s": None, "backlog": None, "counts": None
+    }
     try:
         store = services.store
         last = store.get_meta(HEALTH_META)
@@ -131,6 +140,7 @@ def check(services: Services) -> tuple[dict[str, Any], int]:
         refused = store.get_meta(CRM_AUTH_META) or {}
         write_backs = store.get_meta(WRITE_BACK_META) or {}
         cancels = store.get_meta(CANCELS_META)
+        body["counts"] = store.count_by_status()
     except Exception as exc:  # the check must answer whatever the store raises
         log.error("health check: the lead store is unreachable: %s", redact(f"{type(exc).__name__}: {exc}"))
         reasons.insert(0, Reason("store_unreachable", STORE_MESSAGE, failing=True))
@@ -142,6 +152,7 @@ def check(services: Services) -> tuple[dict[str, Any], int]:
         waited = (now - datetime.fromisoformat(oldest)).total_seconds() if oldest else 0
         body["oldest_waiting_s"] = max(0, round(waited))
         body["backlog"] = last["backlog"]
+        _campaign_waits(body["campaigns"], last.get("oldest_by_campaign"), now)
         reasons.extend(_backlog_reasons(services, body["oldest_waiting_s"], body["backlog"]))
     reasons.extend(campaign_reasons)
     if cancels:
@@ -182,6 +193,15 @@ def write_back_reasons(write_backs: dict[str, Any]) -> list[Reason]:
             ))
     return reasons
 
+
+
+def _campaign_waits(campaigns: dict[str, dict], oldest: dict[str, str] | None, now: datetime) -> None:
+    """Each campaign's oldest waiting lead's age in seconds, as the latest pass saw it (0: none waits)."""
+    if oldest is None:  # recorded by a release before per-campaign ages
+        return
+    for name, entry in campaigns.items():
+        at = oldest.get(name)
+        entry["oldest_waiting_s"] = max(0, round((now - datetime.fromisoformat(at)).total_seconds())) if at else 0
 
 
 def _answer(body: dict[str, Any], reasons: list[Reason]) -> tuple[dict[str, Any], int]:

@@ -309,6 +309,11 @@ def use(sink: Sink) -> Sink:
     return previous
 
 
+def serves_prometheus() -> bool:
+    """Whether this process keeps Prometheus metrics (GET /metrics answers them)."""
+    return isinstance(_sink, PrometheusSink)
+
+
 def exposition() -> tuple[bytes, str] | None:
     """The Prometheus text and content type, or None when this process keeps no Prometheus metrics."""
     return _sink.exposition() if isinstance(_sink, PrometheusSink) else None

@@ -114,18 +114,9 @@ def build_spec(sources: dict[str, Source]) -> dict[str, Any]:
                 "summary": "One health document: ok, degraded or failing, with reasons; cheap enough to poll",
                 "description": (
                     "The same document on every platform, from single-item reads (the latest delivery pass "
-                    "records the backlog), so a monitor may poll it every ten seconds. docs/operations.md "
-                    "lists every reason code, what it means and what to do."
+                    "records the backlog; lead counts are maintained), so a monitor may poll it every ten seconds. "
+                    "docs/operations.md lists every reason code, what it means and what to do."
                 ),
-                "parameters": [
-                    {
-                        "name": "counts",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string"},
-                        "description": "1, true or yes: add lead counts per status (a table scan on DynamoDB).",
-                    }
-                ],
                 "responses": {
                     "200": _json("ok or degraded: the reasons say what needs attention.", "Health"),
                     "503": _json("failing: the lead store cannot be reached.", "Health"),

@@ -112,6 +112,10 @@ class CampaignHealthSchema(Schema):
     )
     held = fields.Integer(required=True, validate=validate.Range(min=0), metadata={"description": "Leads held back."})
     reason = fields.String(metadata={"description": "Why it is not sending, and what fixes it."})
+    oldest_waiting_s = fields.Integer(
+        validate=validate.Range(min=0),
+        metadata={"description": "Age of the campaign's oldest lead waiting to be sent (0: none); after a pass."},
+    )
 
 
 class HealthSchema(Schema):
@@ -136,10 +140,12 @@ class HealthSchema(Schema):
         validate=validate.Range(min=1),
         metadata={"description": "Stopped leads whose job cancel Aimylogic has not taken yet; absent when none."},
     )
-    leads = fields.Dict(
+    counts = fields.Dict(
         keys=fields.String(validate=validate.OneOf(STATUSES)),
-        values=fields.Integer(),
-        metadata={"description": "Leads per status, only with ?counts=1 (a full table scan on DynamoDB)."},
+        values=fields.Integer(validate=validate.Range(min=0)),
+        required=True, allow_none=True,
+        metadata={"description": "Leads per status, every status listed, from maintained counts (no scan); "
+                  "null when the lead store cannot be reached."},
     )
 
 

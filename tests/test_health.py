@@ -99,8 +99,8 @@ def test_after_a_pass_the_document_is_ok_and_complete(serve):
     deliver_pending(services)
     assert get() == (200, {
         "status": "ok", "reasons": [], "dry_run": False,
-        "campaigns": {"default": {"aimylogic": None, "delivery": "sending", "held": 0}},
-        "oldest_waiting_s": 0, "backlog": 0,
+        "campaigns": {"default": {"aimylogic": None, "delivery": "sending", "held": 0, "oldest_waiting_s": 0}},
+        "oldest_waiting_s": 0, "backlog": 0, "counts": {status.value: 0 for status in Status},
     })
 
 
@@ -113,8 +113,8 @@ def test_the_check_reads_single_items_only_never_counts_or_scans(serve, aimylogi
     store.calls.clear()
     status, body = get()
     assert (status, body["backlog"]) == (200, 2)
-    # health, campaign, guard, CRM credentials, write-backs, cancels
-    assert set(store.calls) == {"get_meta"} and len(store.calls) <= 6
+    # health, campaign, guard, CRM credentials, write-backs, cancels; counts are maintained, not counted
+    assert set(store.calls) == {"get_meta", "count_by_status"} and len(store.calls) <= 7
 
 
 def test_no_pass_yet_then_a_silent_local_worker_is_a_stalled_delivery(serve, clock):
@@ -185,11 +185,13 @@ def test_a_held_campaign_shows_its_held_leads(serve, clock):
     deliver_pending(services)  # one more admitted, the last one held again
     status, body = get()
     assert (status, codes(body)) == (200, ["campaign_held"])
-    assert body["campaigns"]["default"] == {"aimylogic": "inProcess", "delivery": "held", "held": 1}
+    held = {"aimylogic": "inProcess", "delivery": "held", "held": 1, "oldest_waiting_s": 0}
+    assert body["campaigns"]["default"] == held
     assert "[guards]" in body["reasons"][0]["message"]
     clock.advance(minutes=1)
     deliver_pending(services)
-    assert get()[1]["campaigns"]["default"] == {"aimylogic": "inProcess", "delivery": "sending", "held": 0}
+    expected = {"aimylogic": "inProcess", "delivery": "sending", "held": 0, "oldest_waiting_s": 0}
+    assert get()[1]["campaigns"]["default"] == expected
 
 
 def test_a_crm_refusing_our_credentials_is_named_until_it_accepts_them(serve, clock):

@@ -74,7 +74,7 @@ def test_the_health_check_is_described_as_one_document_with_every_reason_code(sp
         assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Health"}
     health = spec["components"]["schemas"]["Health"]["properties"]
     assert set(health) == {
-        "status", "reasons", "dry_run", "campaigns", "oldest_waiting_s", "backlog", "cancels_retrying", "leads"
+        "status", "reasons", "dry_run", "campaigns", "oldest_waiting_s", "backlog", "cancels_retrying", "counts"
     }
     assert health["status"]["enum"] == ["ok", "degraded", "failing"]
     documented = (ROOT / "docs" / "operations.md").read_text()

@@ -17,7 +17,7 @@ import pytest
 from crm2calls.errors import StoreError
 from crm2calls.model import END_STATUSES, LeadRecord, Status, WorkItem
 from crm2calls.store import open_store
-from crm2calls.store.base import SCHEMA_VERSION, Backlog, ClaimRefusedError, Claims, Counter, LeadStore
+from crm2calls.store.base import SCHEMA_VERSION, ClaimRefusedError, Claims, Counter, LeadStore
 from tests.servers import aws_env, moto_endpoint  # noqa: F401  (fixtures)
 
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
@@ -499,28 +499,28 @@ def test_list_filters_by_status_source_and_since_newest_first(store: LeadStore) 
 
 
 def test_oldest_waiting_is_the_oldest_lead_not_yet_sent_held_ones_aside(store: LeadStore) -> None:
-    assert store.oldest_waiting() is None
+    assert store.backlog().oldest == {}
     store.insert(lead(1, status=Status.HELD, at=T0))  # held on purpose: not waiting
     store.insert(lead(2, status=Status.SENT, at=T0 + MIN))
     store.insert(lead(3, status=Status.PENDING, at=T0 + 3 * MIN))
     store.insert(lead(4, status=Status.RECEIVED, at=T0 + 2 * MIN, next_attempt_at=T0 + 9 * MIN))
-    assert store.oldest_waiting() == T0 + 2 * MIN
+    assert store.backlog().oldest == {"default": T0 + 2 * MIN}
     store.claim(Status.PENDING, T0 + 3 * MIN, 60, 1, "worker")  # sending still waits
     store.update(replace(store.get("lead-4"), status=Status.FAILED, next_attempt_at=None), owner=None)
-    assert store.oldest_waiting() == T0 + 3 * MIN
+    assert store.backlog().oldest == {"default": T0 + 3 * MIN}
 
 
 def test_backlog_counts_the_unsent_leads_and_the_held_ones_apart(store: LeadStore) -> None:
-    assert store.backlog() == Backlog(waiting=0, held=0)
+    assert (store.backlog().waiting, store.backlog().held) == (0, 0)
     statuses = [Status.RECEIVED, Status.PENDING, Status.PENDING, Status.HELD, Status.SENT, Status.REJECTED]
     for n, status in enumerate(statuses):
         store.insert(lead(n, status=status, next_attempt_at=None if status in (Status.SENT, Status.REJECTED) else T0))
-    assert store.backlog() == Backlog(waiting=3, held=1)
+    assert (store.backlog().waiting, store.backlog().held) == (3, 1)
     store.claim(Status.PENDING, T0, 60, 1, "worker")  # sending still waits
-    assert store.backlog() == Backlog(waiting=3, held=1)
+    assert (store.backlog().waiting, store.backlog().held) == (3, 1)
     store.update(replace(store.get("lead-1"), status=Status.SENT, next_attempt_at=None), owner=None)
     store.update(replace(store.get("lead-3"), status=Status.PENDING), owner=None)  # a held lead admitted
-    assert store.backlog() == Backlog(waiting=3, held=0)
+    assert (store.backlog().waiting, store.backlog().held) == (3, 0)
 
 
 def test_count_by_status_lists_every_status(store: LeadStore) -> None:
@@ -613,6 +613,9 @@ def test_leads_stored_before_campaigns_belong_to_default(backend: Backend, store
     store.put_meta("campaign", {"paused": True, "reason": "token refused"})  # v2's one delivery state
     if backend.name == "sqlite":
         with sqlite3.connect(store.path) as conn:
+            for trigger in ("lead_counts_insert", "lead_counts_update", "lead_counts_delete"):
+                conn.execute(f"DROP TRIGGER {trigger}")  # v5's
+            conn.execute("DROP TABLE lead_counts")
             conn.execute("DROP INDEX leads_status_campaign")
             conn.execute("DROP INDEX leads_ref")  # a v2 database has neither v3's nor v4's columns
             conn.execute("ALTER TABLE leads DROP COLUMN outcome")
@@ -657,6 +660,9 @@ def test_leads_stored_before_outcomes_are_found_by_ref(backend: Backend, store: 
     store.insert(replace(lead(1), ref="lead:77"))
     if backend.name == "sqlite":
         with sqlite3.connect(store.path) as conn:
+            for trigger in ("lead_counts_insert", "lead_counts_update", "lead_counts_delete"):
+                conn.execute(f"DROP TRIGGER {trigger}")  # v5's
+            conn.execute("DROP TABLE lead_counts")
             conn.execute("DROP INDEX leads_ref")
             conn.execute("ALTER TABLE leads DROP COLUMN outcome")
             conn.execute("DROP INDEX meta_expires")  # a v3 database has no v5 column either
@@ -736,18 +742,18 @@ def test_sqlite_processes_never_share_a_lead(tmp_path: Any) -> None:
 def test_dynamodb_migrate_creates_the_table_it_describes(aws_env: str) -> None:  # noqa: F811
     import boto3
 
-    from crm2calls.store.dynamodb import DUE_INDEX, REF_INDEX, DynamoDBStore, iam_policy
+    from crm2calls.store.dynamodb import DUE_INDEX, REF_INDEX, WAITING_INDEX, DynamoDBStore, iam_policy
 
     store = DynamoDBStore(f"leads-{uuid.uuid4().hex[:12]}")
     store.migrate()
     client = boto3.client("dynamodb")
     table = client.describe_table(TableName=store.table)["Table"]
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
-    assert [index["IndexName"] for index in table["GlobalSecondaryIndexes"]] == [DUE_INDEX, REF_INDEX]
+    assert [index["IndexName"] for index in table["GlobalSecondaryIndexes"]] == [DUE_INDEX, REF_INDEX, WAITING_INDEX]
     ttl = client.describe_time_to_live(TableName=store.table)["TimeToLiveDescription"]
     assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
     [statement] = iam_policy(table["TableArn"])["Statement"]
-    indexes = [f"{table['TableArn']}/index/{name}" for name in (DUE_INDEX, REF_INDEX)]
+    indexes = [f"{table['TableArn']}/index/{name}" for name in (DUE_INDEX, REF_INDEX, WAITING_INDEX)]
     assert statement["Resource"] == [table["TableArn"], *indexes]
 
 
@@ -845,15 +851,15 @@ def _dynamodb_expiry(store: Any, name: str) -> datetime | None:
     return datetime.fromtimestamp(int(item["expires_at"]["N"]), UTC) if "expires_at" in item else None
 
 
-def test_sqlite_v4_store_gains_expiring_meta(tmp_path: Any) -> None:
+def test_sqlite_v5_store_gains_expiring_meta(tmp_path: Any) -> None:
     path = tmp_path / "leads.db"
     with sqlite3.connect(path) as conn:
         from crm2calls.store.sqlite import MIGRATIONS
 
-        for step in range(1, 5):
+        for step in range(1, 6):
             MIGRATIONS[step](conn)
         conn.execute("INSERT INTO meta (name, json) VALUES ('campaign:default', '{\"held\": 2}')")
-        conn.execute("PRAGMA user_version = 4")
+        conn.execute("PRAGMA user_version = 5")
     store = open_store(f"sqlite:///{path}")
     store.migrate()
     assert store.get_meta("campaign:default") == {"held": 2}

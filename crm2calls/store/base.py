@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -10,7 +11,10 @@ from crm2calls.errors import Crm2CallsError
 from crm2calls.model import LeadRecord, Status
 
 KEY_TTL = timedelta(days=8)  # CRMs retry for up to 3 days; keys must outlive that by a margin
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
+WAITING_STATUSES = (Status.RECEIVED, Status.PENDING, Status.SENDING)  # not sent yet, and not held
+
+log = logging.getLogger("crm2calls.store")
 
 
 @dataclass(frozen=True)
@@ -45,10 +49,14 @@ NO_CLAIMS = Claims()
 
 @dataclass(frozen=True)
 class Backlog:
-    """Leads not yet sent: waiting (received, pending, sending) and held back by a guard on purpose."""
+    """Leads not yet sent: waiting (received, pending, sending) and held back by a guard on purpose.
+
+    oldest: when each campaign's oldest waiting lead arrived (campaigns with none waiting left out).
+    """
 
     waiting: int
     held: int
+    oldest: dict[str, datetime] = field(default_factory=dict)
 
 
 class ClaimRefusedError(Crm2CallsError):
@@ -126,14 +134,23 @@ class LeadStore(Protocol):
     ) -> list[LeadRecord]:
         """Leads, newest first, filtered."""
 
-    def oldest_waiting(self) -> datetime | None:
-        """When the oldest lead still waiting to be sent (received, pending, sending) arrived; held leads aside."""
-
     def backlog(self) -> Backlog:
-        """How many leads wait to be sent, and how many are held; reads only the unsent leads (the due index)."""
+        """How many leads wait to be sent and are held (the counts), and each campaign's oldest waiting lead.
+
+        Reads the counts and one index entry per campaign with leads waiting: never the whole table.
+        """
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """How many leads are in each status, by campaign: counts kept in the transaction of every write.
+
+        Statuses and campaigns with no lead may be left out; a count found below zero is logged and read as 0.
+        """
 
     def count_by_status(self) -> dict[str, int]:
-        """How many leads are in each status (for /healthz and `leads list`)."""
+        """How many leads are in each status, every status listed (the counts' totals)."""
+
+    def recount(self) -> dict[str, int]:
+        """Count every lead again and store the counts (an upgrade does it once; a repair); returns the totals."""
 
     def held_by_campaign(self) -> dict[str, int]:
         """How many leads are held, per campaign (campaigns with none left out)."""
@@ -155,3 +172,32 @@ class LeadStore(Protocol):
 
     def forget(self, phone_key: str) -> int:
         """Erase every trace of this phone but its do-not-call entry (leads, keys, slots, counters); count the leads."""
+
+
+def checked_counts(found: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The counts as read, a negative one logged (a write that bypassed the store) and read as 0."""
+    for status, by_campaign in found.items():
+        for campaign, count in by_campaign.items():
+            if count < 0:
+                log.error(
+                    "the count of %s leads of campaign %s is %d, below zero: a write bypassed the store; "
+                    "`flask --app app leads recount` counts the leads again",
+                    status, campaign, count,
+                    extra={"fields": {"event": "lead_count_negative", "status": status, "campaign": campaign}},
+                )
+                by_campaign[campaign] = 0
+    return found
+
+
+def totals(counts: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Leads per status over every campaign, every status listed."""
+    found = {status.value: 0 for status in Status}
+    for status, by_campaign in counts.items():
+        found[status] = found.get(status, 0) + sum(by_campaign.values())
+    return found
+
+
+def backlog_of(counts: dict[str, dict[str, int]], oldest: dict[str, datetime]) -> Backlog:
+    """The Backlog from the counts and the campaigns' oldest waiting leads."""
+    waiting = sum(sum(counts.get(status.value, {}).values()) for status in WAITING_STATUSES)
+    return Backlog(waiting=waiting, held=sum(counts.get(Status.HELD.value, {}).values()), oldest=oldest)

@@ -8,17 +8,24 @@ Items, all under one string hash key `pk`:
   COUNTER#{name}    a guard counter (its name carries its window): value, expires_at; counted in the
                     transaction that writes its lead
   META#{name}       a small JSON document; expires_at when it may be forgotten (stop tombstones)
+  COUNT#{status}    how many leads are in the status: one number attribute per campaign ("c#{campaign}"),
+                    changed in the transaction that writes a lead in or out of the status (or campaign)
   SCHEMA            the schema version
 The `due` index (status, next_attempt_at) holds only leads with a next_attempt_at: the work to claim.
 The `ref` index (source_ref = "{source}#{ref}", keys only) finds the leads a CRM record gave (stop events).
+The `waiting` index (waiting_campaign, created_at; keys only) holds the leads not yet sent (received, pending,
+sending) by campaign, oldest first: one entry read gives a campaign's oldest waiting lead.
 expires_at is epoch seconds and the table's TTL attribute; the code never relies on TTL having run.
-list(), count_by_status(), purge() and forget() Scan the table: they are operator commands, not hot paths.
+list(), purge(), forget() and recount() Scan the table: they are operator commands, not hot paths; counts are
+read from the COUNT items. A write that changes a lead's status or campaign first reads what it replaces and
+writes on condition that it is still so, retrying when another writer came between.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import threading
 import time
@@ -30,11 +37,30 @@ from typing import Any, ParamSpec, TypeVar
 
 from crm2calls.errors import StoreError
 from crm2calls.model import END_STATUSES, LeadRecord, Status
-from crm2calls.store.base import KEY_TTL, NO_CLAIMS, SCHEMA_VERSION, Backlog, ClaimRefusedError, Claims
+from crm2calls.store.base import (
+    KEY_TTL,
+    NO_CLAIMS,
+    SCHEMA_VERSION,
+    WAITING_STATUSES,
+    Backlog,
+    ClaimRefusedError,
+    Claims,
+    backlog_of,
+    checked_counts,
+    totals,
+)
 from crm2calls.store.records import MUTABLE_COLUMNS, Row, from_row, iso, to_row
+
+log = logging.getLogger("crm2calls.store")
 
 DUE_INDEX = "due"
 REF_INDEX = "ref"
+WAITING_INDEX = "waiting"
+WAITING = frozenset(status.value for status in WAITING_STATUSES)
+COUNT_PREFIX = "c#"  # a COUNT item's attribute per campaign
+WRITE_TRIES = 8  # a lead written by others between our read and our write is read again, this many times
+TAKE_CHUNK = 50  # leads taken in one transaction by claim() (a transaction holds at most 100 items)
+LEASED_MEMORY = 10_000  # leases this process granted whose status it remembers, so update() need not read it
 FINAL_RETENTION = timedelta(days=90)  # TTL of a lead once final; `leads purge` may remove it sooner
 TRANSACTION_TRIES = 5  # concurrent transactions on one item cancel each other; retry briefly
 _CLIENT_LOCK = threading.Lock()
@@ -97,8 +123,12 @@ def iam_policy(table_arn: str) -> dict[str, Any]:
                     "dynamodb:DeleteItem",
                     "dynamodb:Query",
                     "dynamodb:Scan",
+                    "dynamodb:BatchGetItem",
                 ],
-                "Resource": [table_arn, f"{table_arn}/index/{DUE_INDEX}", f"{table_arn}/index/{REF_INDEX}"],
+                "Resource": [
+                    table_arn,
+                    *(f"{table_arn}/index/{name}" for name in (DUE_INDEX, REF_INDEX, WAITING_INDEX)),
+                ],
             }
         ],
     }
@@ -120,6 +150,8 @@ class DynamoDBStore:
         )
         with _CLIENT_LOCK:  # creating clients from boto3's shared default session is not thread-safe
             self._client = boto3.client("dynamodb", config=config)
+        # lead id -> (status, campaign) it was leased in here: update() by the owner guesses it is still so.
+        self._leased: dict[str, tuple[str, str]] = {}
 
     def table_definition(self) -> dict[str, Any]:
         """The create_table arguments: on-demand, hash key pk, the sparse `due` index and the `ref` index."""
@@ -132,6 +164,8 @@ class DynamoDBStore:
                 {"AttributeName": "status", "AttributeType": "S"},
                 {"AttributeName": "next_attempt_at", "AttributeType": "S"},
                 {"AttributeName": "source_ref", "AttributeType": "S"},
+                {"AttributeName": "waiting_campaign", "AttributeType": "S"},
+                {"AttributeName": "created_at", "AttributeType": "S"},
             ],
             "GlobalSecondaryIndexes": [
                 {
@@ -146,6 +180,7 @@ class DynamoDBStore:
                     },
                 },
                 self._ref_index(),
+                self._waiting_index(),
             ],
         }
 
@@ -154,6 +189,17 @@ class DynamoDBStore:
         return {
             "IndexName": REF_INDEX,
             "KeySchema": [{"AttributeName": "source_ref", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+        }
+
+    @staticmethod
+    def _waiting_index() -> dict[str, Any]:
+        return {
+            "IndexName": WAITING_INDEX,
+            "KeySchema": [
+                {"AttributeName": "waiting_campaign", "KeyType": "HASH"},
+                {"AttributeName": "created_at", "KeyType": "RANGE"},
+            ],
             "Projection": {"ProjectionType": "KEYS_ONLY"},
         }
 
@@ -255,6 +301,140 @@ class DynamoDBStore:
                 ExpressionAttributeValues={":ref": {"S": f"{item['source']['S']}#{item['ref']['S']}"}},
             )
 
+    def _v5_counts(self) -> None:
+        """Leads counted by status and campaign (COUNT items), and the `waiting` index of each campaign's backlog."""
+        table = self._client.describe_table(TableName=self.table)["Table"]
+        if WAITING_INDEX not in {index["IndexName"] for index in table.get("GlobalSecondaryIndexes", [])}:
+            with suppress(self._client.exceptions.ResourceInUseException):  # a concurrent migrate is adding it
+                self._client.update_table(
+                    TableName=self.table,
+                    AttributeDefinitions=[
+                        {"AttributeName": "waiting_campaign", "AttributeType": "S"},
+                        {"AttributeName": "created_at", "AttributeType": "S"},
+                    ],
+                    GlobalSecondaryIndexUpdates=[{"Create": self._waiting_index()}],
+                )
+        for item in self._scan_leads({}, projection=("pk", "status", "campaign")):
+            if item["status"]["S"] in WAITING:
+                self._client.update_item(
+                    TableName=self.table,
+                    Key={"pk": item["pk"]},
+                    UpdateExpression="SET waiting_campaign = if_not_exists(waiting_campaign, :campaign)",
+                    ExpressionAttributeValues={":campaign": item["campaign"]},
+                )
+        self.recount()
+
+    @_store_errors
+    def recount(self) -> dict[str, int]:
+        """Count every lead (a Scan) and overwrite the COUNT items; returns the totals.
+
+        Not one snapshot: a lead written while the Scan runs may be counted in its old status. Run it
+        when nothing writes, or again. Leads past their expires_at are left out: the TTL is removing them
+        (it moves no count, so the counts of final statuses grow by what it removes until a recount).
+        """
+        found: dict[str, dict[str, int]] = {status.value: {} for status in Status}
+        now = time.time()
+        for item in self._scan_leads({}, projection=("status", "campaign", "expires_at")):
+            if "expires_at" in item and int(item["expires_at"]["N"]) <= now:
+                continue
+            by_campaign = found.setdefault(item["status"]["S"], {})
+            campaign = item.get("campaign", {}).get("S", "default")
+            by_campaign[campaign] = by_campaign.get(campaign, 0) + 1
+        for status, by_campaign in found.items():
+            item = {"pk": f"COUNT#{status}", **{COUNT_PREFIX + name: n for name, n in by_campaign.items()}}
+            self._client.put_item(TableName=self.table, Item=_encode(item))
+        return totals(found)
+
+    # Counts
+
+    def _count_items(self, moves: dict[tuple[str, str], int]) -> list[dict[str, Any]]:
+        """Transaction items adding each (status, campaign) move to its COUNT item; one item per status."""
+        by_status: dict[str, dict[str, int]] = {}
+        for (status, campaign), delta in moves.items():
+            if delta:
+                by_status.setdefault(status, {})[campaign] = delta
+        items = []
+        for status, deltas in sorted(by_status.items()):
+            names = {f"#c{i}": COUNT_PREFIX + campaign for i, campaign in enumerate(deltas)}
+            values = {f":d{i}": {"N": str(delta)} for i, delta in enumerate(deltas.values())}
+            items.append({
+                "Update": {
+                    "TableName": self.table,
+                    "Key": self._key(f"COUNT#{status}"),
+                    "UpdateExpression": "ADD " + ", ".join(f"#c{i} :d{i}" for i in range(len(deltas))),
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                }
+            })
+        return items
+
+    @staticmethod
+    def _moves(old: tuple[str, str] | None, new: tuple[str, str] | None) -> dict[tuple[str, str], int]:
+        """The count changes of a lead leaving `old` (status, campaign) for `new`; None: absent."""
+        moves: dict[tuple[str, str], int] = {}
+        if old != new:
+            if old is not None:
+                moves[old] = moves.get(old, 0) - 1
+            if new is not None:
+                moves[new] = moves.get(new, 0) + 1
+        return moves
+
+    @_store_errors
+    def counts(self) -> dict[str, dict[str, int]]:
+        """How many leads are in each status, by campaign: one BatchGetItem of the COUNT items."""
+        keys = [self._key(f"COUNT#{status.value}") for status in Status]
+        found: dict[str, dict[str, int]] = {}
+        request: dict[str, Any] = {self.table: {"Keys": keys, "ConsistentRead": True}}
+        while request:
+            answer = self._client.batch_get_item(RequestItems=request)
+            for item in answer["Responses"].get(self.table, []):
+                status = item["pk"]["S"][len("COUNT#") :]
+                found[status] = {
+                    name[len(COUNT_PREFIX) :]: int(value["N"])
+                    for name, value in item.items()
+                    if name.startswith(COUNT_PREFIX)
+                }
+            request = answer.get("UnprocessedKeys") or {}
+        return checked_counts(found)
+
+    def count_by_status(self) -> dict[str, int]:
+        """How many leads are in each status, every status listed (the COUNT items)."""
+        return totals(self.counts())
+
+    def held_by_campaign(self) -> dict[str, int]:
+        """How many leads are held, per campaign (campaigns with none left out)."""
+        return {campaign: n for campaign, n in self.counts().get(Status.HELD.value, {}).items() if n}
+
+    @_store_errors
+    def backlog(self) -> Backlog:
+        """The unsent leads from the COUNT items; each campaign's oldest waiting lead: one entry of `waiting` each."""
+        from botocore.exceptions import ClientError
+
+        counts = self.counts()
+        campaigns = {
+            campaign for status in WAITING for campaign, n in counts.get(status, {}).items() if n > 0
+        }
+        oldest = {}
+        for campaign in sorted(campaigns):
+            try:
+                page = self._client.query(
+                    TableName=self.table,
+                    IndexName=WAITING_INDEX,
+                    KeyConditionExpression="waiting_campaign = :campaign",
+                    ExpressionAttributeValues={":campaign": {"S": campaign}},
+                    Limit=1,
+                )
+            except ClientError as exc:
+                if _code(exc) not in ("ValidationException", "ResourceNotFoundException"):
+                    raise
+                # The upgrade to v5 is still building the index ("Cannot read from backfilling global
+                # secondary index"), or has not added it yet: delivery goes on, the ages wait for it.
+                log.warning("dynamodb store: the waiting index is not ready yet: %s", exc)
+                break
+            if page["Items"]:
+                oldest[campaign] = datetime.fromisoformat(page["Items"][0]["created_at"]["S"])
+        return backlog_of(counts, oldest)
+
     # Leads
 
     @staticmethod
@@ -266,7 +446,9 @@ class DynamoDBStore:
         expires = None
         if row["final"]:
             expires = _epoch(datetime.fromisoformat(str(row["updated_at"])) + self.retention)
-        return {**row, "expires_at": expires, "source_ref": f"{row['source']}#{row['ref']}"}
+        waiting = row["campaign"] if row["status"] in WAITING else None
+        source_ref = f"{row['source']}#{row['ref']}"
+        return {**row, "expires_at": expires, "source_ref": source_ref, "waiting_campaign": waiting}
 
     @_store_errors
     def insert(self, record: LeadRecord, claims: Claims = NO_CLAIMS) -> tuple[LeadRecord, bool]:
@@ -279,6 +461,7 @@ class DynamoDBStore:
             {"Put": {"TableName": self.table, "Item": key, "ConditionExpression": "attribute_not_exists(pk)"}},
             {"Put": {"TableName": self.table, "Item": lead, "ConditionExpression": "attribute_not_exists(pk)"}},
         ]
+        items += self._count_items(self._moves(None, (row["status"], row["campaign"])))
         claim_items, names = self._claim_items(record, replace(claims, release=None))  # a new lead holds no slot
         failed = self._transact(items + claim_items)
         if not failed:
@@ -290,7 +473,7 @@ class DynamoDBStore:
             return existing, False
         if failed[1] == "ConditionalCheckFailed":
             raise StoreError("dynamodb store: a lead with this id exists under another key")
-        self._refused(failed[2:], names)
+        self._refused(failed[len(items) :], names)
         raise AssertionError("unreachable")
 
     def _claim_items(self, record: LeadRecord, claims: Claims) -> tuple[list[dict[str, Any]], list[str]]:
@@ -419,14 +602,58 @@ class DynamoDBStore:
         # Read more than needed: other workers may win some of the candidates.
         candidates = [item for s in statuses for item in self._due(s, now, 2 * limit + 10)]
         candidates.sort(key=lambda item: (item["next_attempt_at"]["S"], item.get("created_at", {}).get("S", "")))
+        until = iso(now + timedelta(seconds=lease_seconds))
         claimed: list[LeadRecord] = []
-        for item in candidates:
-            if len(claimed) == limit:
-                break
-            record = self._take_lead(item, new_status, now, iso(now + timedelta(seconds=lease_seconds)), owner)
-            if record is not None:
-                claimed.append(record)
+        while candidates and len(claimed) < limit:
+            size = min(limit - len(claimed), TAKE_CHUNK)
+            chunk, candidates = candidates[:size], candidates[size:]
+            moving = [item for item in chunk if item["status"]["S"] != new_status.value]
+            claimed += self._take_moving(moving, new_status, now, until, owner)
+            for item in chunk:
+                if item["status"]["S"] == new_status.value and len(claimed) < limit:
+                    record = self._take_lead(item, new_status, now, until, owner)
+                    claimed += [record] if record is not None else []
+        if len(self._leased) > LEASED_MEMORY:
+            self._leased.clear()
+        for record in claimed:
+            self._leased[record.id] = (record.status.value, record.campaign)
+        claimed.sort(key=lambda r: (r.next_attempt_at, r.created_at))
         return claimed
+
+    def _take_moving(
+        self, seen: list[dict[str, Any]], new_status: Status, now: datetime, until: str, owner: str
+    ) -> list[LeadRecord]:
+        """Lease leads that change status on the way (pending to sending): read them together, then take them
+        in one transaction with their count moves; leads another worker took meanwhile are left out."""
+        if not seen:
+            return []
+        answer = self._client.batch_get_item(
+            RequestItems={self.table: {"Keys": [{"pk": item["pk"]} for item in seen], "ConsistentRead": True}}
+        )
+        current = {item["pk"]["S"]: item for item in answer["Responses"].get(self.table, [])}
+        # Keys DynamoDB left unprocessed are candidates for the next pass, not errors.
+        takes = []
+        for item in seen:
+            now_item = current.get(item["pk"]["S"])
+            if now_item is None or now_item["status"] != item["status"]:
+                continue
+            take = self._take_update(item, new_status, now, until, owner)
+            take["ConditionExpression"] += " AND campaign = :campaign AND updated_at = :updated_at"
+            take["ExpressionAttributeValues"][":campaign"] = now_item["campaign"]
+            take["ExpressionAttributeValues"][":updated_at"] = now_item["updated_at"]
+            takes.append((now_item, take))
+        while takes:
+            moves: dict[tuple[str, str], int] = {}
+            for now_item, _ in takes:
+                status, campaign = now_item["status"]["S"], now_item["campaign"]["S"]
+                for key, delta in self._moves((status, campaign), (new_status.value, campaign)).items():
+                    moves[key] = moves.get(key, 0) + delta
+            failed = self._transact([{"Update": take} for _, take in takes] + self._count_items(moves))
+            if not failed:
+                lease = {"status": new_status.value, "lease_owner": owner, "lease_until": until}
+                return [from_row({**_decode(now_item), **lease}) for now_item, _ in takes]
+            takes = [pair for pair, code in zip(takes, failed, strict=False) if code != "ConditionalCheckFailed"]
+        return []
 
     def _due(self, status: Status, now: datetime, want: int) -> Iterator[dict[str, Any]]:
         """Up to about `want` index entries of `status` due at `now` and not under a live lease, earliest first."""
@@ -448,10 +675,10 @@ class DynamoDBStore:
                 return
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def _take_lead(
+    def _take_update(
         self, seen: dict[str, Any], new_status: Status, now: datetime, until: str, owner: str
-    ) -> LeadRecord | None:
-        """Lease one candidate if nobody changed its status or lease since it was read."""
+    ) -> dict[str, Any]:
+        """The Update that leases one candidate, on condition that nobody changed its status or lease since."""
         values = {
             ":seen_status": seen["status"],
             ":now": {"S": iso(now)},
@@ -470,15 +697,22 @@ class DynamoDBStore:
             values[":seen_owner"] = seen["lease_owner"]
         else:
             condition += " AND attribute_not_exists(lease_owner)"
+        return {
+            "TableName": self.table,
+            "Key": {"pk": seen["pk"]},
+            "UpdateExpression": "SET #status = :new_status, lease_owner = :owner, lease_until = :until",
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": values,
+        }
+
+    def _take_lead(
+        self, seen: dict[str, Any], new_status: Status, now: datetime, until: str, owner: str
+    ) -> LeadRecord | None:
+        """Lease one candidate that keeps its status (no count moves), in one conditional update."""
         try:
             updated = self._client.update_item(
-                TableName=self.table,
-                Key={"pk": seen["pk"]},
-                UpdateExpression="SET #status = :new_status, lease_owner = :owner, lease_until = :until",
-                ConditionExpression=condition,
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
+                **self._take_update(seen, new_status, now, until, owner), ReturnValues="ALL_NEW"
             )
         except self._client.exceptions.ConditionalCheckFailedException:
             return None  # another worker took it, or it changed
@@ -528,7 +762,7 @@ class DynamoDBStore:
         """The Update of a lead's mutable fields under `condition`, as a transaction item's body."""
         row = self._lead_values(to_row(record))
         names, encoded, sets, removes = {}, dict(values), [], []
-        for i, name in enumerate((*MUTABLE_COLUMNS, "expires_at")):
+        for i, name in enumerate((*MUTABLE_COLUMNS, "expires_at", "waiting_campaign")):
             names[f"#f{i}"] = name
             if row[name] is None:
                 removes.append(f"#f{i}")
@@ -544,6 +778,51 @@ class DynamoDBStore:
             "ExpressionAttributeValues": encoded,
         }
 
+    def _seen(self, lead_id: str) -> dict[str, str] | None:
+        """The stored lead's status, campaign and lease owner (a consistent read), or None if it is gone."""
+        found = self._client.get_item(
+            TableName=self.table,
+            Key=self._key(f"LEAD#{lead_id}"),
+            ConsistentRead=True,
+            ProjectionExpression="#status, campaign, lease_owner, job_id",
+            ExpressionAttributeNames={"#status": "status"},
+        )
+        return _decode(found["Item"]) if "Item" in found else None  # type: ignore[return-value]
+
+    def _write_lead(
+        self, record: LeadRecord, allowed: Callable[[dict[str, str]], bool], condition: str, values: dict[str, Any],
+        claim_items: list[dict[str, Any]], names: list[str], guess: dict[str, str] | None = None,
+    ) -> bool:
+        """Write the lead with its claims and count moves, if `allowed` by what is stored; False if not (or gone).
+
+        The write holds only while the lead's status and campaign are what was read (or, first, what
+        `guess` says); when another writer changed them in between, the lead is read again and the
+        write tried again.
+        """
+        for attempt in range(WRITE_TRIES):
+            seen = guess if guess is not None and attempt == 0 else self._seen(record.id)
+            if seen is None or not allowed(seen):
+                return False
+            values = {**values, ":seen_status": {"S": seen["status"]}, ":seen_campaign": {"S": seen["campaign"]}}
+            update = self._update_item(record, f"{condition} AND #status = :seen_status AND campaign = :seen_campaign",
+                                       values)
+            update["ExpressionAttributeNames"]["#status"] = "status"
+            moves = self._moves((seen["status"], seen["campaign"]), (Status(record.status).value, record.campaign))
+            count_items = self._count_items(moves)
+            if not count_items and not claim_items:
+                try:
+                    self._client.update_item(**update)
+                except self._client.exceptions.ConditionalCheckFailedException:
+                    continue  # changed since it was read: read it again
+                return True
+            failed = self._transact([{"Update": update}, *count_items, *claim_items])
+            if not failed:
+                return True
+            if failed[0] == "ConditionalCheckFailed":
+                continue
+            self._refused(failed[1 + len(count_items) :], names)
+        raise StoreError(f"dynamodb store: lead {record.id} kept changing under the write; try again")
+
     @_store_errors
     def update(self, record: LeadRecord, owner: str | None, claims: Claims = NO_CLAIMS) -> bool:
         """Write the record's mutable fields and its claims if `owner` still holds its lease (None: unconditional)."""
@@ -551,33 +830,21 @@ class DynamoDBStore:
         if owner is not None:
             condition += " AND lease_owner = :expected_owner"
             values[":expected_owner"] = {"S": owner}
-        update = self._update_item(record, condition, values)
         if claims.release and self._slot_holder(claims.release) != record.key:
             claims = replace(claims, release=None)  # held by another lead, or by nobody: nothing to give back
         claim_items, names = self._claim_items(record, claims)
-        if not claim_items:
-            try:
-                self._client.update_item(**update)
-            except self._client.exceptions.ConditionalCheckFailedException:
-                return False
-            return True
-        failed = self._transact([{"Update": update}, *claim_items])
-        if not failed:
-            return True
-        if failed[0] == "ConditionalCheckFailed":
-            return False
-        self._refused(failed[1:], names)
-        raise AssertionError("unreachable")
+        def holds(seen: dict[str, str]) -> bool:
+            return owner is None or seen.get("lease_owner") == owner
+
+        leased = self._leased.pop(record.id, None) if owner is not None else None
+        guess = {"status": leased[0], "campaign": leased[1], "lease_owner": owner} if leased else None
+        return self._write_lead(record, holds, condition, values, claim_items, names, guess)
 
     @_store_errors
     def record_job(self, record: LeadRecord) -> bool:
         """Write a sent lead whose lease was lost, unless a job id is recorded for it already."""
-        try:
-            condition = "attribute_exists(pk) AND attribute_not_exists(job_id)"
-            self._client.update_item(**self._update_item(record, condition, {}))
-        except self._client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+        condition = "attribute_exists(pk) AND attribute_not_exists(job_id)"
+        return self._write_lead(record, lambda seen: "job_id" not in seen, condition, {}, [], [])
 
     def _scan_leads(self, filters: dict[str, tuple[str, str]], projection: tuple[str, ...] = ()) -> Iterator[dict]:
         """Every lead item matching `filters` ({attribute: (operator, value)}), consistently read."""
@@ -628,113 +895,33 @@ class DynamoDBStore:
         records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return records[:limit]
 
-    @_store_errors
-    def oldest_waiting(self) -> datetime | None:
-        """When the oldest lead still waiting to be sent arrived: Queries of the backlog on the `due` index."""
-        oldest = None
-        for status in (Status.RECEIVED, Status.PENDING, Status.SENDING):
-            query: dict[str, Any] = {
-                "TableName": self.table,
-                "IndexName": DUE_INDEX,
-                "KeyConditionExpression": "#status = :status",
-                "ExpressionAttributeNames": {"#status": "status"},
-                "ExpressionAttributeValues": {":status": {"S": status.value}},
-                "ProjectionExpression": "created_at",
-            }
-            while True:
-                page = self._client.query(**query)
-                for item in page["Items"]:
-                    created = item["created_at"]["S"]
-                    oldest = created if oldest is None or created < oldest else oldest
-                if "LastEvaluatedKey" not in page:
-                    break
-                query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        return datetime.fromisoformat(oldest) if oldest else None
-
-    @_store_errors
-    def backlog(self) -> Backlog:
-        """How many leads wait to be sent, and how many are held: counting Queries on the `due` index, no Scan."""
-        counts = {}
-        for status in (Status.RECEIVED, Status.PENDING, Status.SENDING, Status.HELD):
-            query: dict[str, Any] = {
-                "TableName": self.table,
-                "IndexName": DUE_INDEX,
-                "KeyConditionExpression": "#status = :status",
-                "ExpressionAttributeNames": {"#status": "status"},
-                "ExpressionAttributeValues": {":status": {"S": status.value}},
-                "Select": "COUNT",
-            }
-            counts[status] = 0
-            while True:
-                page = self._client.query(**query)
-                counts[status] += page["Count"]
-                if "LastEvaluatedKey" not in page:
-                    break
-                query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        held = counts.pop(Status.HELD)
-        return Backlog(waiting=sum(counts.values()), held=held)
-
-    @_store_errors
-    def count_by_status(self) -> dict[str, int]:
-        """How many leads are in each status, every status listed (a Scan)."""
-        counts = {status.value: 0 for status in Status}
-        for item in self._scan_leads({}, projection=("status",)):
-            counts[item["status"]["S"]] += 1
-        return counts
-
-    @_store_errors
-    def held_by_campaign(self) -> dict[str, int]:
-        """How many leads are held, per campaign: a Query of the held leads on the `due` index, then their campaigns.
-
-        Reads grow with the number of held leads only (none while every campaign sends).
-        """
-        keys = []
-        query: dict[str, Any] = {
-            "TableName": self.table,
-            "IndexName": DUE_INDEX,
-            "KeyConditionExpression": "#status = :held",
-            "ExpressionAttributeNames": {"#status": "status"},
-            "ExpressionAttributeValues": {":held": {"S": Status.HELD.value}},
-            "ProjectionExpression": "pk",
-        }
-        while True:
-            page = self._client.query(**query)
-            keys.extend(item["pk"] for item in page["Items"])
-            if "LastEvaluatedKey" not in page:
-                break
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        counts: dict[str, int] = {}
-        for pk in keys:
-            found = self._client.get_item(
-                TableName=self.table,
-                Key={"pk": pk},
-                ProjectionExpression="campaign, #status",
-                ExpressionAttributeNames={"#status": "status"},
-            ).get("Item", {})
-            if found.get("status", {}).get("S") == Status.HELD.value:  # the index may lag behind
-                campaign = found.get("campaign", {}).get("S", "default")
-                counts[campaign] = counts.get(campaign, 0) + 1
-        return counts
-
     def _delete_lead(self, item: dict[str, Any], final_only: bool) -> bool:
-        """Delete a lead and its idempotency key together; False if a condition stopped it."""
-        lead: dict[str, Any] = {"TableName": self.table, "Key": {"pk": item["pk"]}}
+        """Delete a lead, its idempotency key and its count together; False if a condition stopped it."""
+        lead: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": {"pk": item["pk"]},
+            "ConditionExpression": "#status = :status AND campaign = :campaign",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":status": item["status"], ":campaign": item["campaign"]},
+        }
         if final_only:  # `leads retry` may have made it pending again since the scan
-            lead["ConditionExpression"] = "#final = :one"  # FINAL is a reserved word
-            lead["ExpressionAttributeNames"] = {"#final": "final"}
-            lead["ExpressionAttributeValues"] = {":one": {"N": "1"}}
+            lead["ConditionExpression"] += " AND #final = :one"  # FINAL is a reserved word
+            lead["ExpressionAttributeNames"]["#final"] = "final"
+            lead["ExpressionAttributeValues"][":one"] = {"N": "1"}
         key = {
             "TableName": self.table,
             "Key": self._key(f"KEY#{item['key']['S']}"),
             "ConditionExpression": "attribute_not_exists(pk) OR lead_id = :id",
             "ExpressionAttributeValues": {":id": item["id"]},
         }
-        return not self._transact([{"Delete": lead}, {"Delete": key}])
+        count = self._count_items(self._moves((item["status"]["S"], item["campaign"]["S"]), None))
+        return not self._transact([{"Delete": lead}, {"Delete": key}, *count])
 
     @_store_errors
     def purge(self, before: datetime) -> int:
         """Delete final leads created before `before`, and their keys; return how many (a Scan)."""
-        old = self._scan_leads({"created_at": ("<", iso(before))}, projection=("pk", "id", "key", "final"))
+        projection = ("pk", "id", "key", "final", "status", "campaign")
+        old = self._scan_leads({"created_at": ("<", iso(before))}, projection=projection)
         return sum(self._delete_lead(item, final_only=True) for item in old if item.get("final", {}).get("N") == "1")
 
     @_store_errors
@@ -745,8 +932,8 @@ class DynamoDBStore:
             # Leads hold the key as an attribute; slots and counters in their names. The dnc entry stays.
             "FilterExpression": "phone_key = :key OR (contains(pk, :key) AND NOT begins_with(pk, :meta))",
             "ExpressionAttributeValues": {":key": {"S": phone_key}, ":meta": {"S": "META#"}},
-            "ProjectionExpression": "pk, id, #key",
-            "ExpressionAttributeNames": {"#key": "key"},
+            "ProjectionExpression": "pk, id, #key, #status, campaign",
+            "ExpressionAttributeNames": {"#key": "key", "#status": "status"},
             "ConsistentRead": True,
         }
         deleted = 0
@@ -754,12 +941,29 @@ class DynamoDBStore:
             page = self._client.scan(**scan)
             for item in page["Items"]:
                 if item["pk"]["S"].startswith("LEAD#"):
-                    deleted += self._delete_lead(item, final_only=False)
+                    deleted += self._forget_lead(item)
                 else:
                     self._client.delete_item(TableName=self.table, Key={"pk": item["pk"]})
             if "LastEvaluatedKey" not in page:
                 return deleted
             scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _forget_lead(self, item: dict[str, Any]) -> bool:
+        """Delete a lead whatever it becomes meanwhile: read again when its status changed since the scan."""
+        for _ in range(WRITE_TRIES):
+            if self._delete_lead(item, final_only=False):
+                return True
+            found = self._client.get_item(
+                TableName=self.table,
+                Key={"pk": item["pk"]},
+                ConsistentRead=True,
+                ProjectionExpression="pk, id, #key, #status, campaign",
+                ExpressionAttributeNames={"#key": "key", "#status": "status"},
+            )
+            if "Item" not in found:
+                return False
+            item = found["Item"]
+        raise StoreError(f"dynamodb store: {item['pk']['S']} kept changing while it was being forgotten; try again")
 
     # Guards and documents
 
@@ -781,7 +985,7 @@ class DynamoDBStore:
             self._client.put_item(TableName=self.table, Item=_encode(item))
 
 
-def _v5_expiring_meta(store: DynamoDBStore) -> None:
+def _v6_expiring_meta(store: DynamoDBStore) -> None:
     """Named documents may carry expires_at: the table's TTL attribute already, so nothing to change."""
 
 
@@ -791,5 +995,6 @@ MIGRATIONS: dict[int, Callable[[DynamoDBStore], None]] = {
     2: DynamoDBStore._v2_final,
     3: DynamoDBStore._v3_campaigns,
     4: DynamoDBStore._v4_outcomes,
-    5: _v5_expiring_meta,
+    5: DynamoDBStore._v5_counts,
+    6: _v6_expiring_meta,
 }

@@ -17,7 +17,16 @@ from typing import Any, ParamSpec, TypeVar
 
 from crm2calls.errors import StoreError
 from crm2calls.model import END_STATUSES, LeadRecord, Status
-from crm2calls.store.base import NO_CLAIMS, SCHEMA_VERSION, Backlog, ClaimRefusedError, Claims
+from crm2calls.store.base import (
+    NO_CLAIMS,
+    SCHEMA_VERSION,
+    Backlog,
+    ClaimRefusedError,
+    Claims,
+    backlog_of,
+    checked_counts,
+    totals,
+)
 from crm2calls.store.records import COLUMNS, MUTABLE_COLUMNS, from_row, iso, parse_iso, to_row
 
 WAITING = (Status.RECEIVED.value, Status.PENDING.value, Status.SENDING.value)
@@ -89,10 +98,45 @@ def _v4_outcomes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX leads_ref ON leads (source, ref)")
 
 
-def _v5_expiring_meta(conn: sqlite3.Connection) -> None:
+# Triggers keep the counts in the transaction of every write to leads, whichever statement makes it.
+_COUNTED = (
+    """CREATE TABLE lead_counts (
+        status TEXT NOT NULL, campaign TEXT NOT NULL, leads INTEGER NOT NULL, PRIMARY KEY (status, campaign)
+    )""",
+    """CREATE TRIGGER lead_counts_insert AFTER INSERT ON leads BEGIN
+        INSERT OR IGNORE INTO lead_counts VALUES (new.status, new.campaign, 0);
+        UPDATE lead_counts SET leads = leads + 1 WHERE status = new.status AND campaign = new.campaign;
+    END""",
+    """CREATE TRIGGER lead_counts_update AFTER UPDATE OF status, campaign ON leads
+        WHEN old.status IS NOT new.status OR old.campaign IS NOT new.campaign BEGIN
+        UPDATE lead_counts SET leads = leads - 1 WHERE status = old.status AND campaign = old.campaign;
+        INSERT OR IGNORE INTO lead_counts VALUES (new.status, new.campaign, 0);
+        UPDATE lead_counts SET leads = leads + 1 WHERE status = new.status AND campaign = new.campaign;
+    END""",
+    """CREATE TRIGGER lead_counts_delete AFTER DELETE ON leads BEGIN
+        UPDATE lead_counts SET leads = leads - 1 WHERE status = old.status AND campaign = old.campaign;
+    END""",
+)
+
+
+def _v5_counts(conn: sqlite3.Connection) -> None:
+    """Leads counted by status and campaign in a table the triggers keep, so nothing counts rows to answer."""
+    for statement in _COUNTED:
+        conn.execute(statement)
+    _recount(conn)
+
+
+def _recount(conn: sqlite3.Connection) -> None:
+    """Count every lead once, in the caller's write transaction."""
+    conn.execute("DELETE FROM lead_counts")
+    conn.execute("INSERT INTO lead_counts SELECT status, campaign, COUNT(*) FROM leads GROUP BY status, campaign")
+
+
+def _v6_expiring_meta(conn: sqlite3.Connection) -> None:
     """Named documents may expire (stop tombstones live as long as idempotency keys); purge forgets them."""
-    conn.execute("ALTER TABLE meta ADD COLUMN expires_at TEXT")
-    conn.execute("CREATE INDEX meta_expires ON meta (expires_at) WHERE expires_at IS NOT NULL")
+    if "expires_at" not in {row[1] for row in conn.execute("PRAGMA table_info(meta)")}:
+        conn.execute("ALTER TABLE meta ADD COLUMN expires_at TEXT")
+    conn.execute("CREATE INDEX IF NOT EXISTS meta_expires ON meta (expires_at) WHERE expires_at IS NOT NULL")
 
 
 # Step n takes the schema from version n-1 to n.
@@ -101,7 +145,8 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _v2_work_and_final,
     3: _v3_campaigns,
     4: _v4_outcomes,
-    5: _v5_expiring_meta,
+    5: _v5_counts,
+    6: _v6_expiring_meta,
 }
 
 # One statement, so atomic: an expired counter restarts at 1, a live one grows while under the limit.
@@ -332,41 +377,37 @@ class SQLiteStore:
         return [from_row(dict(row)) for row in self._conn().execute(sql, [*params, limit])]
 
     @_store_errors
-    def oldest_waiting(self) -> datetime | None:
-        """When the oldest lead still waiting to be sent (received, pending, sending) arrived; held leads aside."""
-        row = (
-            self._conn().execute("SELECT MIN(created_at) FROM leads WHERE status IN (?, ?, ?)", WAITING).fetchone()
-        )  # the due index narrows it to the backlog
-        return parse_iso(row[0]) if row[0] else None
-
-    @_store_errors
     def backlog(self) -> Backlog:
-        """How many leads wait to be sent, and how many are held (the due index: no table scan)."""
-        counts = dict(
-            self._conn()
-            .execute(
-                "SELECT status, COUNT(*) FROM leads WHERE status IN (?, ?, ?, ?) GROUP BY status",
-                (*WAITING, Status.HELD.value),
-            )
-            .fetchall()
+        """The unsent leads from the counts, and each campaign's oldest waiting lead (the status-campaign index)."""
+        counts = self.counts()
+        rows = self._conn().execute(
+            "SELECT campaign, MIN(created_at) FROM leads WHERE status IN (?, ?, ?) GROUP BY campaign", WAITING
         )
-        return Backlog(waiting=sum(counts.get(status, 0) for status in WAITING), held=counts.get(Status.HELD.value, 0))
+        oldest = {campaign: parse_iso(created) for campaign, created in rows}
+        return backlog_of(counts, oldest)
 
     @_store_errors
+    def counts(self) -> dict[str, dict[str, int]]:
+        """How many leads are in each status, by campaign (the maintained counts: one small table read)."""
+        found: dict[str, dict[str, int]] = {}
+        for status, campaign, leads in self._conn().execute("SELECT status, campaign, leads FROM lead_counts"):
+            found.setdefault(status, {})[campaign] = leads
+        return checked_counts(found)
+
     def count_by_status(self) -> dict[str, int]:
         """How many leads are in each status, every status listed."""
-        counts = {status.value: 0 for status in Status}
-        for status, count in self._conn().execute("SELECT status, COUNT(*) FROM leads GROUP BY status"):
-            counts[status] = count
-        return counts
+        return totals(self.counts())
+
+    def held_by_campaign(self) -> dict[str, int]:
+        """How many leads are held, per campaign (campaigns with none left out)."""
+        return {campaign: n for campaign, n in self.counts().get(Status.HELD.value, {}).items() if n}
 
     @_store_errors
-    def held_by_campaign(self) -> dict[str, int]:
-        """How many leads are held, per campaign (an index lookup)."""
-        rows = self._conn().execute(
-            "SELECT campaign, COUNT(*) FROM leads WHERE status = ? GROUP BY campaign", (Status.HELD.value,)
-        )
-        return {campaign: count for campaign, count in rows}
+    def recount(self) -> dict[str, int]:
+        """Count every lead again (one transaction); returns the totals."""
+        with self._write() as conn:
+            _recount(conn)
+        return self.count_by_status()
 
     @_store_errors
     def get_meta(self, name: str) -> dict[str, Any] | None:
