@@ -60,6 +60,7 @@ TASKS: dict[str, str] = {
 }
 LEASE = timedelta(minutes=5)  # a handler renews it before each request that could outlive it
 UNKNOWN_TASK_RETRY = timedelta(hours=1)
+MAX_ROUNDS = 20  # rounds of `limit` leads one pass runs at most; a lead that stays due waits for the next pass
 
 
 @dataclass
@@ -101,20 +102,33 @@ def _stopped_meanwhile(services: Services, claimed: list[LeadRecord], now: datet
 
 
 def follow_up(services: Services, limit: int = 500, time_budget: float | None = None) -> FollowUpReport:
-    """Claim the leads whose follow-up work is due and run it, one task per lead.
+    """Claim the leads whose follow-up work is due and run it, one task per lead, in rounds of `limit`
+    until nothing is due, the budget is spent or MAX_ROUNDS ran (a busy minute may have thousands due).
 
-    time_budget: seconds after which handlers start no new request (None: no limit).
+    time_budget: seconds after which no new round starts and handlers start no new request (None: no limit).
     """
     started = time.monotonic()
-    now = services.clock()
     owner = f"follow-up:{uuid.uuid4().hex[:12]}"
-    run = FollowUpPass(services, now, owner, None if time_budget is None else started + time_budget)
+    deadline = None if time_budget is None else started + time_budget
     report = FollowUpReport()
+    for _ in range(MAX_ROUNDS):
+        run = FollowUpPass(services, services.clock(), owner, deadline)
+        if run.out_of_time() or _round(run, limit, report) < limit:
+            break
+    report.seconds = time.monotonic() - started
+    if report.claimed:
+        log.info("%s", report, extra={"fields": {"event": "follow_up", "claimed": report.claimed, **report.tasks}})
+    return report
+
+
+def _round(run: FollowUpPass, limit: int, report: FollowUpReport) -> int:
+    """Claim up to `limit` leads with work due and run it; how many were claimed."""
+    services, now, owner = run.services, run.now, run.owner
     claimed: list[LeadRecord] = []
     for status in FOLLOWED_STATUSES:
         lease = int(LEASE.total_seconds())
         claimed += services.store.claim(status, now, lease, limit - len(claimed), owner)
-    report.claimed = len(claimed)
+    report.claimed += len(claimed)
     batches: dict[str, list[LeadRecord]] = {}
     for record in claimed:
         task = next_task(record, now)
@@ -130,13 +144,10 @@ def follow_up(services: Services, limit: int = 500, time_budget: float | None = 
     for task in TASKS:
         if task not in batches:
             continue
-        report.tasks[task] = len(batches[task])
+        report.tasks[task] = report.tasks.get(task, 0) + len(batches[task])
         try:
             handler(task)(run, batches[task])
         except Exception as exc:  # the store or a bug: the leases expire and the next pass tries again
             log.error("follow-up task %s failed: %s", task, redact(f"{type(exc).__name__}: {exc}"), exc_info=True)
     _stopped_meanwhile(services, claimed, now)
-    report.seconds = time.monotonic() - started
-    if report.claimed:
-        log.info("%s", report, extra={"fields": {"event": "follow_up", "claimed": report.claimed, **report.tasks}})
-    return report
+    return len(claimed)

@@ -185,3 +185,18 @@ def test_the_follow_up_worker_runs_a_pass_as_soon_as_it_is_woken(services) -> No
     finally:
         worker.stop()
     assert not worker.alive
+
+
+def test_a_pass_claims_again_until_nothing_is_due(services) -> None:
+    for n in range(5):
+        followed(services, n, poll=T0)
+    report = follow_up(services, limit=2)  # a busy minute: more leads due than one claim takes
+    assert report.claimed == 5 and report.tasks == {"poll": 5}
+    assert sorted(lead for _, ids in RAN for lead in ids) == [f"lead-{n}" for n in range(5)]
+    assert follow_up(services, limit=2).claimed == 0
+
+
+def test_a_pass_out_of_time_starts_no_new_round(services) -> None:
+    for n in range(5):
+        followed(services, n, poll=T0)
+    assert follow_up(services, limit=2, time_budget=0).claimed == 0  # the budget is spent before the first claim

@@ -152,45 +152,9 @@ class CrmHttpClient:
         """A request of the outcome write-back: its JSON body, or WriteBackError saying what the worker may do.
 
         Never retried here (a POST repeated blindly could write twice); the write-back task retries durably.
-        401: the token expired or was revoked (retryable: a person or a refresh fixes it); 403, or what
-        scope_refused(status, body) calls one: the token lacks a scope (scope_hint names it); 404: the record
-        is gone; 429/5xx: later, honouring Retry-After; another 4xx: refused for good.
+        crm2calls/sources/writes.py maps the answers (401, 403 or what scope_refused(status, body) calls a
+        refused scope, 404, 429/5xx) for every CRM alike.
         """
-        import requests
+        from crm2calls.sources.writes import send
 
-        from crm2calls.errors import WriteBackError
-
-        url = f"{self.base_url}/{path.lstrip('/')}"
-        try:
-            response = self.session.request(
-                method, url, params={**self.params, **(params or {})}, json=json, timeout=self.timeout,
-                allow_redirects=False,
-            )  # fmt: skip
-        except requests.Timeout:
-            metrics.crm_api_call(self.crm, "unavailable")
-            raise WriteBackError(f"{self.service} API timed out") from None
-        except requests.RequestException as exc:
-            metrics.crm_api_call(self.crm, "unavailable")
-            raise WriteBackError(f"{self.service} API unreachable ({type(exc).__name__})") from None
-        status = response.status_code
-        metrics.crm_api_call(self.crm, status_result(status))
-        try:
-            body = response.json() if response.content else None
-        except ValueError:
-            body = None
-        if status == 403 or (status >= 400 and scope_refused is not None and scope_refused(status, body)):
-            raise WriteBackError(
-                f"{self.service} API refused to write with our token (HTTP {status}): {scope_hint}", scope=True
-            )
-        if status == 401:
-            raise WriteBackError(f"{self.service} API refused our credentials (HTTP 401): check {self.secret_hint}")
-        if status == 404:
-            raise WriteBackError(f"{self.service}: the record is not there (HTTP 404; deleted?)", retryable=False)
-        if status == 429 or status >= 500 or 300 <= status < 400:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
-            raise WriteBackError(f"{self.service} API answered HTTP {status}", retry_after=retry_after)
-        if status >= 400:
-            raise WriteBackError(f"{self.service} API refused the write (HTTP {status})", retryable=False)
-        if body is None and response.content:
-            raise WriteBackError(f"{self.service} API answered with a body that is not JSON")
-        return body
+        return send(self, method, path, scope=scope_hint, json=json, params=params, scope_refused=scope_refused)

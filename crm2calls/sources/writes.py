@@ -9,6 +9,7 @@ the status and the CRM's own error code, never a URL, a token or a phone.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -87,10 +88,12 @@ def send(
     params: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     what: str = "the write",
+    scope_refused: Callable[[int, Any], bool] | None = None,
 ) -> Any:
     """One request of a write-back through the client's session; its JSON answer, or WriteBackError.
 
-    data: a form body (OAuth token requests keep secrets out of URLs).
+    data: a form body (OAuth token requests keep secrets out of URLs); scope_refused(status, body): a
+    CRM's own way of saying a permission is missing (Bitrix24's error names), held like a 403.
     """
     import requests
 
@@ -117,6 +120,9 @@ def send(
         body = response.json() if response.content else None
     except ValueError:
         body = None
+    if status >= 400 and scope_refused is not None and scope_refused(status, body):
+        said = f"HTTP {status}" + (f" {code}" if (code := error_code(body)) else "")
+        raise WriteBackError(f"{client.service} refused {what} ({said}): grant {scope}", scope=True)
     if status >= 300:
         retry_after = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
         raise answer_error(client.service, status, error_code(body), retry_after, scope, what)
