@@ -22,3 +22,15 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         when = when.replace(tzinfo=now.tzinfo)
     return max(0.0, (when - now).total_seconds())
 
+
+def status_result(status: int) -> str:
+    """The metrics' result label of an HTTP status: ok, auth, not_found, unavailable or rejected."""
+    if status in (401, 403):
+        return "auth"
+    if status == 404:
+        return "not_found"
+    if status == 429 or status >= 500 or 300 <= status < 400:
+        return "unavailable"
+    if status >= 400:
+        return "rejected"
+    return "ok"

@@ -252,9 +252,9 @@ def test_healthz_is_ok_in_development_or_with_a_token(make_services, overrides, 
     assert (body["status"], body["reasons"]) == (status, [])
 
 
-def test_healthz_counts_on_request(client):
+def test_healthz_counts_leads_by_status(client):
     post(client, "mixed.json")
-    counts = client.get("/healthz?counts=1").get_json()["leads"]
+    counts = client.get("/healthz").get_json()["counts"]
     assert (counts["pending"], counts["rejected"]) == (1, 2)
 
 

@@ -37,6 +37,7 @@ from crm2calls.sources.base import (
     require_shared_key,
 )
 from crm2calls.sources.client import DEFAULT_TIMEOUT, CrmHttpClient
+from crm2calls.sources.writes import send
 
 # enum_code of the PHONE field (API v4) -> our phone kinds; webhooks carry only numeric enum ids
 PHONE_KINDS = {"MOB": "mobile", "WORK": "work", "WORKDD": "work", "HOME": "home", "FAX": "fax", "OTHER": "other"}
@@ -383,7 +384,7 @@ class AmoCrmSource(Source):
         """POST /api/v4/{leads|contacts}/notes: one "common" note; its id."""
         entity, entity_id = self._entity(record)
         body = [{"entity_id": int(entity_id), "note_type": "common", "params": {"text": note}}]
-        answer = self._api().write_request("POST", f"api/v4/{entity}/notes", json=body, scope_hint=self._scope_hint())
+        answer = send(self._api(), "POST", f"api/v4/{entity}/notes", json=body, scope=self._scope_hint())
         notes = (answer or {}).get("_embedded", {}).get("notes") if isinstance(answer, dict) else None
         if not notes or not isinstance(notes[0], dict) or notes[0].get("id") is None:
             raise WriteBackError("amoCRM answered the note without its id")
@@ -394,8 +395,8 @@ class AmoCrmSource(Source):
         entity, entity_id = self._entity(record)
         client = self._api()
         for page in range(1, NOTE_PAGES + 1):
-            answer = client.write_request(
-                "GET", f"api/v4/{entity}/{entity_id}/notes", scope_hint=self._scope_hint(),
+            answer = send(
+                client, "GET", f"api/v4/{entity}/{entity_id}/notes", scope=self._scope_hint(),
                 params={"filter[note_type]": "common", "order[id]": "desc", "limit": PAGE_SIZE, "page": page},
             )  # fmt: skip
             notes = (answer or {}).get("_embedded", {}).get("notes") if isinstance(answer, dict) else None

@@ -38,6 +38,7 @@ from crm2calls.sources.base import (
     secret_matches,
 )
 from crm2calls.sources.client import DEFAULT_TIMEOUT, CrmHttpClient
+from crm2calls.sources.writes import send
 
 EVENTS = {"ONCRMLEADADD": "lead", "ONCRMCONTACTADD": "contact", "ONCRMDEALADD": "deal"}
 DELETE_EVENTS = {"ONCRMLEADDELETE": "lead", "ONCRMDEALDELETE": "deal", "ONCRMCONTACTDELETE": "contact"}
@@ -292,9 +293,7 @@ class Bitrix24Source(Source):
 
     def _write(self, method: str, body: dict[str, Any]) -> Any:
         hint = f"give the inbound webhook in BITRIX24_WEBHOOK_URL {self.write_back_scopes} (docs/crm/bitrix24.md)"
-        answer = self._api().write_request(
-            "POST", f"{method}.json", json=body, scope_refused=_scope_refused, scope_hint=hint
-        )
+        answer = send(self._api(), "POST", f"{method}.json", json=body, scope_refused=_scope_refused, scope=hint)
         if not isinstance(answer, dict) or "result" not in answer:
             raise WriteBackError(f"Bitrix24 {method} answered without a result")
         return answer

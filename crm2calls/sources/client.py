@@ -7,28 +7,14 @@ a URL (tokens live in some paths and query strings).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from crm2calls import metrics
 from crm2calls.errors import AuthError, EnrichmentError, UnavailableError
-from crm2calls.http import parse_retry_after
+from crm2calls.http import parse_retry_after, status_result
 
 DEFAULT_TIMEOUT = (3.05, 15.0)
-
-
-def status_result(status: int) -> str:
-    """The metrics' result label of an HTTP status: ok, auth, not_found, unavailable or rejected."""
-    if status in (401, 403):
-        return "auth"
-    if status == 404:
-        return "not_found"
-    if status == 429 or status >= 500 or 300 <= status < 400:
-        return "unavailable"
-    if status >= 400:
-        return "rejected"
-    return "ok"
 
 
 class CrmHttpClient:
@@ -138,23 +124,3 @@ class CrmHttpClient:
     def get(self, path: str, **params: Any) -> Any:
         """GET path with query params."""
         return self.request("GET", path, params=params)
-
-    def write_request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, Any] | None = None,
-        json: Any = None,
-        scope_hint: str,
-        scope_refused: Callable[[int, Any], bool] | None = None,
-    ) -> Any:
-        """A request of the outcome write-back: its JSON body, or WriteBackError saying what the worker may do.
-
-        Never retried here (a POST repeated blindly could write twice); the write-back task retries durably.
-        crm2calls/sources/writes.py maps the answers (401, 403 or what scope_refused(status, body) calls a
-        refused scope, 404, 429/5xx) for every CRM alike.
-        """
-        from crm2calls.sources.writes import send
-
-        return send(self, method, path, scope=scope_hint, json=json, params=params, scope_refused=scope_refused)

@@ -44,6 +44,7 @@ from crm2calls.sources.base import (
 )
 from crm2calls.sources.client import DEFAULT_TIMEOUT
 from crm2calls.sources.generic import MAX_LEADS_PER_REQUEST, idempotency_key, parse_json
+from crm2calls.sources.writes import send
 
 if TYPE_CHECKING:
     from crm2calls.sources.client import CrmHttpClient
@@ -322,7 +323,7 @@ class HubSpotSource(Source):
 
     def _write(self, method: str, path: str, body: dict[str, Any]) -> Any:
         hint = f"give the private app's token in HUBSPOT_TOKEN the scope {self.write_back_scopes} (docs/crm/hubspot.md)"
-        return self._api().write_request(method, path, json=body, scope_hint=hint)
+        return send(self._api(), method, path, json=body, scope=hint)
 
     def write_back(self, record: LeadRecord, note: str, outcome: dict[str, Any]) -> Written:
         """POST /crm/v3/objects/calls: a completed outbound call, titled with the job, on the contact; its id."""

@@ -40,6 +40,7 @@ from crm2calls.sources.base import (
 )
 from crm2calls.sources.client import DEFAULT_TIMEOUT
 from crm2calls.sources.generic import parse_json
+from crm2calls.sources.writes import send
 
 if TYPE_CHECKING:
     from crm2calls.sources.client import CrmHttpClient
@@ -307,7 +308,7 @@ class PipedriveSource(Source):
 
     def _write(self, method: str, path: str, **kwargs: Any) -> Any:
         hint = f"the API token's user needs {self.write_back_scopes} (docs/crm/pipedrive.md)"
-        answer = self._api().write_request(method, path, scope_hint=hint, **kwargs)
+        answer = send(self._api(), method, path, scope=hint, **kwargs)
         if not isinstance(answer, dict) or answer.get("success") is not True:
             raise WriteBackError("Pipedrive answered without success")
         return answer

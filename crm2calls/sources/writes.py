@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from crm2calls import metrics
 from crm2calls.errors import WriteBackError
-from crm2calls.http import parse_retry_after
-from crm2calls.sources.client import status_result
+from crm2calls.http import parse_retry_after, status_result
 
 if TYPE_CHECKING:
     from crm2calls.sources.client import CrmHttpClient
