@@ -110,7 +110,12 @@ METRICS = (
     AIMYLOGIC_REQUESTS, ADDPHONES_ENTRIES, CRM_API_REQUESTS, DELIVERY_PASSES,
     CALL_OUTCOMES, REPORT_REQUESTS,
 )
-METRICS += (WRITE_BACKS, WRITE_BACK_DELAY)
+CANCELS = Metric(
+    "crm2calls_cancels_total", "counter", ("campaign", "result"),
+    "Queued jobs of stopped leads cancelled in Aimylogic, by campaign and result (canceled, not_canceled: the job "
+    "had ended or Aimylogic did not say, retry: the request failed)", rollups=(("result",),),
+)
+METRICS += (WRITE_BACKS, WRITE_BACK_DELAY, CANCELS)
 
 
 def exported_names() -> set[str]:
@@ -406,6 +411,11 @@ def write_back(crm: str, result: str, delay_seconds: float | None = None) -> Non
 def call_outcome(campaign: str, outcome: str) -> None:
     """A call reached its final jobStatus (longCallWithResult, noAnswer, canceled, ...)."""
     _sink.record(CALL_OUTCOMES, (campaign, outcome), 1)
+
+
+def cancel(campaign: str, result: str) -> None:
+    """One stopped lead's job cancel and its result (canceled, not_canceled, retry)."""
+    _sink.record(CANCELS, (campaign, result), 1)
 
 
 def report_request(campaign: str, result: str) -> None:

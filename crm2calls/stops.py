@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm2calls import lifecycle
+from crm2calls import lifecycle, metrics
 from crm2calls.errors import AuthError, Crm2CallsError, EnrichmentError, OutboundError, RejectedError
 from crm2calls.health import CANCELS_META
 from crm2calls.model import LeadRecord, Status, StopEvent
@@ -302,21 +302,27 @@ def _cancel(run: Any, cancel: Any, records: list[LeadRecord], **named: list[str]
             return [*_cancel(run, cancel, records[:middle], ids=named["ids"][:middle]),
                     *_cancel(run, cancel, records[middle:], ids=named["ids"][middle:])]  # fmt: skip
         lifecycle.cancel_unconfirmed(services, records[0], now, exc.message, owner=run.owner)
+        metrics.cancel(records[0].campaign, "not_canceled")
         return []
     except Crm2CallsError as exc:
+        for record in records:
+            metrics.cancel(record.campaign, "retry")
         return [_retry(run, record, exc) for record in records]
     for record in records:
         if answer is None:
             why = "Aimylogic's answer was not a list of job ids; its report will tell"
             lifecycle.cancel_unconfirmed(services, record, now, why, owner=run.owner)
+            metrics.cancel(record.campaign, "not_canceled")
             continue
         own = set(record.job_id.split(",")) if record.job_id else set()
         cancelled = [job for job in answer if job in own] if "ids" in named or own else answer
         if cancelled:
             lifecycle.cancel_confirmed(services, record, now, cancelled, owner=run.owner)
+            metrics.cancel(record.campaign, "canceled")
         else:
             why = "Aimylogic did not cancel it (the job has ended, or it does not know it)"
             lifecycle.cancel_unconfirmed(services, record, now, why, owner=run.owner)
+            metrics.cancel(record.campaign, "not_canceled")
     return []
 
 

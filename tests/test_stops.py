@@ -643,3 +643,23 @@ def test_a_send_reads_no_stop_mark_unless_a_stop_came_after_its_leads(stand, mon
     read.clear()
     deliver_pending(stand.services)
     assert [name for name in read if name.startswith("stop")] == ["stops:latest"]
+
+
+def test_cancels_are_counted_by_result(stand):
+    from crm2calls import metrics
+
+    sink = metrics.PrometheusSink()
+    previous = metrics.use(sink)
+    try:
+        ended, queued = stand.lead("k-1", "+79123456721"), stand.lead("k-2", "+79123456722")
+        deliver_pending(stand.services)
+        stand.aimylogic.finish_job(stand.get(ended).job_id)
+        stand.post([{"event": "lead.closed", "id": "k-1"}, {"event": "lead.closed", "id": "k-2"}])
+        follow_up(stand.services)
+    finally:
+        metrics.use(previous)
+    count = lambda result: sink.registry.get_sample_value(  # noqa: E731
+        "crm2calls_cancels_total", {"campaign": "default", "result": result}
+    )
+    assert (count("canceled"), count("not_canceled")) == (1, 1)
+    assert stand.get(queued).status is Status.CANCELED
