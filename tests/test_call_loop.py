@@ -1,0 +1,432 @@
+"""The whole call loop per CRM, end to end: the CRM's lead webhook (its own fixture and authentication) through
+the app, delivery to the Aimylogic emulator, follow-up passes on the injected clock until the job ends, and the
+outcome written once on the CRM's stand-in (and signed to a results webhook); the CRM's own stop fixture
+cancelling the queued job, and a stop for a record not seen yet cancelling its late lead. SQLite and DynamoDB."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+from werkzeug.wrappers import Request, Response
+
+from crm2calls.config import load_policy
+from crm2calls.delivery import deliver_pending
+from crm2calls.followup import follow_up
+from crm2calls.model import LeadRecord, Status
+from tests.conftest import FIXTURES, ROOT, SECRET, TOKEN
+from tests.emulators.aimylogic import JobPlan
+from tests.emulators.amocrm import AmoCrmEmulator
+from tests.emulators.bitrix24 import Bitrix24Emulator
+from tests.emulators.close import CloseStandIn
+from tests.emulators.crm_api import StandIn
+from tests.emulators.hubspot import HubSpotStandIn
+from tests.emulators.pipedrive import PipedriveStandIn
+from tests.emulators.salesforce import SalesforceStandIn
+from tests.emulators.zoho import ZohoStandIn
+from tests.servers import aws_env, moto_endpoint  # noqa: F401  (fixtures)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PUBLIC = "https://crm2calls.example.com"
+B24_TOKEN = "b24apptoken0123456789abcdefghijk"  # the fixtures' auth[application_token]
+HUBSPOT_SECRET = "c0ffee00-1111-4222-8333-444455556666"
+PIPEDRIVE_USER, PIPEDRIVE_PASSWORD = "crm2calls", "Kq8-2mZr_pWd-current"
+SALESFORCE_ORG = "00D5g000004Hs9bEAC"
+ZOHO_TOKEN = "zN7q-notify-2026-current"
+CLOSE_KEY = "5f1c0a9e3b7d2f4a6c8e0b1d3f5a7c9e2b4d6f8a0c1e3b5d7f9a1c3e5b7d9f0a"
+RESULTS_SECRET = "whsec_" + base64.b64encode(b"the call loop's secret, 32 bytes").decode()
+FORM, JSON, XML = "application/x-www-form-urlencoded", "application/json", "text/xml; charset=utf-8"
+
+
+def wire(path: str) -> bytes:
+    return (FIXTURES / path).read_bytes()
+
+
+def json_wire(path: str) -> Any:
+    return json.loads(wire(path))
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False).encode()
+
+
+@dataclass
+class Crm:
+    """One CRM as the loop drives it: how its webhooks are posted, which record its lead fixture names, what
+    its stand-in recorded, and the bodies of its stop fixtures."""
+
+    name: str
+    url: str
+    content_type: str
+    ref: str  # the lead's ref as the lead webhook names it
+    lead: Callable[[str | None], bytes]  # the lead webhook's body, for another record id when given
+    stop: bytes  # the CRM's stop fixture naming the lead's record
+    unseen: tuple[str, bytes]  # (record id, stop fixture) for a record never seen
+    unseen_ref: str  # the ref a lead of that record gets
+    writes: Callable[[], list[dict[str, Any]]]
+    values: dict[str, Any] = field(default_factory=dict)  # CrmSettings and Settings for make_app
+    headers: Callable[[bytes, datetime], dict[str, str]] = lambda body, now: {}
+    close_record: Callable[[], None] | None = None  # a stop event that needs a lookup: the record is closed
+    policy: str | None = None  # lines added to the shipped mapping file
+    timed: bool = False  # the source compares signed timestamps with its `now`
+
+
+def hubspot_headers(body: bytes, now: datetime) -> dict[str, str]:
+    """HubSpot's v3 signature, written again here so the test does not trust the code under test."""
+    timestamp = str((now - EPOCH) // timedelta(milliseconds=1))
+    message = b"POST" + f"{PUBLIC}/webhooks/hubspot".encode() + body + timestamp.encode()
+    signature = base64.b64encode(hmac.new(HUBSPOT_SECRET.encode(), message, hashlib.sha256).digest()).decode()
+    return {"X-HubSpot-Request-Timestamp": timestamp, "X-HubSpot-Signature-v3": signature}
+
+
+def close_headers(body: bytes, now: datetime) -> dict[str, str]:
+    timestamp = str((now - EPOCH) // timedelta(seconds=1))
+    signature = hmac.new(bytes.fromhex(CLOSE_KEY), timestamp.encode() + body, hashlib.sha256).hexdigest()
+    return {"close-sig-timestamp": timestamp, "close-sig-hash": signature}
+
+
+def pipedrive_headers(body: bytes, now: datetime) -> dict[str, str]:
+    token = base64.b64encode(f"{PIPEDRIVE_USER}:{PIPEDRIVE_PASSWORD}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@contextmanager
+def amocrm(clock) -> Iterator[Crm]:
+    lead_id = "32966269"  # lead_add.form; leads_status_closed.form moves it to 142 (won)
+    with AmoCrmEmulator() as amo:
+        amo.add_lead(json_wire("amocrm/api_lead.json"), [("37054081", True)])
+        amo.add_contact(json_wire("amocrm/api_contact.json"))
+        yield Crm(
+            "amocrm", f"/webhooks/amocrm?key={SECRET}", FORM, f"lead:{lead_id}",
+            lambda other: wire("amocrm/lead_add.form").replace(lead_id.encode(), (other or lead_id).encode()),
+            wire("amocrm/stops/leads_status_closed.form"),
+            ("32966200", wire("amocrm/stops/leads_delete.form")), "lead:32966200", lambda: amo.notes,
+            {"amocrm_base_url": amo.url, "amocrm_token": amo.token, "amocrm_account_id": "32427762"},
+        )  # fmt: skip
+
+
+@contextmanager
+def bitrix24(clock) -> Iterator[Crm]:
+    with Bitrix24Emulator() as b24:
+        for entity in ("lead", "contact", "deal"):
+            b24.add(entity, json_wire(f"bitrix24/crm.{entity}.get.json")["result"])
+
+        def lead(other: str | None) -> bytes:
+            return wire("bitrix24/lead_add.form").replace(b"ID%5D=1573", f"ID%5D={other or '1573'}".encode())
+
+        yield Crm(
+            "bitrix24", "/webhooks/bitrix24", FORM, "lead:1573", lead, wire("bitrix24/stops/lead_update.form"),
+            ("1574", wire("bitrix24/stops/lead_delete.form")), "lead:1574", lambda: b24.comments,
+            {"bitrix24_webhook_url": b24.webhook_url, "bitrix24_application_tokens": (B24_TOKEN,)},
+            close_record=lambda: b24.set_fields("lead", "1573", STATUS_ID="JUNK", STATUS_SEMANTIC_ID="F"),
+        )  # fmt: skip
+
+
+@contextmanager
+def hubspot(clock) -> Iterator[Crm]:
+    events = {event["eventId"]: event for event in json_wire("hubspot/stops/legacy_events.json")}
+    creation = events[1840013006]  # contact.creation of 151000000106
+    unqualified = {**events[1840013001], "objectId": creation["objectId"]}  # hs_lead_status -> UNQUALIFIED
+    deletion = events[1840013004]  # contact.deletion of 151000000104, a contact never seen
+
+    def lead(other: str | None) -> bytes:
+        if other is None:
+            return dumps([creation])
+        return dumps([{**creation, "eventId": 1840019104, "objectId": int(other)}])
+
+    with HubSpotStandIn() as hub:
+        for contact in ("151000000106", "151000000104"):
+            hub.add_contact(contact, firstname="Sam", lastname="Lee", phone="512-867-5309", city="Austin")
+        yield Crm(
+            "hubspot", "/webhooks/hubspot", JSON, "151000000106", lead, dumps([unqualified]),
+            ("151000000104", dumps([deletion])), "151000000104", lambda: hub.calls,
+            {"hubspot_client_secrets": (HUBSPOT_SECRET,), "hubspot_token": hub.token, "hubspot_base_url": hub.url,
+             "public_base_url": PUBLIC},
+            hubspot_headers, timed=True,
+        )  # fmt: skip
+
+
+@contextmanager
+def pipedrive(clock) -> Iterator[Crm]:
+    lead_uuid = "adf21080-0e10-11eb-879b-05d71fb426ec"  # v2_create_lead.json; archived in v2_change_lead_archived
+    unseen = "b0c1d2e3-0e10-11eb-879b-05d71fb426ec"  # v2_delete_lead.json
+
+    def lead(other: str | None) -> bytes:
+        body = wire("pipedrive/v2_create_lead.json")
+        if other is None:
+            return body
+        body = body.replace(lead_uuid.encode(), other.encode())
+        return body.replace(b"c3f1d2e4-5b6a-4c7d-9e8f-0a1b2c3d4e5f", b"c3f1d2e4-5b6a-4c7d-9e8f-0a1b2c3dffff")
+
+    with PipedriveStandIn() as pipe:
+        pipe.add_person("1025", "Ольга Смирнова", [{"label": "mobile", "value": "+7 916 765-43-21", "primary": True}],
+                        postal_address_locality="Москва")
+        pipe.leads.update({lead_uuid, unseen})
+        yield Crm(
+            "pipedrive", "/webhooks/pipedrive", JSON, lead_uuid, lead,
+            wire("pipedrive/stops/v2_change_lead_archived.json"), (unseen, wire("pipedrive/stops/v2_delete_lead.json")),
+            unseen, lambda: pipe.notes,
+            {"pipedrive_webhook_user": PIPEDRIVE_USER, "pipedrive_webhook_passwords": (PIPEDRIVE_PASSWORD,),
+             "pipedrive_api_token": pipe.token, "pipedrive_base_url": pipe.url},
+            pipedrive_headers,
+        )  # fmt: skip
+
+
+@contextmanager
+def salesforce(clock) -> Iterator[Crm]:
+    lead_id, unseen = "00Q5g00000XyZaBEAV", "00Q5g00000XyZaDEAV"  # lead_status_closed.xml / lead_converted.xml
+
+    def lead(other: str | None) -> bytes:
+        body = wire("salesforce/leads_two_notifications.xml")
+        return body if other is None else body.replace(lead_id.encode(), other.encode())
+
+    with SalesforceStandIn(clock) as org:
+        for record in (lead_id, "00Q5g00000XyZaCEAV", unseen):
+            org.add_record(record)
+        yield Crm(
+            "salesforce", f"/webhooks/salesforce?key={SECRET}", XML, lead_id, lead,
+            wire("salesforce/stops/lead_status_closed.xml"), (unseen, wire("salesforce/stops/lead_converted.xml")),
+            unseen, org.writes,
+            {"salesforce_organization_id": SALESFORCE_ORG, "salesforce_instance_url": org.url,
+             "salesforce_client_id": org.client_id, "salesforce_client_secret": org.client_secret},
+            lambda body, now: {"SOAPAction": '""'},
+        )  # fmt: skip
+
+
+@contextmanager
+def zoho(clock) -> Iterator[Crm]:
+    lead_id, unseen = "5725767000003000010", "5725767000003000060"  # leads_edit.json / leads_delete.json
+
+    def lead(other: str | None) -> bytes:
+        body = json_wire("zoho/notification_insert_leads.json")
+        return dumps({**body, "ids": [other or lead_id]})
+
+    with ZohoStandIn(clock) as api:
+        for record in (lead_id, unseen):
+            api.add_record("Leads", record, First_Name="Игорь", Last_Name="Белов", Full_Name="Игорь Белов",
+                           Mobile="+7 922 555-01-02", City="Екатеринбург", Lead_Status="Contacted")
+        yield Crm(
+            "zoho", "/webhooks/zoho", JSON, lead_id, lead, wire("zoho/stops/leads_edit.json"),
+            (unseen, wire("zoho/stops/leads_delete.json")), unseen, api.written_notes,
+            {"zoho_notify_tokens": (ZOHO_TOKEN,), "zoho_api_domain": api.url, "zoho_accounts_url": api.url,
+             "zoho_client_id": api.client_id, "zoho_client_secret": api.client_secret,
+             "zoho_refresh_token": api.refresh_token, "zoho_channel_id": "1000000068001", "public_base_url": PUBLIC},
+            close_record=lambda: api.set_fields("Leads", lead_id, Lead_Status="Lost Lead"),
+        )  # fmt: skip
+
+
+@contextmanager
+def close(clock) -> Iterator[Crm]:
+    lead_id = "lead_HrYdGbZ3o1wpN7rFKvTeVb6QDe2u3W9xJyQqfE1tPZa"  # lead_created.json, lead_updated_bad_fit.json
+    unseen = "lead_Qm7vR2xT9pL4sN8wK3dF6gH1jB5cZ0aY2eU7iO4tQrX"  # lead_deleted.json
+
+    def lead(other: str | None) -> bytes:
+        body = wire("close/lead_created.json")
+        if other is None:
+            return body
+        return body.replace(lead_id.encode(), other.encode()).replace(b"ev_5e3JqBGFMD9Z4DTgZsoUBG",
+                                                                      b"ev_5e3JqBGFMD9Z4DTgZsoXXX")
+
+    with CloseStandIn() as api:
+        for record in (lead_id, unseen):
+            api.add_lead(record, "Bluebird Dental", [{"id": "cont_9sQw8eRt7y", "name": "Dana Whitfield", "phones": [
+                {"phone": "+17205550199", "phone_formatted": "+1 720-555-0199", "type": "mobile"}]}],
+                status_label="Potential")
+        yield Crm(
+            "close", "/webhooks/close", JSON, lead_id, lead, wire("close/stops/lead_updated_bad_fit.json"),
+            (unseen, wire("close/stops/lead_deleted.json")), unseen, lambda: api.calls,
+            {"close_signature_keys": (CLOSE_KEY,), "close_api_key": api.api_key, "close_base_url": api.url},
+            close_headers, policy='stop_values = ["Bad Fit"]', timed=True,
+        )  # fmt: skip
+
+
+CRMS = {maker.__name__: maker for maker in (amocrm, bitrix24, hubspot, pipedrive, salesforce, zoho, close)}
+
+
+@dataclass
+class Loop:
+    """The app for one CRM on one store, sending to the emulator, with the CRM's stand-in."""
+
+    crm: Crm
+    services: Any
+    client: Any
+    clock: Any
+    aimylogic: Any
+
+    def post(self, body: bytes) -> Any:
+        response = self.client.post(self.crm.url, data=body, content_type=self.crm.content_type,
+                                    headers=self.crm.headers(body, self.clock()))
+        assert 200 <= response.status_code < 300, response.data
+        return response
+
+    def leads(self, ref: str) -> list[LeadRecord]:
+        return [r for r in self.services.store.list(limit=1000) if r.source == self.crm.name and r.ref == ref]
+
+    def sent(self) -> list[LeadRecord]:
+        """The lead webhook posted and delivered: the leads it made, all sent (several where the fixture has
+        several records)."""
+        self.post(self.crm.lead(None))
+        deliver_pending(self.services)
+        leads = [r for r in self.services.store.list(limit=1000) if r.source == self.crm.name]
+        assert leads and {r.status for r in leads} == {Status.SENT}, [(r.status, r.last_error) for r in leads]
+        assert any(r.ref == self.crm.ref for r in leads)
+        return leads
+
+    def follow(self, lead_ids: list[str], step: timedelta = timedelta(minutes=1), passes: int = 240) -> None:
+        """Follow-up passes as the clock moves until every lead is final with no work left."""
+        for _ in range(passes):
+            self.clock.advance(seconds=step.total_seconds())
+            follow_up(self.services)
+            records = [self.services.store.get(lead_id) for lead_id in lead_ids]
+            if all(r.final and not r.work for r in records):
+                return
+        raise AssertionError([(r.status, r.work, r.history[-3:]) for r in records])
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def store_url(request, tmp_path) -> str:
+    if request.param == "dynamodb":
+        request.getfixturevalue("aws_env")
+        return f"dynamodb://call-loop-{uuid.uuid4().hex[:12]}"
+    return f"sqlite:///{tmp_path / 'leads.db'}"
+
+
+@pytest.fixture
+def make_loop(make_app, aimylogic, clock, store_url, tmp_path):
+    with ExitStack() as stack:
+
+        def build(name: str, **values: Any) -> Loop:
+            crm = stack.enter_context(CRMS[name](clock))
+            overrides: dict[str, Any] = {"leads_store": store_url, **crm.values, **values}
+            if crm.policy:
+                text = (ROOT / "leads.toml").read_text(encoding="utf-8")
+                path = tmp_path / "leads.toml"
+                path.write_text(text.replace(f"[sources.{name}]\n", f"[sources.{name}]\n{crm.policy}\n"), "utf-8")
+                overrides["policy"] = load_policy(path, "RU")
+            services, client = make_app(**overrides)
+            if crm.timed:
+                services.source(name).now = clock  # its signatures are checked against our clock
+            return Loop(crm, services, client, clock, aimylogic)
+
+        yield build
+
+
+def naming(writes: list[dict[str, Any]], job_id: str) -> list[dict[str, Any]]:
+    """The writes whose text names the job (as "job <id>", never a longer id)."""
+    return [w for w in writes if re.search(rf"\bjob {re.escape(job_id)}\b", json.dumps(w, ensure_ascii=False))]
+
+
+# 1. The outcome written back once
+
+
+@pytest.mark.parametrize("name", list(CRMS))
+@pytest.mark.parametrize(("final", "status"), [("longCallWithResult", Status.CALLED), ("noAnswer", Status.NOT_REACHED)])
+def test_a_lead_is_called_and_its_outcome_written_once_in_its_crm(make_loop, aimylogic, name, final, status):
+    aimylogic.default_plan = JobPlan(final=final, attempts=1 if final.startswith("long") else 2, wait=120, ring=45,
+                                     retry=300, duration=52, report={"answer": "yes"})
+    loop = make_loop(name)
+    leads = loop.sent()
+
+    loop.follow([r.id for r in leads])
+
+    writes = loop.crm.writes()
+    assert len(writes) == len(leads), writes
+    for lead in leads:
+        record = loop.services.store.get(lead.id)
+        assert record.status is status, record.history
+        assert record.outcome["job_status"] == final and record.job_id == lead.job_id
+        assert len(naming(writes, record.job_id)) == 1, (record.job_id, writes)
+        assert record.outcome["written"]["crm"] == name
+    reports = aimylogic.count("getReport")
+
+    for _ in range(5):  # more passes, hours later: nothing more is asked or written
+        loop.clock.advance(hours=1)
+        follow_up(loop.services)
+    assert loop.crm.writes() == writes and aimylogic.count("getReport") == reports
+
+
+class Receiver(StandIn):
+    """The customer's results endpoint: records each POST."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deliveries: list[tuple[dict[str, str], bytes]] = []
+
+    def handle(self, request: Request) -> Response:
+        self.deliveries.append((dict(request.headers), request.get_data()))
+        return Response(status=204)
+
+
+def test_the_results_webhook_gets_one_signed_call_finished(make_loop, aimylogic, clock):
+    clock.now = datetime.now(UTC).replace(microsecond=0)  # the package verifies against the real time
+    aimylogic.default_plan = JobPlan(wait=30, ring=20, duration=41)
+    with Receiver() as receiver:
+        loop = make_loop("amocrm", results_webhook_url=receiver.url, results_webhook_secrets=(RESULTS_SECRET,))
+        [lead] = loop.sent()
+        loop.follow([lead.id], step=timedelta(seconds=20))
+        for _ in range(3):
+            loop.clock.advance(minutes=30)
+            follow_up(loop.services)
+
+    [(headers, body)] = receiver.deliveries
+    message = Webhook(RESULTS_SECRET).verify(body, {k.lower(): v for k, v in headers.items()})
+    assert message["type"] == "call.finished"
+    data = message["data"]
+    assert (data["lead_id"], data["source"], data["ref"]) == (lead.id, "amocrm", "lead:32966269")
+    assert (data["job_id"], data["job_status"], data["duration_s"]) == (lead.job_id, "longCallWithResult", 41)
+    assert len(naming(loop.crm.writes(), lead.job_id)) == 1  # the CRM's note as well
+
+
+# 2. The CRM says stop
+
+
+@pytest.mark.parametrize("name", list(CRMS))
+def test_the_crms_stop_cancels_the_queued_job_and_the_lead(make_loop, aimylogic, name):
+    aimylogic.default_plan = JobPlan(final=None)  # queued until cancelled
+    loop = make_loop(name)
+    [lead] = [r for r in loop.sent() if r.ref == loop.crm.ref]
+    assert lead.job_id in aimylogic.jobs_of()
+
+    if loop.crm.close_record:
+        loop.crm.close_record()  # the update event says only "changed": the worker asks the CRM
+    loop.post(loop.crm.stop)
+    for _ in range(5):
+        loop.clock.advance(minutes=1)
+        follow_up(loop.services)
+
+    assert lead.job_id in aimylogic.cancelled_ids()
+    assert any(lead.job_id in cancel["ids"] for cancel in aimylogic.cancels)
+    record = loop.services.store.get(lead.id)
+    assert record.status is Status.CANCELED, record.history
+    assert record.outcome["job_status"] == "canceled" and not record.work
+    assert loop.crm.writes() == []  # closed by the manager: nothing written back
+
+
+@pytest.mark.parametrize("name", list(CRMS))
+def test_a_stop_before_its_lead_cancels_the_late_lead(make_loop, aimylogic, name):
+    loop = make_loop(name)
+    record_id, stop = loop.crm.unseen
+    loop.post(stop)
+    loop.post(loop.crm.lead(record_id))
+    deliver_pending(loop.services)
+    loop.clock.advance(minutes=10)
+    deliver_pending(loop.services)
+    follow_up(loop.services)
+
+    [late] = loop.leads(loop.crm.unseen_ref)
+    assert late.status is Status.CANCELED, late.history
+    assert late.job_id is None
+    assert not any(record_id in json.dumps(entry) for entry in aimylogic.entries)
+    if name != "salesforce":  # its fixture holds a second record, which is called
+        assert aimylogic.entries == []
