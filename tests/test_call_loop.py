@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -102,22 +102,26 @@ def pipedrive_headers(body: bytes, now: datetime) -> dict[str, str]:
 
 
 @contextmanager
-def amocrm(clock) -> Iterator[Crm]:
+def amocrm(clock, variant: str = "main") -> Iterator[Crm]:
     lead_id = "32966269"  # lead_add.form; leads_status_closed.form moves it to 142 (won)
     with AmoCrmEmulator() as amo:
         amo.add_lead(json_wire("amocrm/api_lead.json"), [("37054081", True)])
         amo.add_contact(json_wire("amocrm/api_contact.json"))
-        yield Crm(
+        crm = Crm(
             "amocrm", f"/webhooks/amocrm?key={SECRET}", FORM, f"lead:{lead_id}",
             lambda other: wire("amocrm/lead_add.form").replace(lead_id.encode(), (other or lead_id).encode()),
             wire("amocrm/stops/leads_status_closed.form"),
             ("32966200", wire("amocrm/stops/leads_delete.form")), "lead:32966200", lambda: amo.notes,
             {"amocrm_base_url": amo.url, "amocrm_token": amo.token, "amocrm_account_id": "32427762"},
         )  # fmt: skip
+        if variant == "other":  # a lead that came as a contact: its note goes on the contact, its delete stops it
+            stop = wire("amocrm/stops/contacts_delete.form").replace(b"37054082", b"37054081")
+            crm = replace(crm, ref="contact:37054081", lead=lambda other: wire("amocrm/contacts_add.form"), stop=stop)
+        yield crm
 
 
 @contextmanager
-def bitrix24(clock) -> Iterator[Crm]:
+def bitrix24(clock, variant: str = "main") -> Iterator[Crm]:
     with Bitrix24Emulator() as b24:
         for entity in ("lead", "contact", "deal"):
             b24.add(entity, json_wire(f"bitrix24/crm.{entity}.get.json")["result"])
@@ -125,16 +129,22 @@ def bitrix24(clock) -> Iterator[Crm]:
         def lead(other: str | None) -> bytes:
             return wire("bitrix24/lead_add.form").replace(b"ID%5D=1573", f"ID%5D={other or '1573'}".encode())
 
-        yield Crm(
+        crm = Crm(
             "bitrix24", "/webhooks/bitrix24", FORM, "lead:1573", lead, wire("bitrix24/stops/lead_update.form"),
             ("1574", wire("bitrix24/stops/lead_delete.form")), "lead:1574", lambda: b24.comments,
             {"bitrix24_webhook_url": b24.webhook_url, "bitrix24_application_tokens": (B24_TOKEN,)},
             close_record=lambda: b24.set_fields("lead", "1573", STATUS_ID="JUNK", STATUS_SEMANTIC_ID="F"),
         )  # fmt: skip
+        if variant == "other":  # a deal, called on its contact's phone; the deal lost in the CRM
+            crm = replace(crm, ref="deal:815", lead=lambda other: wire("bitrix24/deal_add.form"),
+                          stop=wire("bitrix24/stops/deal_update.form").replace(b"ID%5D=311", b"ID%5D=815"),
+                          close_record=lambda: b24.set_fields("deal", "815", STAGE_ID="C1:LOSE",
+                                                              STAGE_SEMANTIC_ID="F"))  # fmt: skip
+        yield crm
 
 
 @contextmanager
-def hubspot(clock) -> Iterator[Crm]:
+def hubspot(clock, variant: str = "main") -> Iterator[Crm]:
     events = {event["eventId"]: event for event in json_wire("hubspot/stops/legacy_events.json")}
     creation = events[1840013006]  # contact.creation of 151000000106
     unqualified = {**events[1840013001], "objectId": creation["objectId"]}  # hs_lead_status -> UNQUALIFIED
@@ -148,17 +158,21 @@ def hubspot(clock) -> Iterator[Crm]:
     with HubSpotStandIn() as hub:
         for contact in ("151000000106", "151000000104"):
             hub.add_contact(contact, firstname="Sam", lastname="Lee", phone="512-867-5309", city="Austin")
-        yield Crm(
+        crm = Crm(
             "hubspot", "/webhooks/hubspot", JSON, "151000000106", lead, dumps([unqualified]),
             ("151000000104", dumps([deletion])), "151000000104", lambda: hub.calls,
             {"hubspot_client_secrets": (HUBSPOT_SECRET,), "hubspot_token": hub.token, "hubspot_base_url": hub.url,
              "public_base_url": PUBLIC},
             hubspot_headers, timed=True,
         )  # fmt: skip
+        if variant == "other":  # the v3 platform format's object.propertyChange
+            [platform] = [e for e in json_wire("hubspot/stops/platform_events.json") if e["eventId"] == 1840014001]
+            crm = replace(crm, stop=dumps([{**platform, "objectId": creation["objectId"]}]))
+        yield crm
 
 
 @contextmanager
-def pipedrive(clock) -> Iterator[Crm]:
+def pipedrive(clock, variant: str = "main") -> Iterator[Crm]:
     lead_uuid = "adf21080-0e10-11eb-879b-05d71fb426ec"  # v2_create_lead.json; archived in v2_change_lead_archived
     unseen = "b0c1d2e3-0e10-11eb-879b-05d71fb426ec"  # v2_delete_lead.json
 
@@ -172,8 +186,9 @@ def pipedrive(clock) -> Iterator[Crm]:
     with PipedriveStandIn() as pipe:
         pipe.add_person("1025", "Ольга Смирнова", [{"label": "mobile", "value": "+7 916 765-43-21", "primary": True}],
                         postal_address_locality="Москва")
+        pipe.add_person("1024", "Светлана Орлова", [])  # v2_create_person.json's person, its phones in the event
         pipe.leads.update({lead_uuid, unseen})
-        yield Crm(
+        crm = Crm(
             "pipedrive", "/webhooks/pipedrive", JSON, lead_uuid, lead,
             wire("pipedrive/stops/v2_change_lead_archived.json"), (unseen, wire("pipedrive/stops/v2_delete_lead.json")),
             unseen, lambda: pipe.notes,
@@ -181,10 +196,14 @@ def pipedrive(clock) -> Iterator[Crm]:
              "pipedrive_api_token": pipe.token, "pipedrive_base_url": pipe.url},
             pipedrive_headers,
         )  # fmt: skip
+        if variant == "other":  # a person; a deal of theirs won
+            crm = replace(crm, ref="1024", lead=lambda other: wire("pipedrive/v2_create_person.json"),
+                          stop=wire("pipedrive/stops/v2_change_deal_won.json"))
+        yield crm
 
 
 @contextmanager
-def salesforce(clock) -> Iterator[Crm]:
+def salesforce(clock, variant: str = "main") -> Iterator[Crm]:
     lead_id, unseen = "00Q5g00000XyZaBEAV", "00Q5g00000XyZaDEAV"  # lead_status_closed.xml / lead_converted.xml
 
     def lead(other: str | None) -> bytes:
@@ -194,7 +213,8 @@ def salesforce(clock) -> Iterator[Crm]:
     with SalesforceStandIn(clock) as org:
         for record in (lead_id, "00Q5g00000XyZaCEAV", unseen):
             org.add_record(record)
-        yield Crm(
+        org.add_record("0035g00000QwErTAAZ", "Contact")
+        crm = Crm(
             "salesforce", f"/webhooks/salesforce?key={SECRET}", XML, lead_id, lead,
             wire("salesforce/stops/lead_status_closed.xml"), (unseen, wire("salesforce/stops/lead_converted.xml")),
             unseen, org.writes,
@@ -202,10 +222,15 @@ def salesforce(clock) -> Iterator[Crm]:
              "salesforce_client_id": org.client_id, "salesforce_client_secret": org.client_secret},
             lambda body, now: {"SOAPAction": '""'},
         )  # fmt: skip
+        if variant == "other":  # a contact's notification; a lead converted into that contact
+            stop = wire("salesforce/stops/lead_converted.xml").replace(b"0035g00000QrStUAAV", b"0035g00000QwErTAAZ")
+            crm = replace(crm, ref="0035g00000QwErTAAZ", lead=lambda other: wire("salesforce/contact_notification.xml"),
+                          stop=stop)
+        yield crm
 
 
 @contextmanager
-def zoho(clock) -> Iterator[Crm]:
+def zoho(clock, variant: str = "main") -> Iterator[Crm]:
     lead_id, unseen = "5725767000003000010", "5725767000003000060"  # leads_edit.json / leads_delete.json
 
     def lead(other: str | None) -> bytes:
@@ -216,7 +241,9 @@ def zoho(clock) -> Iterator[Crm]:
         for record in (lead_id, unseen):
             api.add_record("Leads", record, First_Name="Игорь", Last_Name="Белов", Full_Name="Игорь Белов",
                            Mobile="+7 922 555-01-02", City="Екатеринбург", Lead_Status="Contacted")
-        yield Crm(
+        api.add_record("Contacts", "5725767000004000011", First_Name="Nadia", Last_Name="Olsen",
+                       Mobile="+1 720 555 0199", Mailing_City="Boulder")
+        crm = Crm(
             "zoho", "/webhooks/zoho", JSON, lead_id, lead, wire("zoho/stops/leads_edit.json"),
             (unseen, wire("zoho/stops/leads_delete.json")), unseen, api.written_notes,
             {"zoho_notify_tokens": (ZOHO_TOKEN,), "zoho_api_domain": api.url, "zoho_accounts_url": api.url,
@@ -224,10 +251,15 @@ def zoho(clock) -> Iterator[Crm]:
              "zoho_refresh_token": api.refresh_token, "zoho_channel_id": "1000000068001", "public_base_url": PUBLIC},
             close_record=lambda: api.set_fields("Leads", lead_id, Lead_Status="Lost Lead"),
         )  # fmt: skip
+        if variant == "other":  # a contact: its note on Contacts; deleted
+            stop = wire("zoho/stops/contacts_delete.json").replace(b"5725767000004000010", b"5725767000004000011")
+            crm = replace(crm, ref="5725767000004000011", stop=stop, close_record=None,
+                          lead=lambda other: wire("zoho/notification_insert_contact.json"))
+        yield crm
 
 
 @contextmanager
-def close(clock) -> Iterator[Crm]:
+def close(clock, variant: str = "main") -> Iterator[Crm]:
     lead_id = "lead_HrYdGbZ3o1wpN7rFKvTeVb6QDe2u3W9xJyQqfE1tPZa"  # lead_created.json, lead_updated_bad_fit.json
     unseen = "lead_Qm7vR2xT9pL4sN8wK3dF6gH1jB5cZ0aY2eU7iO4tQrX"  # lead_deleted.json
 
@@ -243,12 +275,16 @@ def close(clock) -> Iterator[Crm]:
             api.add_lead(record, "Bluebird Dental", [{"id": "cont_9sQw8eRt7y", "name": "Dana Whitfield", "phones": [
                 {"phone": "+17205550199", "phone_formatted": "+1 720-555-0199", "type": "mobile"}]}],
                 status_label="Potential")
-        yield Crm(
+        crm = Crm(
             "close", "/webhooks/close", JSON, lead_id, lead, wire("close/stops/lead_updated_bad_fit.json"),
             (unseen, wire("close/stops/lead_deleted.json")), unseen, lambda: api.calls,
             {"close_signature_keys": (CLOSE_KEY,), "close_api_key": api.api_key, "close_base_url": api.url},
             close_headers, policy='stop_values = ["Bad Fit"]', timed=True,
         )  # fmt: skip
+        if variant == "other":  # lead.updated without the status: the worker reads the lead
+            crm = replace(crm, stop=wire("close/stops/lead_updated_without_data.json"),
+                          close_record=lambda: api.leads[lead_id].update(status_label="Bad Fit"))
+        yield crm
 
 
 CRMS = {maker.__name__: maker for maker in (amocrm, bitrix24, hubspot, pipedrive, salesforce, zoho, close)}
@@ -306,8 +342,8 @@ def store_url(request, tmp_path) -> str:
 def make_loop(make_app, aimylogic, clock, store_url, tmp_path):
     with ExitStack() as stack:
 
-        def build(name: str, **values: Any) -> Loop:
-            crm = stack.enter_context(CRMS[name](clock))
+        def build(name: str, variant: str = "main", **values: Any) -> Loop:
+            crm = stack.enter_context(CRMS[name](clock, variant))
             overrides: dict[str, Any] = {"leads_store": store_url, **crm.values, **values}
             if crm.policy:
                 text = (ROOT / "leads.toml").read_text(encoding="utf-8")
@@ -330,12 +366,13 @@ def naming(writes: list[dict[str, Any]], job_id: str) -> list[dict[str, Any]]:
 # 1. The outcome written back once
 
 
+@pytest.mark.parametrize("variant", ["main", "other"])
 @pytest.mark.parametrize("name", list(CRMS))
 @pytest.mark.parametrize(("final", "status"), [("longCallWithResult", Status.CALLED), ("noAnswer", Status.NOT_REACHED)])
-def test_a_lead_is_called_and_its_outcome_written_once_in_its_crm(make_loop, aimylogic, name, final, status):
+def test_a_lead_is_called_and_its_outcome_written_once_in_its_crm(make_loop, aimylogic, name, variant, final, status):
     aimylogic.default_plan = JobPlan(final=final, attempts=1 if final.startswith("long") else 2, wait=120, ring=45,
                                      retry=300, duration=52, report={"answer": "yes"})
-    loop = make_loop(name)
+    loop = make_loop(name, variant)
     leads = loop.sent()
 
     loop.follow([r.id for r in leads])
@@ -391,10 +428,11 @@ def test_the_results_webhook_gets_one_signed_call_finished(make_loop, aimylogic,
 # 2. The CRM says stop
 
 
+@pytest.mark.parametrize("variant", ["main", "other"])
 @pytest.mark.parametrize("name", list(CRMS))
-def test_the_crms_stop_cancels_the_queued_job_and_the_lead(make_loop, aimylogic, name):
+def test_the_crms_stop_cancels_the_queued_job_and_the_lead(make_loop, aimylogic, name, variant):
     aimylogic.default_plan = JobPlan(final=None)  # queued until cancelled
-    loop = make_loop(name)
+    loop = make_loop(name, variant)
     [lead] = [r for r in loop.sent() if r.ref == loop.crm.ref]
     assert lead.job_id in aimylogic.jobs_of()
 
@@ -406,7 +444,7 @@ def test_the_crms_stop_cancels_the_queued_job_and_the_lead(make_loop, aimylogic,
         follow_up(loop.services)
 
     assert lead.job_id in aimylogic.cancelled_ids()
-    assert any(lead.job_id in cancel["ids"] for cancel in aimylogic.cancels)
+    assert any(lead.job_id in c["ids"] and c["token"] == TOKEN for c in aimylogic.cancels)  # its own campaign
     record = loop.services.store.get(lead.id)
     assert record.status is Status.CANCELED, record.history
     assert record.outcome["job_status"] == "canceled" and not record.work
@@ -430,3 +468,64 @@ def test_a_stop_before_its_lead_cancels_the_late_lead(make_loop, aimylogic, name
     assert not any(record_id in json.dumps(entry) for entry in aimylogic.entries)
     if name != "salesforce":  # its fixture holds a second record, which is called
         assert aimylogic.entries == []
+
+
+@pytest.mark.parametrize("variant", ["main", "other"])
+@pytest.mark.parametrize("name", list(CRMS))
+def test_a_stop_before_the_send_leaves_no_call(make_loop, aimylogic, name, variant):
+    """The stop comes while the lead waits for its enrichment or its send: it is never called (an update event
+    that needs a lookup waits for the send, then the worker asks the CRM and cancels the job)."""
+    aimylogic.default_plan = JobPlan(final=None)
+    loop = make_loop(name, variant)
+    loop.post(loop.crm.lead(None))
+    [lead] = loop.leads(loop.crm.ref)
+    if loop.crm.close_record:
+        loop.crm.close_record()
+    loop.post(loop.crm.stop)
+    deliver_pending(loop.services)
+    for _ in range(5):
+        loop.clock.advance(minutes=1)
+        follow_up(loop.services)
+        deliver_pending(loop.services)
+
+    record = loop.services.store.get(lead.id)
+    assert record.status is Status.CANCELED, record.history
+    assert not record.work and loop.crm.writes() == []
+    if record.job_id:  # placed before the lookup said stop: cancelled at once
+        assert loop.crm.close_record and record.job_id in aimylogic.cancelled_ids()
+    else:
+        assert record.job_id is None and not loop.crm.close_record
+
+
+@pytest.mark.parametrize(("name", "variant"), [("bitrix24", "main"), ("bitrix24", "other"), ("zoho", "main"),
+                                               ("close", "other")])  # fmt: skip
+def test_an_update_that_leaves_the_record_open_lets_the_call_go_on(make_loop, aimylogic, name, variant):
+    aimylogic.default_plan = JobPlan(wait=600, ring=30, duration=20)
+    loop = make_loop(name, variant)
+    [lead] = [r for r in loop.sent() if r.ref == loop.crm.ref]
+    loop.post(loop.crm.stop)  # the record is still open in the CRM
+    loop.follow([lead.id])
+
+    record = loop.services.store.get(lead.id)
+    assert record.status is Status.CALLED and aimylogic.cancels == []
+    assert "the CRM record is still open: calls go on" in [step["note"] for step in record.history]
+    assert len(naming(loop.crm.writes(), lead.job_id)) == 1
+
+
+@pytest.mark.parametrize("name", list(CRMS))
+def test_a_stop_after_the_call_ended_keeps_its_outcome_and_its_note(make_loop, aimylogic, name):
+    aimylogic.default_plan = JobPlan(wait=30, ring=30, duration=20)
+    loop = make_loop(name)
+    [lead] = [r for r in loop.sent() if r.ref == loop.crm.ref]
+    loop.clock.advance(minutes=2)
+    follow_up(loop.services)
+    assert loop.services.store.get(lead.id).status is Status.CALLED
+
+    if loop.crm.close_record:
+        loop.crm.close_record()
+    loop.post(loop.crm.stop)
+    loop.follow([lead.id])
+
+    record = loop.services.store.get(lead.id)
+    assert record.status is Status.CALLED and record.outcome["job_status"] == "longCallWithResult"
+    assert aimylogic.cancels == [] and len(naming(loop.crm.writes(), lead.job_id)) == 1
