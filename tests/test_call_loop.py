@@ -365,12 +365,15 @@ def naming(writes: list[dict[str, Any]], job_id: str) -> list[dict[str, Any]]:
 
 # 1. The outcome written back once
 
+ATTEMPTS = {"longCallWithResult": 1, "noAnswer": 2, "canceled": 0}
+
 
 @pytest.mark.parametrize("variant", ["main", "other"])
 @pytest.mark.parametrize("name", list(CRMS))
-@pytest.mark.parametrize(("final", "status"), [("longCallWithResult", Status.CALLED), ("noAnswer", Status.NOT_REACHED)])
+@pytest.mark.parametrize(("final", "status"), [("longCallWithResult", Status.CALLED), ("noAnswer", Status.NOT_REACHED),
+                                             ("canceled", Status.CANCELED)])  # canceled in Aimylogic
 def test_a_lead_is_called_and_its_outcome_written_once_in_its_crm(make_loop, aimylogic, name, variant, final, status):
-    aimylogic.default_plan = JobPlan(final=final, attempts=1 if final.startswith("long") else 2, wait=120, ring=45,
+    aimylogic.default_plan = JobPlan(final=final, attempts=ATTEMPTS[final], wait=120, ring=45,
                                      retry=300, duration=52, report={"answer": "yes"})
     loop = make_loop(name, variant)
     leads = loop.sent()
@@ -405,22 +408,26 @@ class Receiver(StandIn):
         return Response(status=204)
 
 
-def test_the_results_webhook_gets_one_signed_call_finished(make_loop, aimylogic, clock):
+@pytest.mark.parametrize("name", list(CRMS))
+def test_the_results_webhook_gets_one_signed_call_finished(make_loop, aimylogic, clock, name):
     clock.now = datetime.now(UTC).replace(microsecond=0)  # the package verifies against the real time
     aimylogic.default_plan = JobPlan(wait=30, ring=20, duration=41)
     with Receiver() as receiver:
-        loop = make_loop("amocrm", results_webhook_url=receiver.url, results_webhook_secrets=(RESULTS_SECRET,))
-        [lead] = loop.sent()
-        loop.follow([lead.id], step=timedelta(seconds=20))
+        loop = make_loop(name, results_webhook_url=receiver.url, results_webhook_secrets=(RESULTS_SECRET,))
+        leads = loop.sent()
+        loop.follow([r.id for r in leads], step=timedelta(seconds=20))
         for _ in range(3):
             loop.clock.advance(minutes=30)
             follow_up(loop.services)
 
-    [(headers, body)] = receiver.deliveries
-    message = Webhook(RESULTS_SECRET).verify(body, {k.lower(): v for k, v in headers.items()})
+    assert len(receiver.deliveries) == len(leads)  # one per call, never repeated
+    messages = [Webhook(RESULTS_SECRET).verify(body, {k.lower(): v for k, v in headers.items()})
+                for headers, body in receiver.deliveries]  # fmt: skip
+    [message] = [m for m in messages if m["data"]["ref"] == loop.crm.ref]
+    [lead] = [r for r in leads if r.ref == loop.crm.ref]
     assert message["type"] == "call.finished"
     data = message["data"]
-    assert (data["lead_id"], data["source"], data["ref"]) == (lead.id, "amocrm", "lead:32966269")
+    assert (data["lead_id"], data["source"], data["ref"]) == (lead.id, name, loop.crm.ref)
     assert (data["job_id"], data["job_status"], data["duration_s"]) == (lead.job_id, "longCallWithResult", 41)
     assert len(naming(loop.crm.writes(), lead.job_id)) == 1  # the CRM's note as well
 
@@ -529,3 +536,43 @@ def test_a_stop_after_the_call_ended_keeps_its_outcome_and_its_note(make_loop, a
     record = loop.services.store.get(lead.id)
     assert record.status is Status.CALLED and record.outcome["job_status"] == "longCallWithResult"
     assert aimylogic.cancels == [] and len(naming(loop.crm.writes(), lead.job_id)) == 1
+
+
+# Job ids known only in part: Aimylogic answered fewer ids than the batch had entries
+
+
+def test_a_job_known_only_by_phone_is_followed_and_written_once_naming_its_job(make_loop, aimylogic):
+    aimylogic.default_plan = JobPlan(wait=60, ring=30, duration=33)
+    aimylogic.omit_ids(1)
+    loop = make_loop("salesforce")  # leads_two_notifications.xml: two leads, one addPhones request
+    leads = loop.sent()
+    assert len(leads) == 2 and aimylogic.count("addPhones") == 1
+
+    loop.follow([r.id for r in leads])
+
+    writes = loop.crm.writes()
+    jobs = sorted(aimylogic.jobs)
+    assert len(writes) == 2 and all(len(naming(writes, job)) == 1 for job in jobs), writes
+    for lead in leads:
+        record = loop.services.store.get(lead.id)
+        assert record.status is Status.CALLED and record.job_id in jobs, record.job_id
+
+
+def test_a_stop_for_a_job_known_only_by_phone_cancels_it_by_phone(make_loop, aimylogic):
+    aimylogic.default_plan = JobPlan(final=None)
+    aimylogic.omit_ids(1)
+    loop = make_loop("salesforce")
+    leads = loop.sent()
+    [lead] = [r for r in leads if r.ref == loop.crm.ref]
+
+    loop.post(loop.crm.stop)
+    for _ in range(5):
+        loop.clock.advance(minutes=1)
+        follow_up(loop.services)
+
+    record = loop.services.store.get(lead.id)
+    assert record.status is Status.CANCELED, record.history
+    [job] = [job.id for job in aimylogic.jobs.values() if job.phone == json.loads(record.entry)["phone"]]
+    assert aimylogic.cancelled_ids() == [job]  # its own job, not the other lead's
+    [other] = [r for r in leads if r.ref != loop.crm.ref]
+    assert loop.services.store.get(other.id).status is not Status.CANCELED
