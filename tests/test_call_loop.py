@@ -576,3 +576,32 @@ def test_a_stop_for_a_job_known_only_by_phone_cancels_it_by_phone(make_loop, aim
     assert aimylogic.cancelled_ids() == [job]  # its own job, not the other lead's
     [other] = [r for r in leads if r.ref != loop.crm.ref]
     assert loop.services.store.get(other.id).status is not Status.CANCELED
+
+
+# One person, two records: the CRM sent the contact and its lead as two events, and one call was made
+
+
+@pytest.mark.parametrize("order", ["contact first", "lead first"])
+def test_a_stop_for_the_record_whose_event_was_a_duplicate_cancels_the_persons_call(make_loop, aimylogic, order):
+    """amoCRM sends a form's contact and its lead as two events: one call is made, on whichever came first. The
+    manager then wins the lead (or deletes the contact): the person's call is cancelled whichever record it holds."""
+    aimylogic.default_plan = JobPlan(final=None)
+    loop = make_loop("amocrm")
+    contact, lead = wire("amocrm/contacts_add.form"), loop.crm.lead(None)
+    for body in ((contact, lead) if order == "contact first" else (lead, contact)):
+        loop.post(body)
+        deliver_pending(loop.services)
+    [called] = [r for r in loop.services.store.list(limit=100) if r.status is Status.SENT]
+    [duplicate] = [r for r in loop.services.store.list(limit=100) if r.status is Status.DUPLICATE]
+    assert aimylogic.calls_per_phone() == {"79123456789": 1}
+
+    stop = loop.crm.stop if duplicate.ref == "lead:32966269" else wire("amocrm/stops/contacts_delete.form").replace(
+        b"37054082", b"37054081")
+    loop.post(stop)  # names the duplicate's record
+    for _ in range(3):
+        loop.clock.advance(minutes=1)
+        follow_up(loop.services)
+
+    record = loop.services.store.get(called.id)
+    assert record.status is Status.CANCELED, record.history
+    assert aimylogic.cancelled_ids() == [called.job_id]
