@@ -448,7 +448,10 @@ def _job_ids(ids: list[str], count: int) -> list[str | None]:
     log.warning(
         "addPhones answered %d job ids for %d entries: each lead of the batch keeps all of them", len(ids), count
     )
-    return [",".join(ids) or None] * count
+    # A lone id is a list too ("id,"): joined bare it read as this lead's own job, and a stop cancelled it by id,
+    # which cancelled another lead's call of the batch while this one's went on. A comma says "found by phone".
+    shared = ",".join(ids) + ("," if len(ids) == 1 else "")
+    return [shared or None] * count
 
 
 def _retry(
