@@ -457,6 +457,15 @@ def test_the_crms_stop_cancels_the_queued_job_and_the_lead(make_loop, aimylogic,
     assert record.outcome["job_status"] == "canceled" and not record.work
     assert loop.crm.writes() == []  # closed by the manager: nothing written back
 
+    cancels, sends = list(aimylogic.cancels), aimylogic.count("addPhones")
+    loop.clock.advance(minutes=10)
+    loop.post(loop.crm.stop)  # the CRM resends both, later: nothing new happens
+    loop.post(loop.crm.lead(None))
+    deliver_pending(loop.services)
+    follow_up(loop.services)
+    assert aimylogic.cancels == cancels and aimylogic.count("addPhones") == sends
+    assert loop.services.store.get(lead.id).status is Status.CANCELED
+
 
 @pytest.mark.parametrize("name", list(CRMS))
 def test_a_stop_before_its_lead_cancels_the_late_lead(make_loop, aimylogic, name):
@@ -558,14 +567,15 @@ def test_a_job_known_only_by_phone_is_followed_and_written_once_naming_its_job(m
         assert record.status is Status.CALLED and record.job_id in jobs, record.job_id
 
 
-def test_a_stop_for_a_job_known_only_by_phone_cancels_it_by_phone(make_loop, aimylogic):
+@pytest.mark.parametrize("target", ["00Q5g00000XyZaBEAV", "00Q5g00000XyZaCEAV"])  # either entry of the batch
+def test_a_stop_for_a_job_known_only_by_phone_cancels_it_by_phone(make_loop, aimylogic, target):
     aimylogic.default_plan = JobPlan(final=None)
     aimylogic.omit_ids(1)
     loop = make_loop("salesforce")
     leads = loop.sent()
-    [lead] = [r for r in leads if r.ref == loop.crm.ref]
+    [lead] = [r for r in leads if r.ref == target]
 
-    loop.post(loop.crm.stop)
+    loop.post(loop.crm.stop.replace(loop.crm.ref.encode(), target.encode()))
     for _ in range(5):
         loop.clock.advance(minutes=1)
         follow_up(loop.services)
@@ -574,7 +584,7 @@ def test_a_stop_for_a_job_known_only_by_phone_cancels_it_by_phone(make_loop, aim
     assert record.status is Status.CANCELED, record.history
     [job] = [job.id for job in aimylogic.jobs.values() if job.phone == json.loads(record.entry)["phone"]]
     assert aimylogic.cancelled_ids() == [job]  # its own job, not the other lead's
-    [other] = [r for r in leads if r.ref != loop.crm.ref]
+    [other] = [r for r in leads if r.ref != target]
     assert loop.services.store.get(other.id).status is not Status.CANCELED
 
 
