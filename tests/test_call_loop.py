@@ -664,6 +664,24 @@ def test_a_stop_for_the_record_whose_event_was_a_duplicate_cancels_the_persons_c
     assert aimylogic.cancelled_ids() == [called.job_id]
 
 
+def test_a_later_inquirys_duplicate_closed_leaves_the_first_call(make_loop, aimylogic):
+    """A duplicate from hours later is another inquiry of the same person: losing it keeps the first one's call."""
+    aimylogic.default_plan = JobPlan(final=None)
+    loop = make_loop("amocrm")
+    loop.post(wire("amocrm/contacts_add.form"))
+    deliver_pending(loop.services)
+    loop.clock.advance(hours=2)
+    loop.post(loop.crm.lead(None))
+    deliver_pending(loop.services)
+    [called] = [r for r in loop.services.store.list(limit=100) if r.status is Status.SENT]
+    assert called.ref == "contact:37054081"
+
+    loop.post(loop.crm.stop)  # the later lead (a duplicate) is won
+    follow_up(loop.services)
+
+    assert loop.services.store.get(called.id).status is Status.CALLING and aimylogic.cancels == []
+
+
 @pytest.mark.parametrize(("name", "variant"), [("bitrix24", "main"), ("bitrix24", "other"), ("zoho", "main"),
                                                ("close", "other")])  # fmt: skip
 def test_a_record_closed_before_its_late_lead_webhook_is_not_called(make_loop, aimylogic, name, variant):
