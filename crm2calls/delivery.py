@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from crm2calls import campaigns, guards, health, lifecycle, metrics
-from crm2calls.errors import AuthError, EnrichmentError, RejectedError, StoreError, UnavailableError
+from crm2calls.errors import AuthError, ClosedInCrmError, EnrichmentError, RejectedError, StoreError, UnavailableError
 from crm2calls.logs import redact
 from crm2calls.model import LeadEvent, LeadRecord, Status
 from crm2calls.policy import DeliveryPolicy
@@ -177,6 +177,10 @@ def _enrich_one(services: Services, record: LeadRecord, owner: str) -> tuple[boo
             key=record.key.split(":", 1)[1], ref=record.ref, lead=None, raw=json.loads(record.raw or "{}")
         )
         lead = source.enrich(event, now)
+    except ClosedInCrmError as exc:
+        # Closed before we read it (an update event came before the lead's webhook, with no lead to look up
+        # for then): stopped like a stop event would, never sent. Keyed by the lead, so applied once.
+        return False, _saved(_stopped, services, record, now, exc.message, owner)
     except EnrichmentError as exc:
         record.attempts += 1
         if not exc.retryable or record.attempts >= policy.enrich_max_attempts:
@@ -448,7 +452,14 @@ def _job_ids(ids: list[str], count: int) -> list[str | None]:
     log.warning(
         "addPhones answered %d job ids for %d entries: each lead of the batch keeps all of them", len(ids), count
     )
-    return [",".join(ids) or None] * count
+    # A lone id is a list too ("id,"): joined bare it read as this lead's own job, and a stop cancelled it by id,
+    # which cancelled another lead's call of the batch while this one's went on. A comma says "found by phone".
+    shared = ",".join(ids) + ("," if len(ids) == 1 else "")
+    return [shared or None] * count
+
+
+def _stopped(services: Services, record: LeadRecord, now: datetime, reason: str, owner: str) -> bool:
+    return lifecycle.stop(services, record, now, reason, f"enrich:{record.id}", owner=owner) is not None
 
 
 def _retry(

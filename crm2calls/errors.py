@@ -131,6 +131,13 @@ class EnrichmentError(OutboundError):
         self.retryable = retryable
 
 
+class ClosedInCrmError(EnrichmentError):
+    """The record read for the lead is closed already (won, lost, a stop value): the lead is stopped, not called."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=False)
+
+
 class WriteBackError(OutboundError):
     """The CRM did not take a call's outcome: retryable (outage, 429, expired token) or not (the record is gone).
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -114,6 +115,7 @@ def _apply_one(services: Services, source: str, event: StopEvent, now: datetime)
         store.put_meta(name, mark, expires_at=now + KEY_TTL)
         store.put_meta(LATEST_META, {"at": now.isoformat()})
         leads = store.find_by_ref(source, event.record)  # read after the mark: see the module docstring
+        leads = _with_holders(services, source, leads)
     owner = f"stop:{uuid.uuid4().hex[:12]}"
     for found in leads:
         result.leads[found.id] = _stop_one(services, found.id, mark, now, owner)
@@ -125,6 +127,31 @@ def _apply_one(services: Services, source: str, event: StopEvent, now: datetime)
         extra={"fields": {"event": "stop", "source": source, "record": event.record, "leads": result.leads}},
     )  # fmt: skip
     return result
+
+
+# lifecycle._admit's reason for a duplicate; the holder is named by its key (store.find)
+_DUPLICATE_OF = re.compile(r"same phone as (\S+) within ")
+# Two records of one inquiry arrive together; a duplicate from later is another inquiry of the same person
+# (a second deal), whose close must not cancel the first one's call.
+SAME_INQUIRY = timedelta(minutes=10)
+
+
+def _with_holders(services: Services, source: str, leads: list[LeadRecord]) -> list[LeadRecord]:
+    """The record's leads, and for each duplicate among them the lead of the same source holding the person's call.
+
+    A CRM may send one person as two records (amoCRM: a form's contact and its lead, as two events): the second
+    is a duplicate and the one call is on the first. A stop naming the duplicate's record must stop that call,
+    when both came within SAME_INQUIRY. Plain stops only: a check event's lookup reads the lead's own record.
+    """
+    found = {record.id: record for record in leads}
+    for record in leads:
+        match = _DUPLICATE_OF.match(record.last_error or "") if record.status is Status.DUPLICATE else None
+        holder = services.store.find(match[1]) if match else None
+        if not holder or holder.id in found or holder.source != source or holder.phone_key != record.phone_key:
+            continue
+        if abs(record.created_at - holder.created_at) <= SAME_INQUIRY:
+            found[holder.id] = holder
+    return list(found.values())
 
 
 def _has_work(record: LeadRecord) -> bool:

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from crm2calls.errors import (
+    ClosedInCrmError,
     EnrichmentError,
     MalformedRequestError,
     MissingCredentialsError,
@@ -164,7 +165,10 @@ class Bitrix24Source(Source):
         if entity not in STATUS_FIELDS:
             raise EnrichmentError(f"Bitrix24 stop check for an unknown entity {entity!r}", retryable=False)
         entity_id = _numeric_id(event.raw.get("id"), "id")
-        record = self._get(self._api(), entity, entity_id)
+        return self._closed(entity, entity_id, self._get(self._api(), entity, entity_id))
+
+    def _closed(self, entity: str, entity_id: str, record: dict[str, Any]) -> str | None:
+        """Why a lead or deal read from Bitrix24 means stop: won or lost by its semantic status, or in stop_values."""
         semantic_field, status_field = STATUS_FIELDS[entity]
         semantic, status = _text(record.get(semantic_field)), _text(record.get(status_field))
         if semantic in CLOSED_SEMANTICS:
@@ -225,6 +229,9 @@ class Bitrix24Source(Source):
                 records["contact"] = self._get(client, "contact", contact_id)
         else:
             raise EnrichmentError(f"Bitrix24 event for an unknown entity {entity!r}", retryable=False)
+        # Closed before we read it: its update event came first, when we had no lead to look it up for.
+        if entity in STATUS_FIELDS and (reason := self._closed(entity, entity_id, records[entity])):
+            raise ClosedInCrmError(reason)
         person = records.get("contact") or records.get("lead") or {}
         if not phones_of(person) and not phones_of(records.get("lead") or {}):
             raise EnrichmentError(

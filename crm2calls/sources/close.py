@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
 from crm2calls.errors import (
+    ClosedInCrmError,
     EnrichmentError,
     MalformedRequestError,
     MissingCredentialsError,
@@ -206,6 +207,8 @@ class CloseSource(Source):
         data = self._api().get(f"api/v1/lead/{lead_id}/")
         if not isinstance(data, dict):
             raise EnrichmentError(f"Close: lead {lead_id} came back empty", retryable=True)
+        if reason := self._status_stop(data):  # closed before we read it (see Bitrix24's enrich)
+            raise ClosedInCrmError(reason)
         contacts = [c for c in data.get("contacts") or [] if isinstance(c, dict)]
         phones: list[PhoneCandidate] = []
         contact = None  # the first contact with a number: the person the call is for

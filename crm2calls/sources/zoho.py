@@ -26,6 +26,7 @@ from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
 from crm2calls.errors import (
     AuthError,
+    ClosedInCrmError,
     ConfigError,
     EnrichmentError,
     MalformedRequestError,
@@ -284,6 +285,9 @@ class ZohoSource(Source):
         rows = answer.get("data") if isinstance(answer, dict) else None
         if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
             raise EnrichmentError(f"Zoho: {module} record {record_id} not found", retryable=False)
+        status = _text(rows[0].get(STATUS_FIELD)) if module == "Leads" else None
+        if status and status in self.policy.stop_statuses:  # closed before we read it (see Bitrix24's enrich)
+            raise ClosedInCrmError(f"Zoho CRM lead's {STATUS_FIELD} is {status}")
         lead = self._record_lead(module, record_id, rows[0])
         if not lead.phones:
             raise EnrichmentError(f"Zoho: {module} record {record_id} has no phone yet", retryable=True)
