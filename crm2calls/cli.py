@@ -439,7 +439,7 @@ def _outcome_lines(record: LeadRecord) -> list[str]:
     outcome = record.outcome
     poll = record.work.get("poll")
     lines = []
-    if outcome:
+    if outcome and outcome.get("job_status"):
         parts = [f"call: {outcome.get('job_status')}"]
         if outcome.get("call_result"):
             parts.append(f"result {outcome['call_result']}")

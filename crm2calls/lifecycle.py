@@ -213,6 +213,7 @@ def _admit(services: Services, record: LeadRecord, now: datetime, note: str, wri
             if exc.claim == slot:
                 record.last_error = f"same phone as {exc.holder} within {policy.duplicate_window_hours} h"
                 record.next_attempt_at = None
+                record.outcome = {"duplicate_of": exc.holder}  # whose call this person gets (a stop follows it)
                 return write(Status.DUPLICATE, record.last_error, NO_CLAIMS)
             refused = next(lim for lim in limits if lim.counter.name == exc.claim)
             if refused.status is Status.REJECTED:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -129,8 +128,6 @@ def _apply_one(services: Services, source: str, event: StopEvent, now: datetime)
     return result
 
 
-# lifecycle._admit's reason for a duplicate; the holder is named by its key (store.find)
-_DUPLICATE_OF = re.compile(r"same phone as (\S+) within ")
 # Two records of one inquiry arrive together; a duplicate from later is another inquiry of the same person
 # (a second deal), whose close must not cancel the first one's call.
 SAME_INQUIRY = timedelta(minutes=10)
@@ -145,8 +142,8 @@ def _with_holders(services: Services, source: str, leads: list[LeadRecord]) -> l
     """
     found = {record.id: record for record in leads}
     for record in leads:
-        match = _DUPLICATE_OF.match(record.last_error or "") if record.status is Status.DUPLICATE else None
-        holder = services.store.find(match[1]) if match else None
+        key = (record.outcome or {}).get("duplicate_of") if record.status is Status.DUPLICATE else None
+        holder = services.store.find(key) if key else None
         if not holder or holder.id in found or holder.source != source or holder.phone_key != record.phone_key:
             continue
         if abs(record.created_at - holder.created_at) <= SAME_INQUIRY:
