@@ -12,6 +12,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from crm2calls import lifecycle
 from crm2calls.config import MISSING_SHARED_KEY, Settings, check_configuration, is_loopback, load_settings
 from crm2calls.errors import ConfigError, Crm2CallsError, UnusableLeadError
 from crm2calls.lifecycle import JOB_STATUSES
@@ -513,11 +514,16 @@ def leads_retry(lead_id: str | None, all_failed: bool, all_dry_run: bool) -> Non
     click.echo(f"{sum(outcomes.values())} lead(s) queued again ({summary or 'none'})")
 
 
+# Parked follow-up work `leads replay ID` starts again besides the write-back (which replays on its own terms).
+REPLAYABLE = ("notify", "poll", "cancel")
+
+
 @leads_cli.command("replay")
 @click.argument("lead_ids", nargs=-1)
 @click.option("--dead", "all_dead", is_flag=True, help="Every write-back that gave up (a scan of the store).")
 def leads_replay(lead_ids: tuple[str, ...], all_dead: bool) -> None:
-    """Write call outcomes back again: the parked write-backs of these leads, or every one with --dead."""
+    """Start follow-up work that gave up again: these leads' parked write-back, results webhook, poll or
+    cancel, or every parked write-back with --dead."""
     from crm2calls import writeback
 
     svc = _services()
@@ -527,19 +533,23 @@ def leads_replay(lead_ids: tuple[str, ...], all_dead: bool) -> None:
         records = writeback.dead_letters(svc)
         counts = Counter(record.source for record in records)
         writeback.set_dead_counts(svc, dict(counts))  # the count /healthz shows, made true again
-    else:
-        records = []
-        for lead_id in lead_ids:
-            record = svc.store.get(lead_id)
-            if record is None:
-                raise click.ClickException(f"no lead {lead_id}")
-            if not writeback.parked(record):
-                item = record.work.get("write_back")
-                why = "has no write-back" if item is None else f"has its write-back due {item.due.isoformat()}"
-                raise click.ClickException(f"lead {lead_id} {why}: only a write-back that gave up is replayed")
-            records.append(record)
-    started = writeback.replay(svc, records, svc.clock())
-    click.echo(f"{started} write-back(s) planned again; the follow-up worker writes them within a minute")
+        started = writeback.replay(svc, records, svc.clock())
+        click.echo(f"{started} write-back(s) planned again; the follow-up worker writes them within a minute")
+        return
+    records = []
+    for lead_id in lead_ids:
+        record = svc.store.get(lead_id)
+        if record is None:
+            raise click.ClickException(f"no lead {lead_id}")
+        if not any(item.due is None for item in record.work.values()):
+            raise click.ClickException(f"lead {lead_id} has no follow-up work that gave up: nothing to replay")
+        records.append(record)
+    for record in records:
+        written = writeback.replay(svc, [record], svc.clock()) if writeback.parked(record) else 0
+        others = lifecycle.replay_parked(svc, record, svc.clock(), REPLAYABLE)
+        started = (["write_back"] if written else []) + others
+        click.echo(f"{record.id}: {', '.join(started) or 'nothing'} planned again")
+    svc.notify_follow_up()
 
 
 @leads_cli.command("deliver")

@@ -528,6 +528,17 @@ def replay_write_back(services: Services, record: LeadRecord, now: datetime) -> 
     return save_work(services, record, now, "write-back replayed by an operator", owner=None)
 
 
+def replay_parked(services: Services, record: LeadRecord, now: datetime, tasks: tuple[str, ...]) -> list[str]:
+    """An operator starts these parked follow-up tasks of the lead again (a poll that gave up, a results
+    webhook, a cancel); the tasks started. Attempts restart: the handlers' own limits apply anew."""
+    started = [task for task in tasks if task in record.work and record.work[task].due is None]
+    for task in started:
+        set_work(record, task, now, attempts=0, error=None)
+    if started and save_work(services, record, now, f"{', '.join(started)} replayed by an operator", owner=None):
+        return started
+    return []
+
+
 # The results webhook's outcomes (crm2calls/results_webhook.py, the "notify" task).
 
 NOTIFY = "notify"

@@ -200,3 +200,25 @@ def test_a_pass_out_of_time_starts_no_new_round(services) -> None:
     for n in range(5):
         followed(services, n, poll=T0)
     assert follow_up(services, limit=2, time_budget=0).claimed == 0  # the budget is spent before the first claim
+
+
+def test_an_operator_replays_parked_work_and_its_attempts_start_again(services, app_for) -> None:
+    record = followed(services, 1, Status.CALLING)
+    lifecycle.set_work(record, "poll", None, attempts=3, error="past finishDateTime + 1 h: the job never ended")
+    assert lifecycle.save_work(services, record, T0, owner=None)
+
+    result = app_for(services).test_cli_runner().invoke(args=["leads", "replay", "lead-1"])
+
+    assert result.exit_code == 0 and "lead-1: poll planned again" in result.output, result.output
+    stored = services.store.get("lead-1")
+    assert stored.work["poll"] == WorkItem(T0) and stored.next_attempt_at == T0
+    assert stored.history[-1]["note"] == "poll replayed by an operator"
+    follow_up(services)
+    assert RAN == [("poll", ["lead-1"])]
+
+
+@pytest.fixture
+def app_for():
+    from app import create_app
+
+    return lambda services: create_app(services=services)

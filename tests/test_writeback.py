@@ -277,7 +277,7 @@ def test_a_write_back_that_cannot_succeed_is_a_dead_letter_shown_and_replayed(se
     follow_up(services)
 
     assert replayed.exit_code == 0, replayed.output
-    assert "1 write-back(s) planned again" in replayed.output
+    assert f"{record.id}: write_back planned again" in replayed.output
     assert len(amo.notes) == 1
     stored = services.store.get(record.id)
     assert "write_back" not in stored.work
@@ -320,7 +320,7 @@ def test_replay_refuses_a_lead_whose_write_back_is_not_parked(services, app):
 
     result = app.test_cli_runner().invoke(args=["leads", "replay", record.id])
 
-    assert result.exit_code != 0 and "only a write-back that gave up is replayed" in result.output
+    assert result.exit_code != 0 and "has no follow-up work that gave up: nothing to replay" in result.output
 
 
 # On or off
