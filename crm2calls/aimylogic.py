@@ -182,7 +182,7 @@ class AimylogicClient:
                 raise response
             return self._check(response, what)
         except OutboundError as exc:
-            result = _result(exc)
+            result = result_label(exc)
             raise
         finally:
             metrics.aimylogic_request(what, result, time.perf_counter() - started, entries)
@@ -233,7 +233,7 @@ class AimylogicClient:
         return prefix + redact(text)
 
 
-def _result(exc: OutboundError) -> str:
+def result_label(exc: OutboundError) -> str:
     """The metrics' result label: auth (a person must fix the token or URL), unavailable, rejected."""
     if isinstance(exc, AuthError):
         return "auth"

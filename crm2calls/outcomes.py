@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crm2calls import campaigns, lifecycle, metrics
+from crm2calls.aimylogic import result_label
 from crm2calls.errors import AuthError, ConfigError, OutboundError, UnavailableError
 from crm2calls.followup import FollowUpPass
 from crm2calls.lifecycle import FINAL_JOB_STATUSES
@@ -181,7 +182,7 @@ class _CampaignPoll:
             try:
                 reports = ask(**{kind: values})
             except OutboundError as exc:
-                metrics.report_request(self.campaign, _result(exc))
+                metrics.report_request(self.campaign, result_label(exc))
                 self._failed([*chunk, *(r for later in chunks[number + 1 :] for r in later), *by_phone], exc)
                 return False
             metrics.report_request(self.campaign, "ok")
@@ -321,14 +322,6 @@ def _sent_at(record: LeadRecord) -> datetime | None:
 
 def _phone(record: LeadRecord) -> str:
     return report_phone(json.loads(record.entry or "{}").get("phone", ""))
-
-
-def _result(exc: OutboundError) -> str:
-    if isinstance(exc, AuthError):
-        return "auth"
-    if isinstance(exc, UnavailableError):
-        return "unavailable"
-    return "rejected"
 
 
 def _lease_lost(record: LeadRecord) -> None:

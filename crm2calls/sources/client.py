@@ -7,6 +7,7 @@ a URL (tokens live in some paths and query strings).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,28 +82,8 @@ class CrmHttpClient:
         data: a form body (OAuth token requests keep secrets out of URLs); headers: per-request
         headers on top of the session's (a refreshed access token).
         """
-        import requests
-
-        url = f"{self.base_url}/{path.lstrip('/')}"
-        try:
-            response = self.session.request(
-                method,
-                url,
-                params={**self.params, **(params or {})},
-                json=json,
-                data=data,
-                headers=headers,
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
-        except requests.Timeout:
-            metrics.crm_api_call(self.crm, "unavailable")
-            raise UnavailableError(f"{self.service} API timed out") from None
-        except requests.RequestException as exc:
-            metrics.crm_api_call(self.crm, "unavailable")
-            raise UnavailableError(f"{self.service} API unreachable ({type(exc).__name__})") from None
+        response = self.raw_request(method, path, params=params, json=json, data=data, headers=headers)
         status = response.status_code
-        metrics.crm_api_call(self.crm, status_result(status))
         if status in (401, 403):
             raise AuthError(f"{self.service} API refused our credentials (HTTP {status}): check {self.secret_hint}")
         if status == 404:
@@ -120,6 +101,44 @@ class CrmHttpClient:
             return response.json()
         except ValueError:
             raise UnavailableError(f"{self.service} API answered with a body that is not JSON") from None
+
+    def raw_request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        data: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        unreachable: Callable[[str], Exception] = UnavailableError,
+    ) -> Any:
+        """One request through the session, counted in the metrics; the response, whatever its status.
+
+        A timeout or a network failure raises unreachable(message) (enrichment's UnavailableError, a
+        write-back's WriteBackError), with no URL in it.
+        """
+        import requests
+
+        try:
+            response = self.session.request(
+                method,
+                f"{self.base_url}/{path.lstrip('/')}",
+                params={**self.params, **(params or {})},
+                json=json,
+                data=data,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.Timeout:
+            metrics.crm_api_call(self.crm, "unavailable")
+            raise unreachable(f"{self.service} API timed out") from None
+        except requests.RequestException as exc:
+            metrics.crm_api_call(self.crm, "unavailable")
+            raise unreachable(f"{self.service} API unreachable ({type(exc).__name__})") from None
+        metrics.crm_api_call(self.crm, status_result(response.status_code))
+        return response
 
     def get(self, path: str, **params: Any) -> Any:
         """GET path with query params."""

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from crm2calls import metrics
 from crm2calls.errors import WriteBackError
-from crm2calls.http import parse_retry_after, status_result
+from crm2calls.http import parse_retry_after
 
 if TYPE_CHECKING:
     from crm2calls.sources.client import CrmHttpClient
@@ -94,27 +93,10 @@ def send(
     data: a form body (OAuth token requests keep secrets out of URLs); scope_refused(status, body): a
     CRM's own way of saying a permission is missing (Bitrix24's error names), held like a 403.
     """
-    import requests
-
-    try:
-        response = client.session.request(
-            method,
-            f"{client.base_url}/{path.lstrip('/')}",
-            params={**client.params, **(params or {})},
-            json=json,
-            data=data,
-            headers=headers,
-            timeout=client.timeout,
-            allow_redirects=False,
-        )
-    except requests.Timeout:
-        metrics.crm_api_call(client.crm, "unavailable")
-        raise WriteBackError(f"{client.service} API timed out") from None
-    except requests.RequestException as exc:
-        metrics.crm_api_call(client.crm, "unavailable")
-        raise WriteBackError(f"{client.service} API unreachable ({type(exc).__name__})") from None
+    response = client.raw_request(
+        method, path, params=params, json=json, data=data, headers=headers, unreachable=WriteBackError
+    )
     status = response.status_code
-    metrics.crm_api_call(client.crm, status_result(status))
     try:
         body = response.json() if response.content else None
     except ValueError:
