@@ -6,8 +6,6 @@ cancelling the queued job, and a stop for a record not seen yet cancelling its l
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import re
 import uuid
@@ -36,15 +34,20 @@ from tests.emulators.pipedrive import PipedriveStandIn
 from tests.emulators.salesforce import SalesforceStandIn
 from tests.emulators.zoho import ZohoStandIn
 from tests.servers import aws_env, moto_endpoint  # noqa: F401  (fixtures)
+from tests.test_stop_events import (  # the fixtures' credentials and the CRMs' signatures, written once
+    B24_TOKEN,
+    CLOSE_KEY,
+    HUBSPOT_SECRET,
+    PIPEDRIVE_PASSWORD,
+    PIPEDRIVE_USER,
+    PUBLIC,
+    SALESFORCE_ORG,
+    ZOHO_TOKEN,
+    close_headers,
+    hubspot_headers,
+    pipedrive_headers,
+)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-PUBLIC = "https://crm2calls.example.com"
-B24_TOKEN = "b24apptoken0123456789abcdefghijk"  # the fixtures' auth[application_token]
-HUBSPOT_SECRET = "c0ffee00-1111-4222-8333-444455556666"
-PIPEDRIVE_USER, PIPEDRIVE_PASSWORD = "crm2calls", "Kq8-2mZr_pWd-current"
-SALESFORCE_ORG = "00D5g000004Hs9bEAC"
-ZOHO_TOKEN = "zN7q-notify-2026-current"
-CLOSE_KEY = "5f1c0a9e3b7d2f4a6c8e0b1d3f5a7c9e2b4d6f8a0c1e3b5d7f9a1c3e5b7d9f0a"
 RESULTS_SECRET = "whsec_" + base64.b64encode(b"the call loop's secret, 32 bytes").decode()
 FORM, JSON, XML = "application/x-www-form-urlencoded", "application/json", "text/xml; charset=utf-8"
 
@@ -80,25 +83,6 @@ class Crm:
     close_record: Callable[[], None] | None = None  # a stop event that needs a lookup: the record is closed
     policy: str | None = None  # lines added to the shipped mapping file
     timed: bool = False  # the source compares signed timestamps with its `now`
-
-
-def hubspot_headers(body: bytes, now: datetime) -> dict[str, str]:
-    """HubSpot's v3 signature, written again here so the test does not trust the code under test."""
-    timestamp = str((now - EPOCH) // timedelta(milliseconds=1))
-    message = b"POST" + f"{PUBLIC}/webhooks/hubspot".encode() + body + timestamp.encode()
-    signature = base64.b64encode(hmac.new(HUBSPOT_SECRET.encode(), message, hashlib.sha256).digest()).decode()
-    return {"X-HubSpot-Request-Timestamp": timestamp, "X-HubSpot-Signature-v3": signature}
-
-
-def close_headers(body: bytes, now: datetime) -> dict[str, str]:
-    timestamp = str((now - EPOCH) // timedelta(seconds=1))
-    signature = hmac.new(bytes.fromhex(CLOSE_KEY), timestamp.encode() + body, hashlib.sha256).hexdigest()
-    return {"close-sig-timestamp": timestamp, "close-sig-hash": signature}
-
-
-def pipedrive_headers(body: bytes, now: datetime) -> dict[str, str]:
-    token = base64.b64encode(f"{PIPEDRIVE_USER}:{PIPEDRIVE_PASSWORD}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
 
 
 @contextmanager

@@ -129,9 +129,7 @@ class Bitrix24Source(Source):
         entity = EVENTS.get(event.upper())
         if entity is None:
             return []
-        data = form.get("data")
-        fields = data.get("FIELDS") if isinstance(data, dict) else None
-        entity_id = _numeric_id(fields.get("ID") if isinstance(fields, dict) else None, "data[FIELDS][ID]")
+        entity_id = _record_id(form)
         key = f"{entity}:{entity_id}"
         return [LeadEvent(key, key, None, {"entity": entity, "id": entity_id})]
 
@@ -148,9 +146,7 @@ class Bitrix24Source(Source):
         entity = DELETE_EVENTS.get(event) or UPDATE_EVENTS.get(event)
         if entity is None:
             return []
-        data = form.get("data")
-        fields = data.get("FIELDS") if isinstance(data, dict) else None
-        entity_id = _numeric_id(fields.get("ID") if isinstance(fields, dict) else None, "data[FIELDS][ID]")
+        entity_id = _record_id(form)
         record = f"{entity}:{entity_id}"
         raw = {"entity": entity, "id": entity_id}
         if event in DELETE_EVENTS:
@@ -328,6 +324,13 @@ class Bitrix24Source(Source):
                 return None
             start = answer["next"]
         return None
+
+
+def _record_id(form: dict[str, Any]) -> str:
+    """data[FIELDS][ID] of an event: the record it names."""
+    data = form.get("data")
+    fields = data.get("FIELDS") if isinstance(data, dict) else None
+    return _numeric_id(fields.get("ID") if isinstance(fields, dict) else None, "data[FIELDS][ID]")
 
 
 def _scope_refused(status: int, body: Any) -> bool:

@@ -18,7 +18,7 @@ import html
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crm2calls.clock import Clock, utcnow
 from crm2calls.config import Settings
@@ -175,13 +175,17 @@ class CloseSource(Source):
 
     def check_stop(self, event: StopEvent, now: datetime) -> str | None:
         """GET the lead: its status in stop_values."""
-        lead_id = _text(event.raw.get("lead_id"))
+        return self._status_stop(self._lead(event.raw, "stop event"))
+
+    def _lead(self, raw: dict[str, Any], what: str) -> dict[str, Any]:
+        """GET the lead a stored event names, with its contacts."""
+        lead_id = _text(raw.get("lead_id"))
         if lead_id is None or not _LEAD_ID.fullmatch(lead_id):
-            raise EnrichmentError("Close: the stored stop event has no lead id", retryable=False)
+            raise EnrichmentError(f"Close: the stored {what} has no lead id", retryable=False)
         data = self._api().get(f"api/v1/lead/{lead_id}/")
         if not isinstance(data, dict):
             raise EnrichmentError(f"Close: lead {lead_id} came back empty", retryable=True)
-        return self._status_stop(data)
+        return data
 
     def _api(self) -> CrmHttpClient:
         api_key = self.settings.crm.close_api_key
@@ -201,12 +205,8 @@ class CloseSource(Source):
 
     def enrich(self, event: LeadEvent, now: datetime) -> Lead:
         """GET the lead with its contacts; a lead whose contacts have no phone yet is worth a retry."""
-        lead_id = _text(event.raw.get("lead_id"))
-        if lead_id is None or not _LEAD_ID.fullmatch(lead_id):
-            raise EnrichmentError("Close: the stored event has no lead id", retryable=False)
-        data = self._api().get(f"api/v1/lead/{lead_id}/")
-        if not isinstance(data, dict):
-            raise EnrichmentError(f"Close: lead {lead_id} came back empty", retryable=True)
+        data = self._lead(event.raw, "event")
+        lead_id = _text(event.raw.get("lead_id"))  # checked by _lead
         if reason := self._status_stop(data):  # closed before we read it (see Bitrix24's enrich)
             raise ClosedInCrmError(reason)
         contacts = [c for c in data.get("contacts") or [] if isinstance(c, dict)]
